@@ -1,0 +1,317 @@
+"""Corpora and labelled sets: a Hugging Face dataset, local text/JSONL files, and the embedded
+default (real English from the VADER ground-truth sentences, fetched from PyPI on first use).
+
+Tokens come out as ``LongTensor[n_contexts, context_size]`` packed the way SAELens/SAEBench
+pack them (``transformer_lens.utils.tokenize_and_concatenate``: documents joined by EOS, each
+context starting with BOS).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import random
+import subprocess
+import sys
+import tarfile
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from csae_bench.models import cache_dir
+
+logger = logging.getLogger(__name__)
+
+EMBEDDED = "embedded"
+VADER_SDIST = "vaderSentiment==3.3.2"
+# The four VADER sources, which are also the labels of the domain task.
+VADER_SOURCES = {
+    "movie": "movieReviewSnippets_GroundTruth.txt",
+    "tweet": "tweets_GroundTruth.txt",
+    "amazon": "amazonReviewSnippets_GroundTruth.txt",
+    "nyt": "nytEditorialSnippets_GroundTruth.txt",
+}
+EVAL_FRACTION = 0.1  # documents (by stable hash) held out of SAE training for evals
+
+
+class DataError(RuntimeError):
+    """Data could not be loaded or is unusable; the message says what to do."""
+
+
+# ---------------------------------------------------------------- VADER (embedded real English)
+
+
+@dataclass(frozen=True)
+class VaderSentence:
+    source: str  # movie | tweet | amazon | nyt
+    doc_id: str  # sentences of one NYT editorial / Amazon review share a doc id
+    score: float  # mean human rating in [-4, 4]
+    text: str
+
+
+def vader_dir() -> Path:
+    """The extracted VADER ground-truth files, downloaded from PyPI (sdist) on first use.
+
+    Set ``CSAE_BENCH_VADER_SDIST`` to a local ``vaderSentiment-3.3.2.tar.gz`` to skip the download.
+    """
+    target = cache_dir() / "vader"
+    if all((target / f).exists() for f in VADER_SOURCES.values()):
+        return target
+    target.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=target.parent, prefix=".vader-") as tmp:
+        tmp_path = Path(tmp)
+        sdist = os.environ.get("CSAE_BENCH_VADER_SDIST")
+        if sdist is None:
+            logger.info("Fetching the embedded corpus (%s sdist) from the package registry", VADER_SDIST)
+            cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--no-binary", ":all:",
+                   "--quiet", "-d", str(tmp_path), VADER_SDIST]
+            proc = subprocess.run(cmd, capture_output=True, text=True)
+            found = list(tmp_path.glob("vaderSentiment-*.tar.gz"))
+            if proc.returncode != 0 or not found:
+                raise DataError(
+                    f"Could not download the embedded corpus ({VADER_SDIST} sdist) with pip: "
+                    f"{proc.stderr.strip()[-300:]}. Download vaderSentiment-3.3.2.tar.gz on a machine "
+                    "with PyPI access and set CSAE_BENCH_VADER_SDIST to its path, or pass "
+                    "--corpus with a local text/JSONL file."
+                )
+            sdist = str(found[0])
+        _extract_vader(Path(sdist), tmp_path / "out")
+        if target.exists():
+            import shutil
+
+            shutil.rmtree(target)
+        (tmp_path / "out").rename(target)
+    return target
+
+
+def _extract_vader(sdist: Path, out: Path) -> None:
+    out.mkdir(parents=True)
+    try:
+        with tarfile.open(sdist) as outer:
+            inner = next(m for m in outer.getmembers() if m.name.endswith("hutto_ICWSM_2014.tar.gz"))
+            fh = outer.extractfile(inner)
+            assert fh is not None
+            with tarfile.open(fileobj=fh) as tar:
+                for member in tar.getmembers():
+                    name = Path(member.name).name
+                    if name in VADER_SOURCES.values():
+                        data = tar.extractfile(member)
+                        assert data is not None
+                        (out / name).write_bytes(data.read())
+    except (tarfile.TarError, StopIteration, OSError) as err:
+        raise DataError(f"{sdist} is not a valid vaderSentiment 3.3.2 sdist ({err}).") from err
+    missing = [f for f in VADER_SOURCES.values() if not (out / f).exists()]
+    if missing:
+        raise DataError(f"{sdist} lacks the VADER ground-truth files {missing}.")
+
+
+def load_vader() -> list[VaderSentence]:
+    """All ~24k human-rated VADER sentences, in file order."""
+    sentences = []
+    root = vader_dir()
+    for source, fname in VADER_SOURCES.items():
+        for line in (root / fname).read_text(encoding="utf-8", errors="replace").splitlines():
+            parts = line.strip().split("\t")
+            if len(parts) < 3 or not parts[2].strip():
+                continue
+            doc_id = parts[0].split("_")[0] if source in ("nyt", "amazon") else parts[0]
+            sentences.append(VaderSentence(source, f"{source}:{doc_id}", float(parts[1]), parts[2].strip()))
+    return sentences
+
+
+def _is_eval_doc(doc_id: str) -> bool:
+    digest = hashlib.sha256(doc_id.encode()).digest()
+    return digest[0] < 256 * EVAL_FRACTION
+
+
+def _embedded_documents() -> list[tuple[str, str]]:
+    """(doc_id, text): NYT editorials and Amazon reviews rebuilt from their numbered sentences;
+    movie snippets and tweets are one document each."""
+    docs: dict[str, list[str]] = {}
+    for s in load_vader():
+        docs.setdefault(s.doc_id, []).append(s.text.replace("''", '"'))
+    return [(doc_id, " ".join(parts)) for doc_id, parts in docs.items()]
+
+
+# ---------------------------------------------------------------- corpora
+
+
+def load_corpus(name: str = EMBEDDED, split: str = "train", max_documents: int | None = None) -> list[str]:
+    """Documents of a corpus. ``split`` is ``train`` or ``eval`` (disjoint documents).
+
+    ``name``: ``embedded``; a path to a ``.txt`` file (blank-line separated documents), a
+    ``.jsonl`` file (a ``text`` field per line) or a folder of such files; or a Hugging Face
+    dataset name (streamed, ``text`` column; its ``train`` split, with eval documents held out by
+    hash)."""
+    if split not in ("train", "eval"):
+        raise DataError(f"Unknown split {split!r}: use 'train' or 'eval'.")
+    if name == EMBEDDED:
+        docs = _embedded_documents()
+    elif Path(name).expanduser().exists():
+        docs = _local_documents(Path(name).expanduser())
+    else:
+        docs = _hub_documents(name, max_documents)
+    want_eval = split == "eval"
+    texts = [text for doc_id, text in docs if _is_eval_doc(doc_id) == want_eval]
+    if max_documents is not None:
+        texts = texts[:max_documents]
+    if not texts:
+        raise DataError(f"Corpus {name!r} has no documents in its {split!r} split.")
+    return texts
+
+
+def _local_documents(path: Path) -> list[tuple[str, str]]:
+    files = sorted(p for p in path.rglob("*") if p.suffix in (".txt", ".jsonl")) if path.is_dir() else [path]
+    docs: list[tuple[str, str]] = []
+    for f in files:
+        if f.suffix not in (".txt", ".jsonl"):
+            raise DataError(f"{f}: unsupported corpus file type; use .txt (blank-line separated documents) or .jsonl (a 'text' field per line).")
+        try:
+            raw = f.read_text(encoding="utf-8")
+        except UnicodeDecodeError:
+            raise DataError(f"{f} is not UTF-8 text. Pass a plain-text .txt or a .jsonl corpus.") from None
+        if f.suffix == ".jsonl":
+            for i, line in enumerate(raw.splitlines()):
+                if not line.strip():
+                    continue
+                try:
+                    text = json.loads(line)["text"]
+                except (json.JSONDecodeError, KeyError, TypeError):
+                    raise DataError(f"{f}:{i + 1} is not a JSON object with a 'text' field.") from None
+                docs.append((f"{f.name}:{i}", str(text)))
+        else:
+            for i, para in enumerate(p for p in raw.split("\n\n") if p.strip()):
+                docs.append((f"{f.name}:{i}", para.strip()))
+    docs = [(d, t) for d, t in docs if t.strip()]
+    if not docs:
+        raise DataError(f"Corpus {path} holds no text. Pass a non-empty .txt or .jsonl file.")
+    return docs
+
+
+def _hub_documents(name: str, max_documents: int | None) -> list[tuple[str, str]]:
+    import datasets
+
+    limit = max_documents * 20 if max_documents else 200_000
+    try:
+        stream = datasets.load_dataset(name, split="train", streaming=True)
+        rows = list(stream.take(limit))
+    except Exception as err:  # datasets raises many types; all mean "could not get it"
+        raise DataError(
+            f"Cannot load the Hugging Face dataset {name!r} ({type(err).__name__}). With "
+            "HF_DATASETS_OFFLINE=1 or no hub access, use --corpus embedded or a local .txt/.jsonl file."
+        ) from err
+    if not rows or "text" not in rows[0]:
+        raise DataError(f"Dataset {name!r} has no 'text' column.")
+    return [(f"{name}:{i}", r["text"]) for i, r in enumerate(rows)]
+
+
+def tokenize_texts(tokenizer, texts: list[str], context_size: int = 128) -> torch.Tensor:
+    """Pack documents into ``[n_contexts, context_size]`` token ids, each context starting with BOS
+    (``transformer_lens.utils.tokenize_and_concatenate``, as SAEBench does)."""
+    import datasets
+    from transformer_lens.utils import tokenize_and_concatenate
+
+    if context_size < 2:
+        raise DataError(f"context_size={context_size} is too small; use at least 2.")
+    ds = datasets.Dataset.from_dict({"text": texts})
+    tokens = tokenize_and_concatenate(
+        ds, tokenizer, max_length=context_size, add_bos_token=True, num_proc=1, column_name="text"
+    )["tokens"]
+    if len(tokens) == 0:
+        raise DataError(
+            f"The corpus is shorter than one context of {context_size} tokens; give more text "
+            "or a smaller context size."
+        )
+    return torch.as_tensor(tokens, dtype=torch.long)
+
+
+def load_tokens(
+    tokenizer,
+    corpus: str = EMBEDDED,
+    split: str = "train",
+    context_size: int = 128,
+    n_contexts: int | None = None,
+    seed: int = 0,
+) -> torch.Tensor:
+    """Token contexts of a corpus split, shuffled with ``seed`` and cut to ``n_contexts``."""
+    max_docs = None if n_contexts is None else max(64, n_contexts * context_size // 8)
+    tokens = tokenize_texts(tokenizer, load_corpus(corpus, split, max_documents=max_docs if corpus != EMBEDDED else None), context_size)
+    gen = torch.Generator().manual_seed(seed)
+    tokens = tokens[torch.randperm(len(tokens), generator=gen)]
+    if n_contexts is not None:
+        if n_contexts > len(tokens):
+            logger.warning("Asked for %d contexts, corpus %r %s split has %d.", n_contexts, corpus, split, len(tokens))
+        tokens = tokens[:n_contexts]
+    return tokens
+
+
+# ---------------------------------------------------------------- labelled sets
+
+
+@dataclass
+class LabelledSet:
+    """Texts with integer labels; ``label_names[label]`` names each class."""
+
+    name: str
+    texts: list[str]
+    labels: list[int]
+    label_names: list[str]
+    meta: dict = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if len(self.texts) != len(self.labels):
+            raise DataError(f"{self.name}: {len(self.texts)} texts but {len(self.labels)} labels.")
+        present = set(self.labels)
+        if len(present) < 2:
+            raise DataError(f"{self.name}: only one class present ({sorted(present)}); a probing task needs at least two.")
+        bad = [y for y in present if not 0 <= y < len(self.label_names)]
+        if bad:
+            raise DataError(f"{self.name}: labels {bad} have no name in label_names={self.label_names}.")
+
+
+def load_labelled(name: str, max_per_class: int | None = None, seed: int = 0, margin: float = 1.0) -> LabelledSet:
+    """A labelled set by name: ``vader_sentiment`` (scores ≤ −margin vs ≥ +margin),
+    ``vader_domain`` (movie / tweet / amazon / nyt), or a path to a JSONL file with ``text`` and
+    ``label`` fields."""
+    if name == "vader_sentiment":
+        sents = [s for s in load_vader() if abs(s.score) >= margin]
+        ls = LabelledSet(name, [s.text for s in sents], [int(s.score > 0) for s in sents],
+                         ["negative", "positive"], {"margin": margin})
+    elif name == "vader_domain":
+        sources = list(VADER_SOURCES)
+        sents = load_vader()
+        ls = LabelledSet(name, [s.text for s in sents], [sources.index(s.source) for s in sents], sources)
+    elif Path(name).exists():
+        ls = _labelled_from_jsonl(Path(name))
+    else:
+        raise DataError(f"Unknown labelled set {name!r}: use vader_sentiment, vader_domain or a JSONL path.")
+    return balance(ls, max_per_class, seed) if max_per_class else ls
+
+
+def _labelled_from_jsonl(path: Path) -> LabelledSet:
+    texts, raw_labels = [], []
+    for i, line in enumerate(path.read_text(encoding="utf-8").splitlines()):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+            texts.append(str(row["text"]))
+            raw_labels.append(str(row["label"]))
+        except (json.JSONDecodeError, KeyError, TypeError):
+            raise DataError(f"{path}:{i + 1} does not parse: each line must be a JSON object with 'text' and 'label'.") from None
+    names = sorted(set(raw_labels))
+    return LabelledSet(path.stem, texts, [names.index(y) for y in raw_labels], names)
+
+
+def balance(ls: LabelledSet, max_per_class: int, seed: int = 0) -> LabelledSet:
+    """At most ``max_per_class`` examples of each class, chosen with ``seed``."""
+    rng = random.Random(seed)
+    by_class: dict[int, list[int]] = {}
+    for i, y in enumerate(ls.labels):
+        by_class.setdefault(y, []).append(i)
+    keep = sorted(i for idx in by_class.values() for i in rng.sample(idx, min(len(idx), max_per_class)))
+    return LabelledSet(ls.name, [ls.texts[i] for i in keep], [ls.labels[i] for i in keep], ls.label_names, ls.meta)

