@@ -219,14 +219,19 @@ def tokenize_texts(tokenizer, texts: list[str], context_size: int = 128) -> torc
         raise DataError(f"context_size={context_size} is too small; use at least 2.")
     ds = datasets.Dataset.from_dict({"text": texts})
     tokens = tokenize_and_concatenate(
-        ds, tokenizer, max_length=context_size, add_bos_token=True, num_proc=1, column_name="text"
+        ds, tokenizer, max_length=context_size, add_bos_token=True, num_proc=None, column_name="text"
     )["tokens"]
+    tokens = torch.as_tensor(tokens, dtype=torch.long).reshape(-1, context_size)
+    # A map batch shorter than one context comes back padded; padding is not text, drop it.
+    pad = tokenizer.pad_token_id
+    if pad is not None and pad not in (tokenizer.bos_token_id, tokenizer.eos_token_id):
+        tokens = tokens[~(tokens == pad).any(dim=1)]
     if len(tokens) == 0:
         raise DataError(
             f"The corpus is shorter than one context of {context_size} tokens; give more text "
             "or a smaller context size."
         )
-    return torch.as_tensor(tokens, dtype=torch.long)
+    return tokens
 
 
 def load_tokens(

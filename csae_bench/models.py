@@ -68,9 +68,7 @@ def resolve_model(name: str) -> ModelSpec:
                 f"{path} exists but is not a Hugging Face model directory (no config.json). "
                 "Pass a folder written by `save_pretrained`, or a model name such as 'gpt2'."
             )
-        cfg = json.loads((path / "config.json").read_text())
-        tl_name = cfg.get("_name_or_path") or cfg.get("model_type", "")
-        return ModelSpec("local", _tl_official_name(tl_name, path), path=path)
+        return ModelSpec("local", str(path), path=path)
     if name in HUB_ALIASES:
         official, dtype = HUB_ALIASES[name]
         return ModelSpec("hub", official, dtype=dtype)
@@ -119,9 +117,32 @@ def _as_dtype(dtype: str | torch.dtype) -> torch.dtype:
         raise ModelLoadError(f"Unknown dtype {dtype!r}: use float32, bfloat16 or float16.") from None
 
 
+def _hub_reachable(timeout_s: float = 3.0) -> bool:
+    import socket
+
+    try:
+        socket.create_connection(("huggingface.co", 443), timeout=timeout_s).close()
+        return True
+    except OSError:
+        return False
+
+
+def _in_hf_cache(official: str) -> bool:
+    from huggingface_hub import try_to_load_from_cache
+
+    return isinstance(try_to_load_from_cache(official, "config.json"), str)
+
+
 def _hooked_from_hub(official: str, device: str, dtype: torch.dtype):
     from transformer_lens import HookedTransformer
 
+    # huggingface_hub retries for ~25 s when the hub is unreachable; fail in seconds instead.
+    if os.environ.get("HF_HUB_OFFLINE") != "1" and not _in_hf_cache(official) and not _hub_reachable():
+        raise ModelLoadError(
+            f"Cannot load '{official}': the Hugging Face hub is unreachable from this machine and "
+            "the model is not in the local Hugging Face cache. Use --model embedded, a local model "
+            "directory, or a machine with hub access."
+        )
     try:
         return HookedTransformer.from_pretrained_no_processing(official, device=device, dtype=dtype)
     except OSError as err:  # huggingface_hub raises OSError subclasses when offline / not found
@@ -139,15 +160,35 @@ def _hooked_from_hub(official: str, device: str, dtype: torch.dtype):
 
 
 def _hooked_from_hf_dir(hf_dir: Path, official: str, device: str, dtype: torch.dtype):
+    """Load a Hugging Face model directory into TransformerLens without touching the hub."""
     from transformer_lens import HookedTransformer
+    from transformer_lens import loading_from_pretrained as loading
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    hf_model = AutoModelForCausalLM.from_pretrained(hf_dir, torch_dtype=torch.float32)
-    tokenizer = AutoTokenizer.from_pretrained(hf_dir)
-    model = HookedTransformer.from_pretrained_no_processing(
-        official, hf_model=hf_model, tokenizer=tokenizer, device=device, dtype=dtype,
-        hf_config=hf_model.config,
-    )
+    try:
+        hf_model = AutoModelForCausalLM.from_pretrained(hf_dir, dtype=torch.float32)
+        tokenizer = AutoTokenizer.from_pretrained(hf_dir)
+    except (OSError, ValueError) as err:
+        raise ModelLoadError(
+            f"Cannot read the model in {hf_dir}: {err}. If this is the embedded cache, delete it "
+            f"({cache_dir()}) and it is rebuilt on the next run."
+        ) from err
+    if hf_dir == cache_dir() / "gemma-3-270m":
+        # TransformerLens knows this architecture by name; no hub access is needed.
+        model = HookedTransformer.from_pretrained_no_processing(
+            official, hf_model=hf_model, tokenizer=tokenizer, device=device, dtype=dtype
+        )
+    else:
+        # TransformerLens resolves configs of *local* directories from their config.json; going
+        # through its official-name path would ask the hub for the config.
+        cfg = loading.get_pretrained_model_config(str(hf_dir), fold_ln=False, device=device, dtype=dtype)
+        state_dict = loading.get_pretrained_state_dict(str(hf_dir), cfg, hf_model, dtype=dtype)
+        model = HookedTransformer(cfg, tokenizer, move_to_device=False)
+        model.load_and_process_state_dict(
+            state_dict, fold_ln=False, center_writing_weights=False, center_unembed=False,
+            fold_value_biases=False, refactor_factored_attn_matrices=False,
+        )
+        model.move_model_modules_to_device()
     del hf_model
     model.eval()
     return model
@@ -223,7 +264,7 @@ def _build_embedded_cache(target: Path) -> None:
             gguf_file = gguf_pkg.assemble(tmp_path / gguf_pkg.MODEL_NAME)
             bar.update(task, description="Embedded model: dequantizing GGUF with transformers")
             hf_model = AutoModelForCausalLM.from_pretrained(
-                tmp_path, gguf_file=gguf_file.name, torch_dtype=torch.float32
+                tmp_path, gguf_file=gguf_file.name, dtype=torch.float32
             )
             tokenizer = AutoTokenizer.from_pretrained(tmp_path, gguf_file=gguf_file.name)
             # The dequantized weights are plain float tensors; the quantization config would make

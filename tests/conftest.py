@@ -58,3 +58,17 @@ def embedded_eval_tokens(embedded_model):
     from csae_bench.data import load_tokens
 
     return load_tokens(embedded_model.tokenizer, split="eval", context_size=64, n_contexts=16)
+
+
+@pytest.fixture(scope="session")
+def word_tokenizer():
+    """A real (fast) Hugging Face tokenizer over a small word vocabulary, built offline."""
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    words = [f"word{i}" for i in range(500)] + "the a of and is to in it that was".split()
+    vocab = {"<pad>": 0, "<eos>": 1, "<bos>": 2, "<unk>": 3, **{w: i + 4 for i, w in enumerate(words)}}
+    tok = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
+    tok.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+    return PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<bos>", eos_token="<eos>",
+                                   pad_token="<pad>", unk_token="<unk>")

@@ -38,6 +38,12 @@ def layer_of_hook(hook_name: str) -> int:
         raise ActivationError(f"Cannot read a layer from hook name {hook_name!r} (expected blocks.L.hook_...).") from None
 
 
+def bos_token_id(model) -> int | None:
+    """The BOS id of ``model``'s tokenizer (None for a model without one)."""
+    tok = getattr(model, "tokenizer", None)
+    return getattr(tok, "bos_token_id", None)
+
+
 def progress(description: str) -> Progress:
     """The rich progress bar used for long work throughout the package."""
     return Progress(
@@ -71,9 +77,9 @@ def harvest_activations(
             batch = tokens[start : start + batch_contexts].to(device)
             _, cache = model.run_with_cache(batch, names_filter=[hook_name], stop_at_layer=layer + 1)
             acts = cache[hook_name]
-            if drop_bos:
-                keep = batch != model.tokenizer.bos_token_id if model.tokenizer is not None else torch.ones_like(batch, dtype=torch.bool)
-                acts = acts[keep]
+            bos = bos_token_id(model)
+            if drop_bos and bos is not None:
+                acts = acts[batch != bos]
             else:
                 acts = acts.reshape(-1, acts.shape[-1])
             out.append(acts.to("cpu", dtype))
@@ -116,7 +122,7 @@ class ActivationSource:
     @property
     def n_tokens(self) -> int:
         """Tokens served per epoch (BOS positions excluded)."""
-        bos = self.model.tokenizer.bos_token_id if self.model.tokenizer is not None else None
+        bos = bos_token_id(self.model)
         return int((self.tokens != bos).sum()) if bos is not None else self.tokens.numel()
 
     def _chunk(self, i: int) -> torch.Tensor:
