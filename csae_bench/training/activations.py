@@ -130,7 +130,14 @@ class ActivationSource:
         return harvest_activations(self.model, self.hook_name, sl, self.batch_contexts)
 
     def all_activations(self) -> torch.Tensor:
-        """Every activation, unshuffled (uses and fills the disk cache)."""
+        """Every activation, unshuffled (uses and fills the disk cache; kept in memory after the
+        first call, so several ``batches`` iterators do not harvest again)."""
+        if getattr(self, "_acts_in_memory", None) is not None:
+            return self._acts_in_memory
+        self._acts_in_memory = self._all_activations()
+        return self._acts_in_memory
+
+    def _all_activations(self) -> torch.Tensor:
         if self.cache_path is not None and self.cache_path.exists():
             from safetensors.torch import load_file
 

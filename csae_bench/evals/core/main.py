@@ -1,0 +1,180 @@
+"""Run SAEBench's core eval (``sae_bench.evals.core.main.run_evals``) offline.
+
+SAEBench's own driver (``multiple_evals``) loads the model from the hub and turns any exception
+into an empty result; this wrapper instead hands ``run_evals`` our model object and an
+``ActivationsStore`` over the eval tokens held in memory, and lets failures raise.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from typing import Any
+
+import torch
+from sae_bench.evals.core import main as sb_core
+from sae_bench.evals.core.eval_config import CoreEvalConfig
+from sae_bench.sae_bench_utils import get_eval_uuid, get_sae_bench_version, get_sae_lens_version
+from sae_bench.sae_bench_utils.general_utils import load_and_format_sae
+
+from csae_bench.evals.core.output import (
+    CsaeCoreEvalOutput,
+    CsaeCoreMetricCategories,
+    CsaeReconstructionQualityMetrics,
+)
+from csae_bench.evals.registry import EvalContext, EvalSpec, register_eval
+
+logger = logging.getLogger(__name__)
+
+
+def make_core_config(ctx: EvalContext, overrides: dict[str, Any]) -> CoreEvalConfig:
+    """Every core metric on, sized for the eval tokens in ``ctx``; ``overrides`` win."""
+    n_ctx, ctx_len = ctx.eval_tokens.shape
+    settings: dict[str, Any] = dict(
+        model_name=ctx.model_name,
+        batch_size_prompts=min(8, n_ctx),
+        n_eval_reconstruction_batches=1,
+        n_eval_sparsity_variance_batches=max(1, n_ctx // min(8, n_ctx)),
+        dataset=str(ctx.extra.get("corpus", "csae_bench eval tokens")),
+        context_size=ctx_len,
+        compute_kl=True,
+        compute_ce_loss=True,
+        compute_l2_norms=True,
+        compute_sparsity_metrics=True,
+        compute_variance_metrics=True,
+        compute_featurewise_density_statistics=True,
+        compute_featurewise_weight_based_metrics=True,
+        exclude_special_tokens_from_reconstruction=True,
+        llm_dtype=str(next(ctx.model.parameters()).dtype).removeprefix("torch."),
+    )
+    settings.update(overrides)
+    return CoreEvalConfig(**settings)
+
+
+def special_token_ids(ctx: EvalContext) -> set[int | None]:
+    """Tokens excluded from the metrics, as SAEBench does: BOS/EOS/PAD of the tokenizer, or —
+    for a model without one — the BOS that starts every eval context."""
+    tok = getattr(ctx.model, "tokenizer", None)
+    if tok is not None:
+        return {t for t in (tok.pad_token_id, tok.eos_token_id, tok.bos_token_id) if t is not None}
+    return {int(t) for t in ctx.eval_tokens[:, 0].unique()}
+
+
+class _BatchRecorder:
+    """Wraps ``ActivationsStore.get_batch_tokens`` to keep every batch SAEBench draws, so the
+    mean-centred explained variance is computed on exactly the tokens of SAEBench's own."""
+
+    def __init__(self, store) -> None:
+        self.batches: list[torch.Tensor] = []
+        self._inner = store.get_batch_tokens
+        store.get_batch_tokens = self
+
+    def __call__(self, *args, **kwargs) -> torch.Tensor:
+        batch = self._inner(*args, **kwargs)
+        self.batches.append(batch)
+        return batch
+
+
+@torch.no_grad()
+def mean_centred_explained_variance(
+    sae, model, hook_name: str, tokens_BT: torch.Tensor, ignore: set[int | None]
+) -> float:
+    """``1 - Σ‖x - x̂‖² / Σ‖x - mean(x)‖²`` over the non-special tokens of ``tokens_BT``."""
+    layer = int(hook_name.split(".")[1])
+    _, cache = model.run_with_cache(tokens_BT, names_filter=[hook_name], stop_at_layer=layer + 1,
+                                    prepend_bos=False)
+    keep_BT = torch.ones_like(tokens_BT, dtype=torch.bool)
+    for t in ignore:
+        if t is not None:
+            keep_BT &= tokens_BT != t
+    x_ND = cache[hook_name][keep_BT].to(sae.W_dec.device, sae.W_dec.dtype)
+    x_hat_ND = sae.decode(sae.encode(x_ND))
+    resid = (x_ND - x_hat_ND).double().pow(2).sum()
+    total = (x_ND.double() - x_ND.double().mean(dim=0)).pow(2).sum()
+    return float(1 - resid / total)
+
+
+def run_core_eval(ctx: EvalContext, sae, sae_id: str, config: CoreEvalConfig) -> CsaeCoreEvalOutput:
+    """SAEBench core metrics for ``sae`` on ``ctx.eval_tokens``; raises on any failure."""
+    import datasets
+    from sae_lens import ActivationsStore
+
+    release = str(ctx.extra.get("sae_release", "custom"))
+    _, sae, _ = load_and_format_sae(release, sae, ctx.device)  # fills cfg fields SAEBench reads
+    if sae.cfg.context_size is None:
+        sae.cfg.context_size = sae.cfg.metadata.context_size = config.context_size
+    if sae.cfg.hook_name != ctx.hook_name:
+        raise ValueError(f"SAE {sae_id} reads {sae.cfg.hook_name}, but this run evaluates {ctx.hook_name}; "
+                         "pass SAEs trained on the run's hook (--layer).")
+    n_needed = config.batch_size_prompts * max(config.n_eval_reconstruction_batches,
+                                               config.n_eval_sparsity_variance_batches)
+    if n_needed > len(ctx.eval_tokens):
+        logger.warning("core: %d contexts requested per phase but only %d eval contexts; SAEBench "
+                       "will cycle through them.", n_needed, len(ctx.eval_tokens))
+    dataset = datasets.Dataset.from_dict({"tokens": ctx.eval_tokens[:, : config.context_size].tolist()})
+    store = ActivationsStore.from_sae(ctx.model, sae, dataset=dataset, context_size=config.context_size,
+                                      store_batch_size_prompts=config.batch_size_prompts,
+                                      device=ctx.device)
+    recorder = _BatchRecorder(store)
+    ignore = special_token_ids(ctx)
+    start = time.perf_counter()
+    metrics, feature_metrics = sb_core.run_evals(sae, store, ctx.model, config, ignore_tokens=ignore)
+    if not metrics:
+        raise RuntimeError(f"SAEBench core eval computed no metrics for {sae_id}; check the config flags.")
+    if config.compute_variance_metrics:
+        sv_batches = recorder.batches[-config.n_eval_sparsity_variance_batches :]
+        metrics["reconstruction_quality"]["explained_variance_mean_centred"] = (
+            mean_centred_explained_variance(sae, ctx.model, ctx.hook_name, torch.cat(sv_batches), ignore)
+        )
+    if config.compute_featurewise_density_statistics and config.compute_featurewise_weight_based_metrics:
+        metrics["misc_metrics"] = sb_core.calculate_misc_metrics(feature_metrics)
+        details = sb_core.convert_feature_metrics(sb_core.replace_nans_with_negative_one(feature_metrics))
+    else:
+        details = []
+    metrics = sb_core.replace_nans_with_negative_one(metrics)
+    logger.info("core eval of %s took %.1f s", sae_id, time.perf_counter() - start)
+    categories = CsaeCoreMetricCategories(**{
+        name: (CsaeReconstructionQualityMetrics if name == "reconstruction_quality" else cls)(**metrics.get(name, {}))
+        for name, cls in _CATEGORY_CLASSES.items()
+    })
+    return CsaeCoreEvalOutput(
+        eval_config=config,
+        eval_id=get_eval_uuid(),
+        datetime_epoch_millis=int(time.time() * 1000),
+        eval_result_metrics=categories,
+        eval_result_details=details,
+        eval_result_unstructured={},
+        sae_bench_commit_hash=get_sae_bench_version(),
+        sae_lens_id=sae_id,
+        sae_lens_release_id=release,
+        sae_lens_version=get_sae_lens_version(),
+        sae_cfg_dict=sae.cfg.to_dict(),
+    )
+
+
+_CATEGORY_CLASSES = {
+    "model_behavior_preservation": sb_core.ModelBehaviorPreservationMetrics,
+    "model_performance_preservation": sb_core.ModelPerformancePreservationMetrics,
+    "reconstruction_quality": sb_core.ReconstructionQualityMetrics,
+    "shrinkage": sb_core.ShrinkageMetrics,
+    "sparsity": sb_core.SparsityMetrics,
+    "token_stats": sb_core.TokenStatsMetrics,
+    "misc_metrics": sb_core.MiscMetrics,
+}
+
+CORE_SPEC = register_eval(EvalSpec(
+    eval_type_id="core",
+    config_cls=CoreEvalConfig,
+    output_cls=CsaeCoreEvalOutput,
+    run=run_core_eval,
+    headline={
+        "model_performance_preservation.ce_loss_score": "higher",
+        "model_behavior_preservation.kl_div_score": "higher",
+        "reconstruction_quality.explained_variance_mean_centred": "higher",
+        "reconstruction_quality.explained_variance": "higher",
+        "reconstruction_quality.mse": "lower",
+        "misc_metrics.frac_alive": "higher",
+    },
+    make_config=make_core_config,
+    description="SAEBench core: reconstruction, sparsity, CE/KL preservation (+ mean-centred EV).",
+))

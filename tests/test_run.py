@@ -1,0 +1,259 @@
+"""The CLI and the resumable pipeline: options, bad input, suites, kill/resume, smoke end-to-end."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from csae_bench.run import EXIT_INTERRUPTED, EXIT_USAGE, main
+from csae_bench.suite import RunConfig, SuiteError, build_config
+
+TESTS = Path(__file__).parent
+REPO = TESTS.parent
+SUITES = sorted((REPO / "evals").glob("*.toml"))
+
+
+def test_help_documents_every_option(capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main(["--help"])
+    assert exit_info.value.code == 0
+    text = capsys.readouterr().out
+    for flag in ("--model", "--layer", "--architectures", "--evals", "--suite", "--train-tokens",
+                 "--d-sae", "--seed", "--device", "--out", "--saes", "--force", "leaderboard"):
+        assert flag in text, flag
+
+
+@pytest.mark.parametrize(("flag", "value", "listed"), [
+    ("--evals", "core,bogus", "valid evals: core"),
+    ("--architectures", "topk,nope", "valid architectures: relu, topk"),
+])
+def test_unknown_names_exit_nonzero_and_list_valid_ones(tmp_path, caplog, flag, value, listed):
+    assert main([flag, value, "--out", str(tmp_path)]) == EXIT_USAGE
+    assert listed in caplog.text
+    assert not any(tmp_path.iterdir())  # nothing was started
+
+
+def test_unwritable_out_is_reported(tmp_path, caplog):
+    blocker = tmp_path / "a_file"
+    blocker.write_text("not a folder")
+    assert main(["--evals", "core", "--out", str(blocker / "results")]) == EXIT_USAGE
+    assert "Cannot write to --out" in caplog.text
+
+
+@pytest.mark.parametrize(("text", "named"), [
+    ('[run]\nmodle = "gpt2"\n', "run.modle"),
+    ('[train]\nlearning_rate = 0.1\n', "train.learning_rate"),
+    ('[run]\nlayer = "six"\n', "layer"),
+    ('[run\nlayer = 1\n', "not valid TOML"),
+    ('[runs]\nlayer = 1\n', "runs"),
+])
+def test_malformed_suite_names_the_key(tmp_path, caplog, text, named):
+    suite = tmp_path / "bad.toml"
+    suite.write_text(text)
+    with pytest.raises(SuiteError, match=named.replace(".", r"\.")):
+        build_config(suite)
+    assert main(["--suite", str(suite), "--out", str(tmp_path / "r")]) == EXIT_USAGE
+    assert named in caplog.text
+
+
+def test_unknown_eval_override_key_is_named(tmp_path):
+    from csae_bench.suite import validate_names
+
+    suite = tmp_path / "s.toml"
+    suite.write_text('[run]\nevals = ["core"]\n[evals.core]\nn_batches = 3\n')
+    with pytest.raises(SuiteError, match="n_batches"):
+        validate_names(build_config(suite))
+
+
+@pytest.mark.parametrize("suite", SUITES, ids=[s.stem for s in SUITES])
+def test_shipped_suites_load(suite):
+    cfg = build_config(suite)
+    assert cfg.architectures and cfg.evals
+
+
+def test_cpu_suite_is_the_default_run():
+    """`python -m csae_bench.run` with no arguments == `--suite evals/gemma-3-270m.toml`."""
+    assert build_config(REPO / "evals" / "gemma-3-270m.toml") == RunConfig()
+
+
+def test_flags_override_suite(tmp_path):
+    suite = tmp_path / "s.toml"
+    suite.write_text('[run]\nd_sae = 64\nseeds = [1, 2]\n')
+    cfg = build_config(suite, d_sae=128, seeds=None)
+    assert (cfg.d_sae, cfg.seeds) == (128, [1, 2])
+
+
+# ---------------------------------------------------------------- resume after kill
+
+
+def _run_tiny(out: Path, delay: float) -> subprocess.Popen:
+    env = {**os.environ, "CSAE_TEST_TRAIN_DELAY": str(delay), "HF_HUB_OFFLINE": "1",
+           "HF_DATASETS_OFFLINE": "1", "PYTHONWARNINGS": "ignore"}
+    code = f"import sys; sys.path.insert(0, {str(TESTS)!r}); from pipeline_fakes import run_in_subprocess; run_in_subprocess({str(out)!r})"
+    return subprocess.Popen([sys.executable, "-c", code], env=env, cwd=REPO,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+
+
+def _wait_for(path: Path, proc: subprocess.Popen, timeout: float = 240) -> None:
+    deadline = time.time() + timeout
+    while not path.exists():
+        if proc.poll() is not None:
+            raise AssertionError(f"run ended (rc {proc.returncode}) before {path} appeared:\n{proc.stdout.read()}")
+        if time.time() > deadline:
+            proc.kill()
+            raise AssertionError(f"{path} did not appear within {timeout} s")
+        time.sleep(0.05)
+
+
+VOLATILE = {"generated_at_epoch_millis", "results_dir", "eval_ids", "versions", "commit"}
+
+
+def _comparable(board: dict) -> dict:
+    return {k: v for k, v in board.items() if k not in VOLATILE} | {
+        "rows": [{k: v for k, v in row.items() if k not in VOLATILE} for row in board["rows"]]}
+
+
+def _assert_same(a, b, where="board"):
+    if isinstance(a, dict):
+        assert a.keys() == b.keys(), where
+        for k in a:
+            _assert_same(a[k], b[k], f"{where}.{k}")
+    elif isinstance(a, list):
+        assert len(a) == len(b), where
+        for i, (x, y) in enumerate(zip(a, b, strict=True)):
+            _assert_same(x, y, f"{where}[{i}]")
+    elif isinstance(a, float):
+        assert math.isclose(a, b, rel_tol=1e-6, abs_tol=1e-9), f"{where}: {a} != {b}"
+    else:
+        assert a == b, where
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(tmp_path_factory):
+    """The reference: the tiny run done in one go (in this process)."""
+    from pipeline_fakes import tiny_resources, tiny_run_config
+
+    from csae_bench.run import execute
+
+    out = tmp_path_factory.mktemp("uninterrupted")
+    cfg = tiny_run_config(out)
+    execute(cfg, tiny_resources(cfg), plots=False)
+    return out
+
+
+def test_killed_run_resumes_to_the_same_leaderboard(tmp_path, uninterrupted):
+    out = tmp_path / "killed"
+    seed_dir = out / "tiny" / "blocks.2.hook_resid_post" / "seed0"
+    harvest = seed_dir / "activations.safetensors"
+
+    # 1. SIGKILL while training: only whole files remain, no SAE, no result.
+    proc = _run_tiny(out, delay=30)
+    _wait_for(harvest, proc)
+    time.sleep(0.5)
+    proc.kill()
+    proc.wait()
+    assert not (seed_dir / "saes" / "trained.json").exists()
+    assert not list(out.rglob("*_eval_results.json"))
+    assert not [p for p in out.rglob("*.tmp") if p.is_file()]
+    harvest_mtime = harvest.stat().st_mtime_ns
+
+    # 2. SIGINT after the first SAE is saved: exit 130, the SAE folder is complete.
+    proc = _run_tiny(out, delay=3)
+    _wait_for(seed_dir / "saes" / "relu" / "cfg.json", proc)
+    proc.send_signal(signal.SIGINT)
+    assert proc.wait(timeout=120) == EXIT_INTERRUPTED
+    relu_mtime = (seed_dir / "saes" / "relu" / "sae_weights.safetensors").stat().st_mtime_ns
+
+    # 3. Re-run to the end (here, in-process): earlier work is reused, and the leaderboard
+    #    matches the uninterrupted run's.
+    from pipeline_fakes import tiny_resources, tiny_run_config
+
+    from csae_bench.run import execute
+
+    cfg = tiny_run_config(out)
+    execute(cfg, tiny_resources(cfg), plots=False)
+    assert harvest.stat().st_mtime_ns == harvest_mtime
+    assert (seed_dir / "saes" / "relu" / "sae_weights.safetensors").stat().st_mtime_ns == relu_mtime
+    resumed = json.loads((out / "leaderboard.json").read_text())
+    reference = json.loads((uninterrupted / "leaderboard.json").read_text())
+    assert len(resumed["rows"]) == 2 and all(not r["missing_evals"] for r in resumed["rows"])
+    _assert_same(_comparable(resumed), _comparable(reference))
+
+
+def test_rerun_skips_finished_work_and_redoes_a_corrupt_result(tmp_path):
+    from pipeline_fakes import tiny_resources, tiny_run_config
+    from sae_bench.sae_bench_utils.testing_utils import validate_eval_output_format_file
+
+    from csae_bench.evals.core import CsaeCoreEvalOutput
+    from csae_bench.pipeline import plan, run_jobs
+
+    cfg = tiny_run_config(tmp_path)
+    res = tiny_resources(cfg)
+    jobs = plan(cfg, "blocks.2.hook_resid_post")
+    assert run_jobs(jobs, res) == {"run": 4, "skipped": 0}
+    results = sorted(tmp_path.rglob("*_eval_results.json"))
+    assert [p.parent.name for p in results] == ["core", "core"]
+    assert results[0].name == "csae_bench-tiny-blocks.2.hook_resid_post_relu-d128-s0_eval_results.json"
+    for p in results:
+        validate_eval_output_format_file(str(p), CsaeCoreEvalOutput)
+    results[0].write_text('{"eval_type_id": "core", "trunc')  # a corrupt result is redone
+    assert run_jobs(plan(cfg, "blocks.2.hook_resid_post"), res) == {"run": 1, "skipped": 3}
+    validate_eval_output_format_file(str(results[0]), CsaeCoreEvalOutput)
+
+
+def test_eval_failure_is_raised_not_swallowed(tmp_path):
+    from pipeline_fakes import tiny_resources, tiny_run_config
+
+    from csae_bench.pipeline import PipelineError
+    from csae_bench.run import execute
+
+    cfg = tiny_run_config(tmp_path, eval_settings={"core": {"batch_size_prompts": 0}})
+    with pytest.raises(PipelineError, match="eval core on relu-d128-s0 failed"):
+        execute(cfg, tiny_resources(cfg), plots=False)
+    assert not list(tmp_path.rglob("*_eval_results.json"))
+
+
+def test_evaluate_existing_saes_folder(tmp_path, uninterrupted):
+    """--saes: SAELens-format folders trained elsewhere are evaluated, nothing is trained."""
+    from pipeline_fakes import tiny_resources, tiny_run_config
+
+    from csae_bench.run import execute
+
+    saes = uninterrupted / "tiny" / "blocks.2.hook_resid_post" / "seed0" / "saes"
+    cfg = tiny_run_config(tmp_path / "out", saes=str(saes))
+    board = execute(cfg, tiny_resources(cfg), plots=False)
+    assert sorted(r["sae_id"] for r in board["rows"]) == ["relu", "topk"]
+    assert not (tmp_path / "out" / "tiny").exists()
+
+
+@pytest.mark.slow
+def test_smoke_suite_end_to_end(tmp_path):
+    """The CI smoke run: every architecture and every eval on the embedded model, offline."""
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"}
+    start = time.time()
+    proc = subprocess.run([sys.executable, "-m", "csae_bench.run", "--suite", "evals/smoke.toml",
+                           "--out", str(tmp_path)], cwd=REPO, env=env, capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    board = json.loads((tmp_path / "leaderboard.json").read_text())
+    cfg = build_config(REPO / "evals" / "smoke.toml")
+    assert {r["architecture"] for r in board["rows"]} == set(cfg.architectures)
+    assert all(not r["missing_evals"] for r in board["rows"])
+    assert not board["skipped_files"]
+    assert (tmp_path / "plots" / "l0_vs_ce_loss_score.png").exists()
+    from sae_bench.sae_bench_utils.testing_utils import validate_eval_output_format_file
+
+    from csae_bench.evals.registry import get_eval
+
+    files = sorted(tmp_path.rglob("*_eval_results.json"))
+    assert len(files) == len(cfg.architectures) * len(cfg.evals)
+    for path in files:
+        validate_eval_output_format_file(str(path), get_eval(path.parent.name).output_cls)
+    print(f"smoke suite: {time.time() - start:.0f} s")  # noqa: T201
