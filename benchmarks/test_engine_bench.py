@@ -1,0 +1,105 @@
+"""Engine speed, side by side on the same interventions (run: pytest benchmarks/ --benchmark-only).
+
+Groups: ``engine-vs-naive`` (exact batched engine, truncation-only engine, naive hooked loop, and
+attribution), ``window`` (the engine at W = 1, 4, 16). ``extra_info`` holds interventions per
+second; the naive/engine ratio is the speed-up."""
+
+from __future__ import annotations
+
+import os
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+
+import pytest
+import torch
+
+from csae_bench.interventions.engine import EffectEngine, EngineConfig
+from csae_bench.interventions.reference import naive_effects
+
+HOOK = "blocks.6.hook_resid_post"
+N_TOKENS = 16
+N_INTERVENTIONS = 2 * N_TOKENS
+
+
+@pytest.fixture(scope="session")
+def bench_model():
+    from csae_bench.models import load_model
+
+    return load_model("embedded")
+
+
+@pytest.fixture(scope="session")
+def bench_tokens(bench_model):
+    from csae_bench.data import load_tokens
+
+    return load_tokens(bench_model.tokenizer, split="eval", context_size=128, n_contexts=8)
+
+
+@pytest.fixture(scope="session")
+def bench_interventions(bench_model, bench_tokens):
+    """As the NCES eval runs them: at 16 seeded random (context, position) tokens, an edit of a
+    typical feature-edit size (norm 150, the median zero-ablation of a TopK SAE at this hook) and
+    its random-direction control of equal norm — 32 interventions."""
+    from csae_bench.interventions import random_direction_control
+
+    gen = torch.Generator().manual_seed(0)
+    ctx = torch.randint(0, len(bench_tokens), (N_TOKENS,), generator=gen)
+    pos = torch.randint(1, bench_tokens.shape[1] - 20, (N_TOKENS,), generator=gen)
+    edit = 150.0 * torch.nn.functional.normalize(torch.randn(N_TOKENS, bench_model.cfg.d_model, generator=gen), dim=-1)
+    ctx, pos = ctx.repeat(2), pos.repeat(2)
+    delta = torch.cat([edit, random_direction_control(edit, gen)])
+    return ctx, pos, delta
+
+PEDANTIC = dict(rounds=1, iterations=1, warmup_rounds=0)
+
+
+def _record(benchmark, n: int) -> None:
+    benchmark.extra_info["interventions"] = n
+    benchmark.extra_info["interventions_per_second"] = n / benchmark.stats.stats.mean
+
+
+@pytest.fixture(scope="module")
+def engines(bench_model, bench_tokens):
+    return {
+        "reuse_kv": EffectEngine(bench_model, HOOK, bench_tokens, EngineConfig(window=4)),
+        "truncate": EffectEngine(bench_model, HOOK, bench_tokens, EngineConfig(window=4, reuse_kv=False)),
+    }
+
+
+@pytest.mark.benchmark(group="engine-vs-naive")
+def test_bench_naive_loop(benchmark, bench_model, bench_tokens, bench_interventions):
+    ctx, pos, delta = bench_interventions
+    benchmark.pedantic(naive_effects, args=(bench_model, HOOK, bench_tokens, ctx, pos, delta, 4), **PEDANTIC)
+    _record(benchmark, N_INTERVENTIONS)
+
+
+@pytest.mark.benchmark(group="engine-vs-naive")
+@pytest.mark.parametrize("variant", ["reuse_kv", "truncate"])
+def test_bench_engine_exact(benchmark, engines, bench_interventions, variant):
+    ctx, pos, delta = bench_interventions
+    result = benchmark.pedantic(engines[variant].effects, args=(ctx, pos, delta), **PEDANTIC)
+    _record(benchmark, N_INTERVENTIONS)
+    benchmark.extra_info["positions_run"] = result.stats["positions_run"]
+
+
+@pytest.mark.benchmark(group="engine-vs-naive")
+def test_bench_attribution(benchmark, bench_model, bench_tokens, bench_interventions):
+    ctx, pos, delta = bench_interventions
+    engine = EffectEngine(bench_model, HOOK, bench_tokens, EngineConfig(window=4))
+
+    def attribute():
+        engine._grad_NTD = None  # time the backward pass, not the cache
+        return engine.attribution(ctx, pos, delta)
+
+    benchmark.pedantic(attribute, **PEDANTIC)
+    _record(benchmark, N_INTERVENTIONS)
+
+
+@pytest.mark.benchmark(group="window")
+@pytest.mark.parametrize("window", [1, 4, 16])
+def test_bench_window(benchmark, bench_model, bench_tokens, bench_interventions, window):
+    ctx, pos, delta = bench_interventions
+    engine = EffectEngine(bench_model, HOOK, bench_tokens, EngineConfig(window=window))
+    benchmark.pedantic(engine.effects, args=(ctx, pos, delta), **PEDANTIC)
+    _record(benchmark, N_INTERVENTIONS)

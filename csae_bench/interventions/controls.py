@@ -1,0 +1,56 @@
+"""Control edits for NCES: edits of the same size as a feature's edit, in a direction that is
+not the feature's.
+
+* ``isotropic`` — a seeded random unit vector (DESIGN §4's random-direction control).
+* ``feature`` — the decoder row of a random *other* alive feature of the same SAE, one not active
+  at that token, with the same coefficient ``f'_i − f_i``. On Gemma-3-270M the model is ~15× more
+  sensitive to isotropic directions than to in-distribution ones (docs/nces.md), so against the
+  isotropic control every on-manifold direction looks "anti-causal"; the other-feature control asks
+  whether the active feature's direction matters more *here* than dictionary directions that are
+  not active here. For a dictionary of random directions both controls give NCES ≈ 0.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+CONTROLS = ("feature", "isotropic")
+
+
+def random_direction_control(delta_MD: Tensor, generator: torch.Generator | None = None) -> Tensor:
+    """Same norm as each row of ``delta_MD``, direction a random unit vector (one per row, from
+    ``generator``)."""
+    u = torch.randn(delta_MD.shape, generator=generator, dtype=torch.float32).to(delta_MD)
+    u = u / u.norm(dim=-1, keepdim=True)
+    return u * delta_MD.norm(dim=-1, keepdim=True)
+
+
+@torch.no_grad()
+def other_feature_control(sae, delta_MD: Tensor, feature_M: Tensor, feature_acts_MF: Tensor,
+                          generator: torch.Generator | None = None, alive_F: Tensor | None = None) -> Tensor:
+    """``(f'_i − f_i) d_j`` for a uniformly drawn feature ``j ≠ i`` that is inactive at the token
+    (``feature_acts_MF`` are the SAE's activations at each intervened token) and, when ``alive_F``
+    is given, alive on the eval tokens (dead features' directions may be untrained)."""
+    W_dec = sae.W_dec.detach()
+    d_i = W_dec[feature_M.to(W_dec.device)].to(delta_MD)
+    coeff_M = (delta_MD * d_i).sum(-1) / (d_i * d_i).sum(-1)  # delta = coeff · d_i exactly
+    allowed = feature_acts_MF.to(delta_MD.device) <= 0
+    allowed[torch.arange(len(feature_M)), feature_M] = False
+    if alive_F is not None:
+        allowed &= alive_F.to(allowed.device)[None, :]
+    if not allowed.any(-1).all():
+        raise ValueError("A token has every SAE feature active; the other-feature control needs an inactive one.")
+    scores = torch.rand(allowed.shape, generator=generator).to(delta_MD.device)
+    j = torch.where(allowed, scores, -1.0).argmax(-1)
+    d_j = W_dec[j.to(W_dec.device)].to(delta_MD)
+    return coeff_M[:, None] * d_j * (d_i.norm(dim=-1, keepdim=True) / d_j.norm(dim=-1, keepdim=True))
+
+
+def make_control(kind: str, sae, delta_MD: Tensor, feature_M: Tensor, feature_acts_MF: Tensor,
+                 generator: torch.Generator | None = None, alive_F: Tensor | None = None) -> Tensor:
+    if kind == "isotropic":
+        return random_direction_control(delta_MD, generator)
+    if kind == "feature":
+        return other_feature_control(sae, delta_MD, feature_M, feature_acts_MF, generator, alive_F)
+    raise ValueError(f"Unknown control {kind!r}; valid: {', '.join(CONTROLS)}.")

@@ -1,0 +1,353 @@
+"""The batch-wise exact effect engine (DESIGN §4).
+
+An intervention is a residual edit ``delta`` added at the hook ``L`` at one position ``t`` of one
+eval context. Its effect is ``Σ_{s=t}^{t+W−1} KL(p(·|clean)_s ‖ p(·|intervened)_s)``, recorded with
+the change in the true next-token loss over the same positions.
+
+What the engine reuses, and why it is exact:
+
+* the clean residual at ``L`` is computed once per context; only the layers after ``L`` are run;
+* causal attention: an edit at ``t`` changes nothing at positions ``< t``, and positions after
+  ``t+W−1`` are never needed, so each intervened sequence is cut to ``[p, t+W)``;
+* the clean keys and values of every layer after ``L`` are cached once per context (TransformerLens
+  ``TransformerLensKeyValueCache``, which stores pre-rotary keys and applies rotary and the local /
+  global masks with the right position offset). A batch of interventions whose positions lie in
+  ``[p, p + max_span]`` runs only positions ``p .. t_max+W−1`` with the cached prefix ``< p``;
+* interventions are sorted by position and stacked along the batch dimension; the batch size
+  follows a memory budget, and a batch that runs out of memory is halved and retried;
+* the unembedding and KL are computed in vocabulary chunks (:mod:`csae_bench.interventions.kl`),
+  only at the ``W`` window positions, with each distinct clean row unembedded once per batch.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from dataclasses import dataclass, field
+
+import torch
+from torch import Tensor
+from transformer_lens.cache.key_value_cache import TransformerLensKeyValueCache
+from transformer_lens.cache.key_value_cache_entry import TransformerLensKeyValueCacheEntry
+
+from csae_bench.interventions.controls import random_direction_control
+from csae_bench.interventions.kl import ChunkedUnembed, kl_and_losses, loss_grad_x
+from csae_bench.interventions.types import InterventionError
+
+logger = logging.getLogger(__name__)
+
+_OOM_MARKERS = ("out of memory", "can't allocate memory", "not enough memory")
+
+
+@dataclass
+class EngineConfig:
+    """Settings of the effect engine."""
+
+    window: int | None = 4
+    """Effect window ``W``: KL summed over the predictions at ``t .. t+W−1``. ``None`` = to the
+    end of the context (positions with a true next token)."""
+    vocab_chunk: int = 16384
+    """Vocabulary columns unembedded at once (memory ``rows × vocab_chunk``)."""
+    memory_budget_mb: float = 1024.0
+    """Working memory for one intervention batch; sets the batch size."""
+    max_batch: int = 512
+    """Upper bound on interventions per batch."""
+    max_span: int = 8
+    """Largest distance between the earliest and latest intervention position in one batch; a
+    larger span recomputes more clean positions, a smaller one runs more, smaller batches."""
+    reuse_kv: bool = True
+    """Reuse the clean keys/values of positions before the batch's earliest position. ``False``
+    recomputes each sequence from position 0 (truncation only), for comparison."""
+    context_batch: int = 8
+    """Contexts per batch for the clean pass and the attribution backward pass."""
+
+    def __post_init__(self) -> None:
+        if self.window is not None and self.window < 1:
+            raise InterventionError(f"window={self.window}: use W ≥ 1, or None for the rest of the context.")
+        if self.vocab_chunk < 1 or self.max_batch < 1 or self.max_span < 0 or self.memory_budget_mb <= 0:
+            raise InterventionError("vocab_chunk, max_batch and memory_budget_mb must be positive, max_span ≥ 0.")
+
+
+@dataclass
+class Effects:
+    """Per-intervention results of :meth:`EffectEngine.effects` (all ``[M]`` unless noted)."""
+
+    kl: Tensor
+    """KL(clean ‖ intervened) summed over the window."""
+    dloss: Tensor
+    """Change of the true next-token loss (intervened − clean), summed over the window."""
+    n_positions: Tensor
+    """Window positions counted for each intervention."""
+    dx_first: Tensor | None = None
+    """``[M, d_model]`` change of the final normalized residual at position ``t`` (its logit
+    change is ``dx · W_U``); kept when ``record_dx``."""
+    stats: dict = field(default_factory=dict)
+    """Work done: batches, forward positions run, positions a full re-run would have needed."""
+
+
+class EffectEngine:
+    """Exact effects of residual edits at one hook of one model on a fixed set of eval contexts.
+
+    ``tokens`` ``[n_ctx, ctx]``. Construction runs the clean pass (hook residual, keys/values of the
+    later layers, final normalized residual) once; :meth:`effects` then evaluates any number of
+    interventions ``(context, position, delta)``.
+    """
+
+    def __init__(self, model, hook_name: str, tokens: Tensor, config: EngineConfig | None = None) -> None:
+        self.model = model
+        self.hook_name = hook_name
+        self.config = config or EngineConfig()
+        self.layer = _layer_of(hook_name, model.cfg.n_layers)
+        if not hook_name.endswith("hook_resid_post"):
+            raise InterventionError(f"The engine patches the residual stream: use a blocks.L.hook_resid_post hook, got {hook_name!r}.")
+        if tokens.ndim != 2 or tokens.shape[1] < 2:
+            raise InterventionError(f"tokens must be [n_contexts, context_size ≥ 2], got {tuple(tokens.shape)}.")
+        ctx = tokens.shape[1]
+        if self.config.window is not None and self.config.window > ctx - 2:
+            raise InterventionError(
+                f"Effect window W={self.config.window} does not fit a context of {ctx} tokens "
+                f"(an intervention at t ≥ 1 needs t+W ≤ {ctx - 1}); use W ≤ {ctx - 2} or longer contexts."
+            )
+        self.device = next(model.parameters()).device
+        self.dtype = next(model.parameters()).dtype
+        self.tokens = tokens.to(self.device)
+        self.unembed = ChunkedUnembed.from_model(model, self.config.vocab_chunk)
+        self._clean_pass()
+
+    # ------------------------------------------------------------------ clean pass
+
+    @property
+    def context_size(self) -> int:
+        return self.tokens.shape[1]
+
+    @property
+    def d_model(self) -> int:
+        return self.model.cfg.d_model
+
+    def max_position(self) -> int:
+        """The last position an intervention may sit at (its window then ends at ``ctx − 2``)."""
+        W = self.config.window or 1
+        return self.context_size - 1 - W
+
+    @torch.no_grad()
+    def _clean_pass(self) -> None:
+        n_ctx, ctx = self.tokens.shape
+        L, n_layers = self.layer, self.model.cfg.n_layers
+        h, x, keys, values = [], [], [[] for _ in range(n_layers)], [[] for _ in range(n_layers)]
+        for start in range(0, n_ctx, self.config.context_batch):
+            batch = self.tokens[start : start + self.config.context_batch]
+            h_b = self.model(batch, stop_at_layer=L + 1)
+            cache = TransformerLensKeyValueCache.init_cache(self.model.cfg, self.device, len(batch))
+            resid = self.model(h_b, start_at_layer=L + 1, stop_at_layer=n_layers, past_kv_cache=cache)
+            h.append(h_b)
+            x.append(self._final_norm(resid))
+            if self.config.reuse_kv:
+                for layer in range(L + 1, n_layers):
+                    keys[layer].append(cache[layer].past_keys)
+                    values[layer].append(cache[layer].past_values)
+        self.h_clean_NTD = torch.cat(h)
+        self.x_clean_NTD = torch.cat(x)
+        self.keys = {layer: torch.cat(keys[layer]) for layer in range(L + 1, n_layers) if keys[layer]}
+        self.values = {layer: torch.cat(values[layer]) for layer in range(L + 1, n_layers) if values[layer]}
+
+    def _final_norm(self, resid: Tensor) -> Tensor:
+        return self.model.ln_final(resid) if self.model.cfg.normalization_type is not None else resid
+
+    # ------------------------------------------------------------------ exact effects
+
+    def check_interventions(self, ctx_idx_M: Tensor, pos_M: Tensor, delta_MD: Tensor) -> None:
+        M = len(ctx_idx_M)
+        if not (len(pos_M) == M and delta_MD.shape == (M, self.d_model)):
+            raise InterventionError(f"Need ctx_idx [M], pos [M], delta [M, {self.d_model}]; got "
+                                    f"{tuple(ctx_idx_M.shape)}, {tuple(pos_M.shape)}, {tuple(delta_MD.shape)}.")
+        if M == 0:
+            return
+        if ctx_idx_M.min() < 0 or ctx_idx_M.max() >= len(self.tokens):
+            raise InterventionError(f"Context index out of range [0, {len(self.tokens)}).")
+        if pos_M.min() < 0 or pos_M.max() > self.max_position():
+            raise InterventionError(
+                f"Positions must lie in [0, {self.max_position()}] so that the window W={self.config.window} "
+                f"has true next tokens; got {int(pos_M.min())}..{int(pos_M.max())}."
+            )
+
+    def _window_len(self, pos_M: Tensor) -> Tensor:
+        if self.config.window is None:
+            return self.context_size - 1 - pos_M
+        return torch.full_like(pos_M, self.config.window)
+
+    def _row_bytes(self, seq: int, prefix: int, rows_out: int) -> float:
+        cfg = self.model.cfg
+        d_mlp = cfg.d_mlp or 4 * cfg.d_model
+        n_kv = cfg.n_key_value_heads or cfg.n_heads
+        n_after = cfg.n_layers - self.layer - 1
+        act = seq * (8 * cfg.d_model + 3 * d_mlp + 2 * cfg.n_heads * (prefix + seq))
+        kv = 2 * n_after * (prefix + seq) * n_kv * cfg.d_head
+        vocab = rows_out * 4 * min(self.config.vocab_chunk, self.unembed.d_vocab)
+        return 4.0 * (act + kv + vocab) * (2 if self.dtype == torch.float64 else 1)
+
+    def batch_size_for(self, seq: int, prefix: int, rows_out: int) -> int:
+        """Interventions per batch that fit :attr:`EngineConfig.memory_budget_mb`."""
+        fit = int(self.config.memory_budget_mb * 2**20 // self._row_bytes(seq, prefix, rows_out))
+        return max(1, min(self.config.max_batch, fit))
+
+    @torch.no_grad()
+    def effects(self, ctx_idx_M: Tensor, pos_M: Tensor, delta_MD: Tensor, record_dx: bool = False,
+                control: bool = False, generator: torch.Generator | None = None) -> Effects:
+        """Exact effects of the edits ``h[ctx, pos] += delta`` (one per row).
+
+        ``control=True`` runs the random-direction control instead: each edit keeps its norm and
+        gets a random unit direction drawn from ``generator`` (:func:`random_direction_control`)."""
+        ctx_idx_M = torch.as_tensor(ctx_idx_M, dtype=torch.long, device=self.device)
+        pos_M = torch.as_tensor(pos_M, dtype=torch.long, device=self.device)
+        if control:
+            delta_MD = random_direction_control(delta_MD, generator)
+        delta_MD = delta_MD.to(self.device, self.dtype)
+        self.check_interventions(ctx_idx_M, pos_M, delta_MD)
+        M = len(ctx_idx_M)
+        kl = torch.zeros(M, dtype=torch.float64, device=self.device)
+        dloss = torch.zeros(M, dtype=torch.float64, device=self.device)
+        dx = torch.zeros(M, self.d_model, dtype=self.dtype, device=self.device) if record_dx else None
+        wlen = self._window_len(pos_M)
+        stats = {"batches": 0, "positions_run": 0, "positions_full_rerun": 0, "oom_retries": 0}
+        order = torch.argsort(pos_M * len(self.tokens) + ctx_idx_M, stable=True)
+        i = 0
+        while i < M:
+            p = int(pos_M[order[i]]) if self.config.reuse_kv else 0
+            # grow the batch while the span and the memory budget allow
+            j_max = i
+            while j_max + 1 < M and int(pos_M[order[j_max + 1]]) - int(pos_M[order[i]]) <= self.config.max_span:
+                j_max += 1
+            seq = int((pos_M[order[i : j_max + 1]] + wlen[order[i : j_max + 1]]).max()) - p
+            rows_out = int(wlen[order[i]]) if self.config.window is not None else seq
+            bs = self.batch_size_for(seq, p, 2 * rows_out)
+            sel = order[i : min(j_max + 1, i + bs)]
+            while True:
+                try:
+                    self._run_batch(sel, p, ctx_idx_M, pos_M, wlen, delta_MD, kl, dloss, dx, stats)
+                    break
+                except (torch.OutOfMemoryError, RuntimeError) as err:
+                    if not any(s in str(err).lower() for s in _OOM_MARKERS):
+                        raise
+                    if len(sel) == 1:
+                        raise InterventionError(
+                            "One intervention does not fit in memory; lower vocab_chunk or use a shorter window."
+                        ) from err
+                    stats["oom_retries"] += 1
+                    sel = sel[: len(sel) // 2]
+                    logger.warning("Intervention batch ran out of memory; retrying with %d.", len(sel))
+                    if self.device.type == "cuda":
+                        torch.cuda.empty_cache()
+            i += len(sel)
+        return Effects(kl, dloss, wlen, dx, stats)
+
+    def _run_batch(self, sel, p, ctx_idx_M, pos_M, wlen, delta_MD, kl, dloss, dx, stats) -> None:
+        ctx_b, pos_b, wlen_b = ctx_idx_M[sel], pos_M[sel], wlen[sel]
+        B = len(sel)
+        seq = int((pos_b + wlen_b).max()) - p
+        rel = pos_b - p
+        inp = self.h_clean_NTD[ctx_b, p : p + seq].clone()
+        inp[torch.arange(B, device=self.device), rel] += delta_MD[sel]
+        cache = self._prefix_cache(ctx_b, p) if p > 0 else None
+        resid = self.model(inp, start_at_layer=self.layer + 1, stop_at_layer=self.model.cfg.n_layers, past_kv_cache=cache)
+        x_int = self._final_norm(resid)
+        # window rows: (intervention b, offset w) for w < wlen_b
+        W_max = int(wlen_b.max())
+        w = torch.arange(W_max, device=self.device)
+        valid = w[None, :] < wlen_b[:, None]
+        b_idx, w_idx = valid.nonzero(as_tuple=True)
+        abs_pos = pos_b[b_idx] + w_idx
+        x_int_R = x_int[b_idx, rel[b_idx] + w_idx]
+        # distinct clean rows are unembedded once
+        key = ctx_b[b_idx] * self.context_size + abs_pos
+        uniq, inverse = torch.unique(key, return_inverse=True)
+        x_clean_U = self.x_clean_NTD[uniq // self.context_size, uniq % self.context_size]
+        next_tok = self.tokens[ctx_b[b_idx], abs_pos + 1]
+        kl_R, loss_clean_R, loss_int_R = self._kl(x_clean_U, inverse, x_int_R, next_tok)
+        kl.index_add_(0, sel[b_idx], kl_R)
+        dloss.index_add_(0, sel[b_idx], loss_int_R - loss_clean_R)
+        if dx is not None:
+            dx[sel] = x_int[torch.arange(B, device=self.device), rel] - self.x_clean_NTD[ctx_b, pos_b]
+        stats["batches"] += 1
+        stats["positions_run"] += B * seq
+        stats["positions_full_rerun"] += int((pos_b + wlen_b).sum()) if self.config.window is not None else B * self.context_size
+
+    def _kl(self, x_clean_U, inverse, x_int_R, next_tok):
+        return kl_and_losses(self.unembed, x_clean_U, x_int_R, next_tok, clean_index_R=inverse)
+
+    def _prefix_cache(self, ctx_b: Tensor, p: int) -> TransformerLensKeyValueCache:
+        cfg = self.model.cfg
+        entries = []
+        for layer in range(cfg.n_layers):
+            if layer in self.keys:
+                entries.append(TransformerLensKeyValueCacheEntry(
+                    self.keys[layer][ctx_b, :p], self.values[layer][ctx_b, :p], frozen=True))
+            else:  # layers up to the hook are not run
+                entries.append(TransformerLensKeyValueCacheEntry.init_cache_entry(cfg, self.device, len(ctx_b)))
+        cache = TransformerLensKeyValueCache(entries=entries, previous_attention_mask=torch.ones(
+            len(ctx_b), p, dtype=torch.int, device=self.device))
+        cache.freeze()
+        return cache
+
+    # ------------------------------------------------------------------ attribution
+
+    def loss_gradients(self) -> Tensor:
+        """``∂ Σ_s loss_s / ∂ h_t`` at the hook for every eval token ``[n_ctx, ctx, d_model]``
+        (one backward pass per context batch; cached)."""
+        if getattr(self, "_grad_NTD", None) is None:
+            self._grad_NTD = self._loss_gradients()
+        return self._grad_NTD
+
+    def _loss_gradients(self) -> Tensor:
+        n_ctx, ctx = self.tokens.shape
+        out = []
+        for start in range(0, n_ctx, self.config.context_batch):
+            h = self.h_clean_NTD[start : start + self.config.context_batch].detach().clone().requires_grad_(True)
+            with torch.enable_grad():
+                resid = self.model(h, start_at_layer=self.layer + 1, stop_at_layer=self.model.cfg.n_layers)
+                x = self._final_norm(resid)[:, :-1]
+                B = x.shape[0]
+                nxt = self.tokens[start : start + B, 1:].reshape(-1)
+                g_x = loss_grad_x(self.unembed, x.detach().reshape(-1, self.d_model), nxt)
+                x.backward(g_x.reshape(x.shape))
+            out.append(h.grad.detach())
+        return torch.cat(out)
+
+    def attribution(self, ctx_idx_M: Tensor, pos_M: Tensor, delta_MD: Tensor) -> Tensor:
+        """First-order estimate of each edit's change in the total next-token loss,
+        ``∇_h Σ_s loss_s · delta`` (all later positions, not only the window)."""
+        g = self.loss_gradients()
+        ctx_idx_M = torch.as_tensor(ctx_idx_M, dtype=torch.long, device=self.device)
+        pos_M = torch.as_tensor(pos_M, dtype=torch.long, device=self.device)
+        return (g[ctx_idx_M, pos_M] * delta_MD.to(g)).sum(-1)
+
+
+def check_sae_matches(sae, model, hook_name: str) -> None:
+    """Raise if the SAE was not made for this model's ``hook_name`` (width or hook)."""
+    d_in = int(sae.W_dec.shape[1])
+    if d_in != model.cfg.d_model:
+        raise InterventionError(f"The SAE's d_in is {d_in} but the model's d_model is {model.cfg.d_model}: wrong SAE for this model.")
+    sae_hook = getattr(getattr(sae, "cfg", None), "hook_name", None)
+    if sae_hook is not None and sae_hook != hook_name:
+        raise InterventionError(f"The SAE was trained at {sae_hook!r} but the eval hook is {hook_name!r}; pass the matching hook.")
+
+
+def _layer_of(hook_name: str, n_layers: int) -> int:
+    try:
+        layer = int(hook_name.split(".")[1])
+    except (IndexError, ValueError):
+        raise InterventionError(f"Cannot read a layer from hook {hook_name!r} (expected blocks.L.hook_resid_post).") from None
+    if not 0 <= layer < n_layers:
+        raise InterventionError(f"Hook {hook_name!r} is out of range: the model has layers 0..{n_layers - 1}.")
+    return layer
+
+
+def spearman(a: Tensor, b: Tensor) -> float:
+    """Spearman rank correlation (ties averaged); NaN when fewer than 3 points or a constant input."""
+    from scipy.stats import spearmanr
+
+    if len(a) < 3:
+        return math.nan
+    a_np, b_np = a.detach().double().cpu().numpy(), b.detach().double().cpu().numpy()
+    if a_np.std() == 0 or b_np.std() == 0:
+        return math.nan
+    return float(spearmanr(a_np, b_np).statistic)

@@ -1,0 +1,135 @@
+"""Full-vocabulary KL and loss without materializing full logits.
+
+The unembedding is applied in vocabulary chunks; log-normalizers are accumulated with an online
+logsumexp, so one pass over the vocabulary gives ``KL(p ‖ q)`` and both next-token losses, with
+memory ``rows × chunk`` instead of ``rows × d_vocab`` (262k for Gemma-3).
+
+With ``a`` the clean and ``b`` the intervened logits, ``KL = Σ_v p_v (a_v − b_v) − lse(a) + lse(b)``
+and ``Σ_v p_v (a_v − b_v) = Σ_v e^{a_v − m} (a_v − b_v) / Σ_v e^{a_v − m}`` for a running max ``m``.
+Sums are kept in float64.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+from transformer_lens.utilities.activation_functions import apply_softcap
+
+
+@dataclass
+class ChunkedUnembed:
+    """The model's unembedding, applied in vocabulary chunks (``W_U`` is ``[d_model, d_vocab]``)."""
+
+    W_U_DV: Tensor
+    b_U_V: Tensor
+    softcap: float | None
+    chunk: int = 32768
+
+    @classmethod
+    def from_model(cls, model, chunk: int = 32768) -> ChunkedUnembed:
+        return cls(model.W_U.detach(), model.b_U.detach(), model.cfg.output_logits_soft_cap, chunk)
+
+    @property
+    def d_vocab(self) -> int:
+        return self.W_U_DV.shape[1]
+
+    def logits(self, x_RD: Tensor, start: int, stop: int) -> Tensor:
+        z = x_RD @ self.W_U_DV[:, start:stop] + self.b_U_V[start:stop]
+        return apply_softcap(z, self.softcap)
+
+    def token_logit(self, x_RD: Tensor, tokens_R: Tensor) -> Tensor:
+        z = (x_RD * self.W_U_DV[:, tokens_R].T).sum(-1) + self.b_U_V[tokens_R]
+        return apply_softcap(z, self.softcap)
+
+    def chunks(self):
+        for start in range(0, self.d_vocab, self.chunk):
+            yield start, min(start + self.chunk, self.d_vocab)
+
+
+class _OnlineLSE:
+    """Running logsumexp over chunks, per row (float64)."""
+
+    def __init__(self, n: int, device) -> None:
+        self.m = torch.full((n,), -torch.inf, dtype=torch.float64, device=device)
+        self.s = torch.zeros(n, dtype=torch.float64, device=device)
+
+    def update(self, z_RC: Tensor, extra_RC: Tensor | None = None, acc: Tensor | None = None) -> Tensor | None:
+        """Add a chunk; if ``extra_RC`` is given, also accumulate ``Σ e^{z−m} extra`` into ``acc``
+        (rescaled with the running max) and return it."""
+        z = z_RC.double()
+        m_new = torch.maximum(self.m, z.max(-1).values)
+        scale = torch.exp(self.m - m_new)
+        e = torch.exp(z - m_new[:, None])
+        self.s = self.s * scale + e.sum(-1)
+        if extra_RC is not None:
+            assert acc is not None
+            acc = acc * scale + (e * extra_RC.double()).sum(-1)
+        self.m = m_new
+        return acc
+
+    def value(self) -> Tensor:
+        return self.m + torch.log(self.s)
+
+
+@torch.no_grad()
+def kl_and_losses(
+    unembed: ChunkedUnembed,
+    x_clean_UD: Tensor,
+    x_int_RD: Tensor,
+    next_tokens_R: Tensor | None,
+    clean_index_R: Tensor | None = None,
+) -> tuple[Tensor, Tensor | None, Tensor | None]:
+    """Per row: ``KL(p_clean ‖ p_int)`` and the clean and intervened next-token losses (``None``
+    when ``next_tokens_R`` is ``None``). Inputs are final normalized residuals (after ``ln_final``).
+    ``clean_index_R`` maps each intervened row to its clean row in ``x_clean_UD`` (distinct clean
+    rows are unembedded once); ``None`` pairs rows one to one."""
+    R = x_int_RD.shape[0]
+    if clean_index_R is None:
+        clean_index_R = torch.arange(R, device=x_int_RD.device)
+    lse_a, lse_b = _OnlineLSE(R, x_int_RD.device), _OnlineLSE(R, x_int_RD.device)
+    t = torch.zeros(R, dtype=torch.float64, device=x_int_RD.device)
+    for start, stop in unembed.chunks():
+        a = unembed.logits(x_clean_UD, start, stop)[clean_index_R]
+        b = unembed.logits(x_int_RD, start, stop)
+        t = lse_a.update(a, extra_RC=a - b, acc=t)
+        lse_b.update(b)
+    la, lb = lse_a.value(), lse_b.value()
+    kl = (t / lse_a.s - la + lb).clamp(min=0.0)
+    if next_tokens_R is None:
+        return kl, None, None
+    loss_a = la - unembed.token_logit(x_clean_UD[clean_index_R], next_tokens_R).double()
+    loss_b = lb - unembed.token_logit(x_int_RD, next_tokens_R).double()
+    return kl, loss_a, loss_b
+
+
+@torch.no_grad()
+def loss_grad_x(unembed: ChunkedUnembed, x_RD: Tensor, next_tokens_R: Tensor) -> Tensor:
+    """``∂ loss / ∂ x`` per row for the next-token loss ``lse(z) − z_y`` with ``z = softcap(x W_U + b)``,
+    computed chunk-wise: ``Σ_v softmax_v s'_v W_U[:, v] − s'_y W_U[:, y]``."""
+    R, D = x_RD.shape
+    m = torch.full((R,), -torch.inf, dtype=torch.float64, device=x_RD.device)
+    s = torch.zeros(R, dtype=torch.float64, device=x_RD.device)
+    acc_RD = torch.zeros(R, D, dtype=torch.float64, device=x_RD.device)
+    cap = unembed.softcap
+    capped = cap is not None and cap > 0
+    for start, stop in unembed.chunks():
+        raw = x_RD @ unembed.W_U_DV[:, start:stop] + unembed.b_U_V[start:stop]
+        z = apply_softcap(raw, cap).double()
+        m_new = torch.maximum(m, z.max(-1).values)
+        scale = torch.exp(m - m_new)
+        e = torch.exp(z - m_new[:, None])
+        if capped:
+            e = e * (1 - torch.tanh(raw.double() / cap) ** 2)
+            s = s * scale + torch.exp(z - m_new[:, None]).sum(-1)
+        else:
+            s = s * scale + e.sum(-1)
+        acc_RD = acc_RD * scale[:, None] + (e.to(x_RD.dtype) @ unembed.W_U_DV[:, start:stop].T).double()
+        m = m_new
+    g = acc_RD / s[:, None]
+    w_y = unembed.W_U_DV[:, next_tokens_R].T.double()
+    if capped:
+        raw_y = (x_RD * unembed.W_U_DV[:, next_tokens_R].T).sum(-1) + unembed.b_U_V[next_tokens_R]
+        w_y = w_y * (1 - torch.tanh(raw_y.double() / cap) ** 2)[:, None]
+    return (g - w_y).to(x_RD.dtype)
