@@ -1,0 +1,35 @@
+"""Causal probing eval (``csae_probing``, DESIGN §7): k-sparse probes find the SAE latents that
+predict a label; intervening on them must move the behaviour the label drives more than
+intervening on random active latents. See ``docs/probing.md``."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from csae_bench.evals.probing.config import EVAL_TYPE_ID_CSAE_PROBING, ProbingEvalConfig
+from csae_bench.evals.probing.output import ProbingEvalOutput
+from csae_bench.evals.probing.run import run
+from csae_bench.evals.registry import EvalContext, EvalSpec, register_eval
+
+
+def make_config(ctx: EvalContext, overrides: dict[str, Any]) -> ProbingEvalConfig:
+    """The default config for a run, seeded from the context; ``overrides`` set any field."""
+    return ProbingEvalConfig(**{"random_seed": ctx.seed, **overrides})
+
+
+SPEC = register_eval(EvalSpec(
+    eval_type_id=EVAL_TYPE_ID_CSAE_PROBING,
+    config_cls=ProbingEvalConfig,
+    output_cls=ProbingEvalOutput,
+    run=run,
+    headline={
+        "probing.sae_top_1_test_accuracy": "higher",
+        "probing.sae_top_5_test_accuracy": "higher",
+        "causal.fraction_tasks_verified": "higher",
+        "causal.mean_causal_effect_size": "higher",
+    },
+    make_config=make_config,
+    description="Targeted probing with causal verification of the selected latents.",
+))
+
+__all__ = ["EVAL_TYPE_ID_CSAE_PROBING", "ProbingEvalConfig", "ProbingEvalOutput", "SPEC", "make_config", "run"]
