@@ -5,14 +5,18 @@ from __future__ import annotations
 import pytest
 import torch
 
-from csae_bench.training.activations import ActivationError, ActivationSource, harvest_activations, hook_name_for_layer
+from csae_bench.training.activations import (
+    ActivationError,
+    ActivationSource,
+    harvest_activations,
+    hook_name_for_layer,
+)
 
 
 @pytest.fixture(scope="module")
 def model(word_tokenizer):
-    from transformer_lens import HookedTransformer
-
     from conftest import tiny_config
+    from transformer_lens import HookedTransformer
 
     torch.manual_seed(0)
     model = HookedTransformer(tiny_config()).eval()

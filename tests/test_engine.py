@@ -20,6 +20,7 @@ from csae_bench.interventions.engine import (
 from csae_bench.interventions.kl import ChunkedUnembed, kl_and_losses, loss_grad_x
 from csae_bench.interventions.reference import naive_effects
 
+
 @pytest.fixture(autouse=True, scope="module")
 def _one_thread():
     """Tiny ops on a shared 2-core machine run far faster on one thread."""

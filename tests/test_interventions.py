@@ -18,6 +18,7 @@ from csae_bench.interventions import (
     make_intervention,
 )
 
+
 @pytest.fixture(autouse=True, scope="module")
 def _one_thread():
     """Tiny ops on a shared 2-core machine run far faster on one thread."""

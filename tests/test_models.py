@@ -25,7 +25,8 @@ PARAGRAPHS = [
 
 
 def _tiny_tokenizer(tmp_path):
-    from tokenizers import Tokenizer, models as tk_models, pre_tokenizers
+    from tokenizers import Tokenizer, pre_tokenizers
+    from tokenizers import models as tk_models
     from transformers import PreTrainedTokenizerFast
 
     words = sorted({w for p in PARAGRAPHS for w in p.replace(".", " .").replace(",", " ,").split()})

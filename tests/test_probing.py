@@ -35,9 +35,8 @@ class WordTokenizer:
 
 @pytest.fixture(scope="module")
 def word_model():
-    from transformer_lens import HookedTransformer
-
     from conftest import tiny_config
+    from transformer_lens import HookedTransformer
 
     torch.manual_seed(0)
     model = HookedTransformer(tiny_config())

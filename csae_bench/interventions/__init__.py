@@ -1,6 +1,10 @@
 """Intervention types and the batch-wise causal effect engine (DESIGN §4)."""
 
-from csae_bench.interventions.controls import make_control, other_feature_control, random_direction_control
+from csae_bench.interventions.controls import (
+    make_control,
+    other_feature_control,
+    random_direction_control,
+)
 from csae_bench.interventions.engine import EffectEngine, Effects, EngineConfig
 from csae_bench.interventions.types import (
     Clamp,

@@ -28,7 +28,12 @@ from csae_bench.evals.nces.output import (
     NCESMetrics,
 )
 from csae_bench.evals.nces.sampling import collect_active, sample_tokens, stratified_features
-from csae_bench.evals.nces.scoring import logit_gram, mean_pairwise_cosine, score_feature, weighted_mean_ci
+from csae_bench.evals.nces.scoring import (
+    logit_gram,
+    mean_pairwise_cosine,
+    score_feature,
+    weighted_mean_ci,
+)
 from csae_bench.interventions.controls import make_control
 from csae_bench.interventions.engine import EffectEngine, EngineConfig, check_sae_matches, spearman
 from csae_bench.interventions.types import feature_edit_BTD, make_intervention

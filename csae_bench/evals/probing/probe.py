@@ -9,7 +9,10 @@ import warnings
 from dataclasses import dataclass
 
 import torch
-from sae_bench.evals.sparse_probing.probe_training import get_top_k_mean_diff_mask, train_sklearn_probe
+from sae_bench.evals.sparse_probing.probe_training import (
+    get_top_k_mean_diff_mask,
+    train_sklearn_probe,
+)
 from sklearn.exceptions import ConvergenceWarning
 from torch import Tensor
 

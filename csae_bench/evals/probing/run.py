@@ -176,7 +176,7 @@ def verify_features(
     for spec in cfg.interventions:
         intervention = fit_intervention(spec, sae, train_chunks, prep.task.read)
 
-        def effect(idx: Tensor, sign: Tensor) -> Tensor:
+        def effect(idx: Tensor, sign: Tensor, intervention=intervention) -> Tensor:
             edited = [
                 prep.behaviour.signed(model, edit_residual(sae, r, b, y, prep.task.read, idx, sign, intervention), b, y)
                 for r, b, y in subset
