@@ -227,3 +227,23 @@ def test_other_feature_control_uses_an_inactive_alive_feature():
     j = (ctrl @ sae.W_dec.T).abs().argmax(-1)  # unit rows: the chosen direction has |cos| = 1
     assert ((j >= 200) & (j < 250)).all()
     torch.testing.assert_close(ctrl, torch.tensor([[-2.0], [0.5]]) * sae.W_dec[j])
+
+
+def test_other_feature_control_falls_back_for_a_collapsed_sae():
+    """One alive feature (a collapsed SAE): inactive dead features stand in; where every feature is
+    active, an isotropic direction of the same norm — never an error that kills the eval."""
+    from csae_bench.interventions import other_feature_control
+
+    sae = random_sae()
+    feats = torch.tensor([3, 3])
+    acts = torch.zeros(2, 256)
+    acts[0, 3] = 1.0
+    acts[1, :] = 1.0  # every feature active at the second token
+    alive = torch.zeros(256, dtype=torch.bool)
+    alive[3] = True
+    delta = torch.tensor([[-1.0], [-1.0]]) * sae.W_dec[feats]
+    ctrl = other_feature_control(sae, delta, feats, acts, torch.Generator().manual_seed(0), alive)
+    torch.testing.assert_close(ctrl.norm(dim=-1), delta.norm(dim=-1))
+    cos = (ctrl @ sae.W_dec.T).abs() / (ctrl.norm(dim=-1, keepdim=True) * sae.W_dec.norm(dim=-1))
+    assert cos[0].max() > 0.999 and cos[0].argmax() != 3  # another dictionary direction
+    assert cos[1].max() < 0.999  # isotropic: not a dictionary row

@@ -256,4 +256,10 @@ def test_smoke_suite_end_to_end(tmp_path):
     assert len(files) == len(cfg.architectures) * len(cfg.evals)
     for path in files:
         validate_eval_output_format_file(str(path), get_eval(path.parent.name).output_cls)
+    # CI regression benchmark on this same output: metrics within the tolerances recorded in
+    # baselines/smoke_reference.json, overhead ratios within their bounds (csae_bench/regression.py).
+    from csae_bench.regression import check, failure_report
+
+    failures = check(tmp_path)
+    assert not failures, failure_report(failures)
     print(f"smoke suite: {time.time() - start:.0f} s")  # noqa: T201

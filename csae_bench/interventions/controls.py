@@ -12,8 +12,12 @@ not the feature's.
 
 from __future__ import annotations
 
+import logging
+
 import torch
 from torch import Tensor
+
+logger = logging.getLogger(__name__)
 
 CONTROLS = ("feature", "isotropic")
 
@@ -35,16 +39,26 @@ def other_feature_control(sae, delta_MD: Tensor, feature_M: Tensor, feature_acts
     W_dec = sae.W_dec.detach()
     d_i = W_dec[feature_M.to(W_dec.device)].to(delta_MD)
     coeff_M = (delta_MD * d_i).sum(-1) / (d_i * d_i).sum(-1)  # delta = coeff · d_i exactly
-    allowed = feature_acts_MF.to(delta_MD.device) <= 0
-    allowed[torch.arange(len(feature_M)), feature_M] = False
-    if alive_F is not None:
-        allowed &= alive_F.to(allowed.device)[None, :]
-    if not allowed.any(-1).all():
-        raise ValueError("A token has every SAE feature active; the other-feature control needs an inactive one.")
+    inactive = feature_acts_MF.to(delta_MD.device) <= 0
+    inactive[torch.arange(len(feature_M)), feature_M] = False
+    allowed = inactive & alive_F.to(inactive.device)[None, :] if alive_F is not None else inactive.clone()
+    # A collapsed SAE (e.g. one alive feature) leaves no alive, inactive j at some tokens: fall back
+    # to any inactive feature there, and where every feature is active to an isotropic direction,
+    # rather than failing the whole eval. Logged, because such an SAE's NCES means little.
+    no_alive = ~allowed.any(-1)
+    allowed[no_alive] = inactive[no_alive]
+    isotropic = ~allowed.any(-1)
+    if no_alive.any():
+        logger.warning("Other-feature control: %d of %d tokens had no alive inactive feature (%d fell "
+                       "back to an isotropic direction).", int(no_alive.sum()), len(feature_M), int(isotropic.sum()))
+    allowed[isotropic, 0] = True  # placeholder choice, replaced below
     scores = torch.rand(allowed.shape, generator=generator).to(delta_MD.device)
     j = torch.where(allowed, scores, -1.0).argmax(-1)
     d_j = W_dec[j.to(W_dec.device)].to(delta_MD)
-    return coeff_M[:, None] * d_j * (d_i.norm(dim=-1, keepdim=True) / d_j.norm(dim=-1, keepdim=True))
+    out = coeff_M[:, None] * d_j * (d_i.norm(dim=-1, keepdim=True) / d_j.norm(dim=-1, keepdim=True))
+    if isotropic.any():
+        out[isotropic] = random_direction_control(delta_MD[isotropic], generator)
+    return out
 
 
 def make_control(kind: str, sae, delta_MD: Tensor, feature_M: Tensor, feature_acts_MF: Tensor,

@@ -1,0 +1,76 @@
+"""Shared fixtures of the benchmark suites (run: ``tox -e bench``; report: ``python benchmarks/report.py``).
+
+Everything runs on the embedded Gemma-3-270M at ``blocks.6.hook_resid_post``, offline. Inputs are
+built once per session and shared, so the rows of one run compare like for like."""
+
+from __future__ import annotations
+
+import os
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+
+import pytest
+import torch
+
+HOOK = "blocks.6.hook_resid_post"
+TRAIN_TOKENS = 32_768
+"""Training tokens per SAE in the training benchmark (64 steps of 512)."""
+CONTEXT = 128
+
+
+@pytest.fixture(scope="session")
+def model():
+    from csae_bench.models import load_model
+
+    return load_model("embedded")
+
+
+@pytest.fixture(scope="session")
+def train_tokens(model):
+    from csae_bench.data import load_tokens
+
+    return load_tokens(model.tokenizer, split="train", context_size=CONTEXT,
+                       n_contexts=-(-TRAIN_TOKENS // (CONTEXT - 1)), seed=0)
+
+
+@pytest.fixture(scope="session")
+def activation_source(model, train_tokens, tmp_path_factory):
+    """The training stream, harvested once (cached on disk) so training rows time only training."""
+    from csae_bench.training.activations import ActivationSource
+
+    source = ActivationSource(model, HOOK, train_tokens, seed=0,
+                              cache_path=tmp_path_factory.mktemp("acts") / "acts.safetensors")
+    source.all_activations()
+    return source
+
+
+@pytest.fixture(scope="session")
+def heldout_acts(model):
+    from csae_bench.data import load_tokens
+    from csae_bench.training.activations import harvest_activations
+
+    toks = load_tokens(model.tokenizer, split="eval", context_size=CONTEXT, n_contexts=8, seed=1)
+    return harvest_activations(model, HOOK, toks)
+
+
+@pytest.fixture(scope="session")
+def eval_tokens(model):
+    """The eval set of the eval benchmarks (as the run's ``eval_contexts`` x ``context_size``)."""
+    from csae_bench.data import load_tokens
+
+    return load_tokens(model.tokenizer, split="eval", context_size=CONTEXT, n_contexts=8, seed=0)
+
+
+@pytest.fixture(scope="session")
+def trained_sae(model, activation_source, heldout_acts, tmp_path_factory):
+    """A TopK SAE (d_sae 2048, k 32) trained on the benchmark stream: the SAE both evals time."""
+    from csae_bench.architectures.export import load_base_sae
+    from csae_bench.training.trainer import TrainConfig, train_alongside
+
+    torch.manual_seed(0)
+    out = tmp_path_factory.mktemp("eval_sae")
+    cfg = TrainConfig(architectures=("topk",), train_tokens=TRAIN_TOKENS, batch_size=512, hook_name=HOOK,
+                      checkpoint_every=0, show_progress=False, context_size=CONTEXT)
+    folders = train_alongside(model, activation_source, cfg, out, heldout_acts=heldout_acts)
+    return load_base_sae(folders["topk"])
