@@ -39,7 +39,7 @@ class NCESEvalConfig(BaseEvalConfig):
         description="KL is summed over the next-token predictions at t..t+W-1; null = to the end of the context.",
     )
     n_features: int = Field(
-        default=128,
+        default=64,  # CPU default run budget; the GPU suites sample 512
         title="Features Sampled",
         description="Alive features sampled (stratified by activation frequency, seeded).",
     )
@@ -49,7 +49,7 @@ class NCESEvalConfig(BaseEvalConfig):
         description="Equal-width strata of log activation frequency (empty ones dropped); features are sampled equally from each so rare features are represented, and reweighted in the means.",
     )
     tokens_per_feature: int = Field(
-        default=8,
+        default=6,
         title="Tokens per Feature",
         description="Active tokens sampled per feature (fewer when the feature has fewer eligible active tokens).",
     )
