@@ -20,11 +20,10 @@ states the same values; a test keeps the two in step).
 from __future__ import annotations
 
 import dataclasses
+import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
-
-import tomllib
 
 # The user-facing eval names that differ from their SAEBench eval_type_id.
 EVAL_ALIASES: dict[str, str] = {"probing": "csae_probing"}

@@ -26,6 +26,16 @@ def tiny_config(arch: str = "gemma3", d_model: int = 64, n_layers: int = 4, d_vo
                                    n_key_value_heads=2, final_rms=True)
 
 
+@pytest.fixture(scope="module")
+def one_thread():
+    """Run a module's tests on one torch thread: tiny ops on a shared 2-core machine are far
+    faster that way. Opt in per module with ``pytestmark = pytest.mark.usefixtures("one_thread")``."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
 @pytest.fixture(scope="session")
 def tiny_model():
     """A tiny random Gemma-like HookedTransformer (no tokenizer: feed token ids)."""

@@ -23,13 +23,8 @@ D_IN, D_SAE, K = 64, 256, 8
 HOOK = "blocks.2.hook_resid_post"
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny matmuls on a shared 2-core machine are far faster on one thread."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+# Tiny ops on a shared 2-core machine run far faster on one thread (fixture in conftest).
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def make_sae(arch: str, seed: int = 0, **options):

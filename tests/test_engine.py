@@ -20,14 +20,8 @@ from csae_bench.interventions.engine import (
 from csae_bench.interventions.kl import ChunkedUnembed, kl_and_losses, loss_grad_x
 from csae_bench.interventions.reference import naive_effects
 
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny ops on a shared 2-core machine run far faster on one thread."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+# Tiny ops on a shared 2-core machine run far faster on one thread (fixture in conftest).
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 HOOK = "blocks.1.hook_resid_post"

@@ -18,14 +18,8 @@ from csae_bench.interventions import (
     make_intervention,
 )
 
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny ops on a shared 2-core machine run far faster on one thread."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+# Tiny ops on a shared 2-core machine run far faster on one thread (fixture in conftest).
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 SPECS = ["zero", "mean", "mean_all", "resample", "clamp:5", "clamp:-1"]

@@ -21,12 +21,8 @@ from csae_bench.interventions import InterventionError
 HOOK = "blocks.1.hook_resid_post"
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+# Tiny ops on a shared 2-core machine run far faster on one thread (fixture in conftest).
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def small_config(**kw) -> NCESEvalConfig:

@@ -29,13 +29,8 @@ HOOK = "blocks.1.hook_resid_post"
 D_SAE, K, BATCH, STEPS = 128, 8, 64, 24
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny matmuls on a shared 2-core machine are far faster on one thread."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+# Tiny ops on a shared 2-core machine run far faster on one thread (fixture in conftest).
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")
