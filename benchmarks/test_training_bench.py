@@ -30,6 +30,7 @@ VARIANTS = {
     "jumprelu": ("jumprelu", {}),
     "csae-plain": ("csae", {"causal_coeff": 0.0, "verify_every": 0}),
     "csae-causal-term": ("csae", {"verify_every": 0}),
+    "csae-per-token-term": ("csae", {"verify_every": 0, "fisher": "per-token"}),
     "csae-verification": ("csae", {"causal_coeff": 0.0}),
     "csae-full": ("csae", {}),
 }

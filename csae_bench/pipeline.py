@@ -163,6 +163,8 @@ class Resources:
     sae_loader: Callable[[Path, str], Any] = load_sae
     _model: Any = field(default=None, repr=False)
     _tokens: dict[tuple[str, int], torch.Tensor] = field(default_factory=dict, repr=False)
+    eval_cache: dict[str, Any] = field(default_factory=dict, repr=False)
+    """Handed to every eval job as ``EvalContext.cache`` (per-model work shared across SAEs)."""
 
     @property
     def model(self):
@@ -337,6 +339,7 @@ class EvalJob(Job):
             model=res.model, hook_name=self.hook_name, eval_tokens=res.eval_tokens(),
             device=res.cfg.device, seed=self.seed, model_name=res.cfg.model,
             extra={"sae_release": self.release, "corpus": res.cfg.corpus, "sae_folder": str(self.sae_folder)},
+            cache=res.eval_cache,
         )
         config = (spec.make_config(ctx, dict(self.overrides)) if spec.make_config is not None
                   else spec.config_cls(**self.overrides))

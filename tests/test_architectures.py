@@ -166,9 +166,10 @@ def stand_in_pool(n: int = 128, s: int = 2, seed: int = 0):
                         grads_NSD=0.3 * torch.randn(n, s, D_IN, generator=gen))
 
 
-def test_csae_adds_causal_term_only_when_switched_on():
+@pytest.mark.parametrize("fisher", ["mean", "per-token"])
+def test_csae_adds_causal_term_only_when_switched_on(fisher):
     x = torch.randn(16, D_IN)
-    sae = make_sae("csae", causal_coeff=2.0, causal_batch_size=32)
+    sae = make_sae("csae", causal_coeff=2.0, causal_batch_size=32, fisher=fisher)
     perturb(sae)
     sae.attach_causal(stand_in_pool(), torch.Generator().manual_seed(0), activation_scale=1.5)
     out = sae.training_forward_pass(step_input(x, "csae"))
@@ -180,6 +181,29 @@ def test_csae_adds_causal_term_only_when_switched_on():
     off = make_sae("csae", causal_coeff=0.0)
     off.attach_causal(stand_in_pool(), torch.Generator().manual_seed(0))
     assert "causal_loss" not in off.training_forward_pass(step_input(x, "csae")).losses
+
+
+def test_csae_mean_fisher_term_is_the_batch_error_under_the_pool_metric():
+    """fisher="mean": causal_loss = coeff · ½ mean_b δ_bᵀ F̂ δ_b on the training batch itself, δ in
+    the SAE's units (like its MSE) and F̂ the pool's mean g gᵀ scaled to mean eigenvalue 1 — so the
+    activation scale does not enter."""
+    pool, scale = stand_in_pool(), 1.5
+    sae = make_sae("csae", causal_coeff=2.0, fisher="mean", fisher_energy=1.0)
+    perturb(sae)
+    sae.attach_causal(pool, torch.Generator().manual_seed(0), activation_scale=scale)
+    x = torch.randn(16, D_IN)
+    out = sae.training_forward_pass(step_input(x, "csae"))
+    g_MD = pool.grads_NSD.reshape(-1, D_IN).double()
+    fisher_DD = g_MD.T @ g_MD / len(g_MD)
+    fisher_DD = fisher_DD * D_IN / fisher_DD.trace()
+    err_BD = (x - out.sae_out.detach()).double()
+    expected = 2.0 * 0.5 * torch.einsum("bd,de,be->b", err_BD, fisher_DD, err_BD).mean()
+    torch.testing.assert_close(out.losses["causal_loss"].double(), expected, rtol=1e-4, atol=0)
+
+
+def test_csae_rejects_unknown_fisher_mode():
+    with pytest.raises(ValueError, match="fisher='diagonal' must be one of mean, per-token"):
+        make_sae("csae", fisher="diagonal")
 
 
 def test_csae_without_pool_trains_as_topk_and_warns(caplog):

@@ -12,6 +12,8 @@ from csae_bench.training.causal import (
     end_to_end_kl,
     fisher_faithfulness,
     fisher_nces,
+    mean_fisher_factor,
+    metric_faithfulness,
     sensitive_directions,
     spliced_kl,
 )
@@ -178,6 +180,30 @@ def test_fisher_faithfulness_is_differentiable_and_zero_at_perfect_reconstructio
     loss = fisher_faithfulness(acts, recon, grads)
     loss.backward()
     assert loss > 0 and recon.grad.abs().sum() > 0
+
+
+def test_mean_fisher_factor_reproduces_the_pool_fisher_and_truncates_by_energy():
+    gen = torch.Generator().manual_seed(0)
+    # gradients concentrated in 3 directions plus a little isotropic noise
+    basis = torch.linalg.qr(torch.randn(16, 16, generator=gen, dtype=torch.float64))[0][:, :3]
+    grads = (torch.randn(200, 4, 3, generator=gen, dtype=torch.float64) * torch.tensor([3.0, 2.0, 1.0], dtype=torch.float64)) @ basis.T
+    grads = (grads + 1e-3 * torch.randn(200, 4, 16, generator=gen, dtype=torch.float64)).float()
+    g = grads.reshape(-1, 16).double()
+    fisher = g.T @ g / len(g)
+    full = mean_fisher_factor(grads, energy=1.0).double()
+    torch.testing.assert_close(full @ full.T, fisher, rtol=1e-4, atol=1e-6)
+    low = mean_fisher_factor(grads, energy=0.99)
+    assert low.shape == (16, 3)  # the three planted directions carry > 99% of the trace
+    err = torch.randn(8, 16, generator=gen)
+    exact = 0.5 * torch.einsum("bd,de,be->b", err.double(), fisher, err.double()).mean()
+    torch.testing.assert_close(metric_faithfulness(err, full.float()).double(), exact, rtol=1e-4, atol=0)
+    assert abs(float(metric_faithfulness(err, low)) - float(exact)) < 0.02 * float(exact)
+    normed = mean_fisher_factor(grads, energy=1.0, normalize=True).double()
+    torch.testing.assert_close(normed @ normed.T, fisher * 16 / fisher.trace(), rtol=1e-4, atol=1e-6)
+    with pytest.raises(GradientError, match="do not match"):
+        metric_faithfulness(err[:, :8], full.float())
+    with pytest.raises(GradientError, match="Fisher matrix is zero"):
+        mean_fisher_factor(torch.zeros(4, 2, 16))
 
 
 # --- end-to-end KL ---------------------------------------------------------------------------

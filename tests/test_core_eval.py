@@ -91,3 +91,26 @@ def test_core_failure_raises(ctx):
     sae.cfg.hook_name = "blocks.1.hook_resid_post"
     with pytest.raises(ValueError, match="reads blocks.1.hook_resid_post"):
         spec.run(ctx, sae, "wrong-hook", spec.make_config(ctx, {}))
+
+
+def test_sae_independent_passes_are_computed_once_and_change_no_metric(ctx):
+    """SharedPasses: the clean and zero-ablated passes of SAEBench's get_recons_loss are remembered
+    in the run's shared cache; a second SAE reuses them and gets exactly the metrics it gets alone."""
+    import dataclasses
+
+    spec = get_eval("core")
+    cfg = spec.make_config(ctx, {"batch_size_prompts": 8})
+    alone = [spec.run(dataclasses.replace(ctx, cache={}), _relu_sae(64, 256, seed=s), f"s{s}", cfg) for s in (0, 1)]
+    shared_ctx = dataclasses.replace(ctx, cache={})
+    first = spec.run(shared_ctx, _relu_sae(64, 256, seed=0), "s0", cfg)
+    passes = {k: v for k, v in shared_ctx.cache.items() if isinstance(k, tuple) and k[:1] == ("core_pass",)}
+    assert sorted({k[2] for k in passes}) == ["clean", "residual", "zero_ablated"]
+    second = spec.run(shared_ctx, _relu_sae(64, 256, seed=1), "s1", cfg)
+    after = {k: v for k, v in shared_ctx.cache.items() if isinstance(k, tuple) and k[:1] == ("core_pass",)}
+    assert after.keys() == passes.keys() and all(after[k] is passes[k] for k in passes)  # reused, not recomputed
+    for solo, shared in zip(alone, (first, second)):
+        for category in ("model_behavior_preservation", "model_performance_preservation", "reconstruction_quality",
+                         "sparsity"):
+            assert vars(getattr(solo.eval_result_metrics, category)) == vars(getattr(shared.eval_result_metrics, category))
+    assert vars(alone[0].eval_result_metrics.model_performance_preservation) != vars(
+        alone[1].eval_result_metrics.model_performance_preservation)  # the SAE-dependent pass did run

@@ -196,6 +196,6 @@ def test_runs_through_the_registry(tiny_model, tiny_tokens):
     cfg = spec.make_config(ctx, {"n_features": 8, "tokens_per_feature": 2, "n_bootstrap": 50})
     assert cfg.hook_name == HOOK and cfg.random_seed == 3 and cfg.model_name == "tiny"
     a = spec.run(ctx, random_sae(), "a", cfg)
-    b = spec.run(ctx, random_sae(seed=1), "b", cfg)  # reuses the clean pass cached in ctx.extra
-    assert sum(isinstance(k, tuple) and k[0] == "nces_engine" for k in ctx.extra) == 1
+    b = spec.run(ctx, random_sae(seed=1), "b", cfg)  # reuses the clean pass cached in ctx.cache
+    assert sum(isinstance(k, tuple) and k[0] == "nces_engine" for k in ctx.cache) == 1
     assert a.sae_lens_id == "a" and b.eval_result_metrics.nces.n_features_sampled == 8

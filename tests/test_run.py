@@ -199,6 +199,8 @@ def test_rerun_skips_finished_work_and_redoes_a_corrupt_result(tmp_path):
     res = tiny_resources(cfg)
     jobs = plan(cfg, "blocks.2.hook_resid_post")
     assert run_jobs(jobs, res) == {"run": 4, "skipped": 0}
+    # the eval jobs share one run-wide cache: SAE-independent passes are computed once per run
+    assert {k[2] for k in res.eval_cache if k[:1] == ("core_pass",)} == {"clean", "residual", "zero_ablated"}
     results = sorted(tmp_path.rglob("*_eval_results.json"))
     assert [p.parent.name for p in results] == ["core", "core"]
     assert results[0].name == "csae_bench-tiny-blocks.2.hook_resid_post_relu-d128-s0_eval_results.json"

@@ -6,9 +6,14 @@ causal parts add. Everything that is not new is SAELens's ``TopKTrainingSAE``.
 
 The CSAE's loss is SAELens's TopK loss (MSE + AuxK) plus
 
-* ``causal_coeff * fisher_faithfulness(h, ĥ, g)`` — the second-order estimate of the output KL
-  when the residual ``h`` is replaced by the reconstruction ``ĥ``, on a minibatch drawn from a
-  shared gradient pool (tokens with model gradients ``g = ∇_h log p(y)``, harvested once);
+* ``causal_coeff · ½ E_h[(h − ĥ)ᵀ F̂ (h − ĥ)]`` — the second-order expansion of the output KL when
+  the residual ``h`` is replaced by the reconstruction ``ĥ``, with the Fisher matrix
+  ``F = E_y[g gᵀ]`` (``g = ∇_h log p(y)``, next tokens sampled from the model) averaged over a
+  shared gradient pool harvested once, and scaled to mean eigenvalue 1 (``fisher="mean"``, the
+  default). It is applied to every training batch's own error, so it costs one ``[B, D] × [D, R]``
+  product per step. ``fisher="per-token"`` instead pairs pool tokens with their own gradients
+  (``fisher_faithfulness``): unbiased per token, but on the embedded model it overfit the small
+  pool and *raised* the spliced KL (docs/csae.md), so it is kept only for comparison;
 * optionally ``e2e_coeff * end_to_end_kl`` — the exact KL(clean ‖ spliced) (expensive: runs the
   rest of the model on every step; off by default, kept for the comparison with Braun et al.);
 
@@ -50,6 +55,9 @@ def _causal() -> ModuleType:
     return causal
 
 
+FISHER_MODES = ("mean", "per-token")
+
+
 @dataclass
 class CSAEConfig(TopKSAEConfig):
     """Inference config of a CSAE: a TopK SAE (the causal parts only shape training)."""
@@ -70,10 +78,22 @@ class CSAE(TopKSAE):
 class CSAETrainingSAEConfig(TopKTrainingSAEConfig):
     """Training config of a CSAE (SAELens's TopK training config plus the causal parts)."""
 
-    causal_coeff: float = 1.0
-    """Weight of the Fisher causal-faithfulness term (0 switches it off)."""
+    causal_coeff: float = 100.0
+    """Weight of the Fisher causal-faithfulness term (0 switches it off). ``fisher="mean"``: relative
+    to the MSE — the term is ``½ δᵀ F̂ δ`` in the SAE's own (normalized) units with ``F̂`` the pool's
+    Fisher scaled to mean eigenvalue 1, so 2 weighs the Fisher-shaped error like the plain squared
+    error, whatever the model (100: see docs/csae.md for the sweep). ``"per-token"``: the term is a
+    KL estimate in nats."""
+    fisher: str = "mean"
+    """How the term uses the gradient pool. ``"mean"``: the pool's average Fisher matrix
+    ``F̄ = E[g gᵀ]`` (its shape) as a metric on every training token's error; the pool only has to
+    estimate a ``D × D`` matrix. ``"per-token"``: each pool token's own gradients on that token's
+    error (an unbiased per-token KL estimate, but only pool tokens enter the term, and a small pool
+    is overfit: on the embedded model it raised the spliced KL, see docs/csae.md)."""
+    fisher_energy: float = 0.999
+    """``"mean"``: keep the top eigen-directions of ``F̄`` holding this fraction of its trace."""
     causal_batch_size: int = 256
-    """Tokens drawn from the gradient pool for the causal term on each step."""
+    """``"per-token"``: tokens drawn from the gradient pool for the causal term on each step."""
     e2e_coeff: float = 0.0
     """Weight of the exact end-to-end KL term (0 = off; runs the model's later layers each step)."""
     e2e_contexts: int = 2
@@ -105,6 +125,10 @@ class CSAETrainingSAEConfig(TopKTrainingSAEConfig):
             problems.append(f"tau={self.tau} must lie in (-1, 1), the range of NCES")
         if not 0 <= self.max_reinit_frac <= 1 or self.min_active < 1:
             problems.append(f"max_reinit_frac={self.max_reinit_frac} must be in [0, 1] and min_active >= 1")
+        if self.fisher not in FISHER_MODES:
+            problems.append(f"fisher={self.fisher!r} must be one of {', '.join(FISHER_MODES)}")
+        if not 0 < self.fisher_energy <= 1:
+            problems.append(f"fisher_energy={self.fisher_energy} must be in (0, 1]")
         if self.causal_batch_size < 1 or self.verify_tokens < 1:
             problems.append("causal_batch_size and verify_tokens must be >= 1")
         if problems:
@@ -131,6 +155,8 @@ class CSAETrainingSAE(TopKTrainingSAE):
         self.generator: torch.Generator | None = None
         self.activation_scale: float = 1.0
         self._e2e: tuple[Any, str, Tensor] | None = None
+        self.fisher_factor_DR: Tensor | None = None
+        """``fisher="mean"``: ``L`` with ``F̂ ≈ L Lᵀ`` (normalized metric), built from the pool by attach_causal."""
         self._warned_no_pool = False
         self.last_reinit_F = torch.zeros(0, dtype=torch.long)
         """Features re-initialized by the latest verification check."""
@@ -153,6 +179,10 @@ class CSAETrainingSAE(TopKTrainingSAE):
         self.generator = generator
         self.activation_scale = float(activation_scale)
         self._e2e = e2e
+        self.fisher_factor_DR = None
+        if gradient_pool is not None and self.cfg.fisher == "mean":
+            factor = _causal().mean_fisher_factor(gradient_pool.grads_NSD, self.cfg.fisher_energy, normalize=True)
+            self.fisher_factor_DR = factor.to(self.device, self.dtype)
 
     def reconstruct_raw(self, acts_BD: Tensor) -> Tensor:
         """Reconstruction of raw-unit activations (scaled in, unscaled out)."""
@@ -168,6 +198,12 @@ class CSAETrainingSAE(TopKTrainingSAE):
                     logger.warning("CSAE has causal_coeff > 0 but no gradient pool attached; "
                                    "the causal term is skipped (call attach_causal).")
                     self._warned_no_pool = True
+            elif self.fisher_factor_DR is not None:
+                # This very batch's error (in the SAE's units, like the MSE) under the pool's mean
+                # Fisher metric: no extra forward pass, and every training token is held to it.
+                err_BD = step_input.sae_in - out.sae_out
+                term = _causal().metric_faithfulness(err_BD, self.fisher_factor_DR)
+                self._add_loss(out, "causal_loss", self.cfg.causal_coeff * term)
             else:
                 acts_BD, grads_BSD = self.gradient_pool.sample(self.cfg.causal_batch_size, self.generator)
                 acts_BD = acts_BD.to(self.device, self.dtype)

@@ -29,6 +29,11 @@ class EvalContext:
     seed: int = 0
     model_name: str = "embedded"
     extra: dict[str, Any] = field(default_factory=dict)
+    """Per-job facts (release name, corpus, SAE folder)."""
+    cache: dict[str, Any] = field(default_factory=dict)
+    """Shared by every eval job of one process (the runner passes the same dict to each): work that
+    depends only on the model, hook and tokens — NCES's clean pass and loss gradients — is done
+    once per run, not once per SAE."""
 
 
 @dataclass(frozen=True)

@@ -54,6 +54,46 @@ def fisher_faithfulness(acts_BD: Tensor, recon_BD: Tensor, grads_BSD: Tensor) ->
     return loss
 
 
+@torch.no_grad()
+def mean_fisher_factor(grads_NSD: Tensor, energy: float = 0.999, normalize: bool = False) -> Tensor:
+    """``L [D, R]`` with ``L Lᵀ ≈ F̄ = mean_{n,s} g_ns g_nsᵀ``, the pool's average Fisher matrix,
+    keeping the fewest eigen-directions that hold ``energy`` of its trace (``B·D·R`` per step).
+
+    ``normalize``: scale ``F̄`` to mean eigenvalue 1 (``F̄ · D / tr F̄``). Only its shape is kept —
+    which directions the model is sensitive to, and how much more than to others — so a squared
+    error under it is on the same footing as the plain squared error in any units, for any model."""
+    if grads_NSD.ndim != 3 or len(grads_NSD) == 0:
+        raise GradientError(f"Expected pool gradients [N, S, D] with N >= 1; got {tuple(grads_NSD.shape)}.")
+    check_finite(grads=grads_NSD)
+    g_MD = grads_NSD.reshape(-1, grads_NSD.shape[-1]).double()
+    fisher_DD = g_MD.T @ g_MD / len(g_MD)
+    evals_R, evecs_DR = torch.linalg.eigh(fisher_DD)  # ascending
+    evals_R, evecs_DR = evals_R.flip(0).clamp_min(0), evecs_DR.flip(1)
+    total = evals_R.sum()
+    if not total > 0:
+        raise GradientError("The gradient pool's Fisher matrix is zero: the gradients carry no signal "
+                            "(check the hook and that the pool was harvested from this model).")
+    cum = evals_R.cumsum(0) / total
+    r = min(int(torch.searchsorted(cum, torch.tensor(energy, dtype=cum.dtype)).item()) + 1, len(evals_R))
+    if normalize:
+        evals_R = evals_R * (len(evals_R) / total)
+    return (evecs_DR[:, :r] * evals_R[:r].sqrt()).float()
+
+
+def metric_faithfulness(err_BD: Tensor, factor_DR: Tensor) -> Tensor:
+    """``½ · mean_b δ_bᵀ F δ_b`` with ``F = L Lᵀ`` (``L = factor_DR``): the errors ``δ = h − ĥ``
+    under a Fisher metric. With the pool's raw ``F̄`` this is the second-order estimate of the output
+    KL in nats; with the normalized one (:func:`mean_fisher_factor`) a Fisher-shaped squared error."""
+    if err_BD.ndim != 2 or factor_DR.ndim != 2 or err_BD.shape[1] != factor_DR.shape[0]:
+        raise GradientError(f"err [B, D] and factor [D, R] do not match: {tuple(err_BD.shape)} vs "
+                            f"{tuple(factor_DR.shape)}.")
+    loss = 0.5 * (err_BD @ factor_DR.to(err_BD.dtype)).square().sum(-1).mean()
+    if not torch.isfinite(loss):
+        check_finite(err=err_BD)
+        raise GradientError("The Fisher term overflowed with finite inputs; the reconstruction error is too large.")
+    return loss
+
+
 def _kl_rows(clean_x_RD: Tensor, spliced_x_RD: Tensor, W_U_DV: Tensor, b_U_V: Tensor, cap: float | None) -> Tensor:
     """Summed ``KL(p_clean ‖ p_spliced)`` over a chunk of rows, over the full vocabulary."""
     clean_logp = torch.log_softmax(unembed(clean_x_RD, W_U_DV, b_U_V, cap)[0], dim=-1)

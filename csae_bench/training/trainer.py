@@ -158,12 +158,17 @@ class TrainConfig:
     aux_loss_coefficient: float = 1 / 32
     """TopK family: weight of SAELens's AuxK dead-feature loss (OpenAI's 1/32)."""
     # ---- CSAE
-    causal_coeff: float = 10.0
-    """CSAE: weight of the Fisher causal-faithfulness term (0 = off). The term is a KL estimate in
-    nats per token; the MSE is summed over d_in in normalized units (mean norm sqrt(d_in)), about
-    10 for a good SAE on the embedded model, where the term is ~0.1 nats: 10 makes it ~10% of the loss."""
+    causal_coeff: float = 100.0
+    """CSAE: weight of the Fisher causal-faithfulness term (0 = off). With ``fisher="mean"`` it is
+    relative to the MSE (2 = the Fisher-shaped squared error weighs as much as the plain one), so it
+    carries over between models. 100 lowered the spliced-in KL by ~13% versus TopK at the same L0 in
+    the sweep on the embedded model, for ~0.3 of explained variance (docs/csae.md:
+    ``python -m csae_bench.csae_sweep``). With ``"per-token"`` the term is in nats."""
+    fisher: str = "mean"
+    """CSAE: ``"mean"`` (the pool's mean Fisher matrix as a metric on every training token's error)
+    or ``"per-token"`` (each pool token's own gradients; see ``CSAETrainingSAEConfig.fisher``)."""
     causal_batch_size: int = 256
-    """CSAE: gradient-pool tokens per step for the causal term."""
+    """CSAE, ``fisher="per-token"``: gradient-pool tokens per step for the causal term."""
     e2e_coeff: float = 0.0
     """CSAE: weight of the exact end-to-end KL term (0 = off; expensive)."""
     verify_every: int = 50
@@ -425,7 +430,7 @@ def _arch_options(arch: str, cfg: TrainConfig) -> dict[str, Any]:
     if arch == "random-decoder":
         opts["decoder_seed"] = cfg.seed
     if arch == "csae":
-        opts.update(causal_coeff=cfg.causal_coeff, causal_batch_size=cfg.causal_batch_size,
+        opts.update(causal_coeff=cfg.causal_coeff, fisher=cfg.fisher, causal_batch_size=cfg.causal_batch_size,
                     e2e_coeff=cfg.e2e_coeff, verify_every=cfg.verify_every, verify_tokens=cfg.verify_tokens, tau=cfg.tau,
                     max_reinit_frac=cfg.max_reinit_frac,
                     patience=cfg.patience)

@@ -22,6 +22,7 @@ from csae_bench.evals.core.output import (
     CsaeCoreMetricCategories,
     CsaeReconstructionQualityMetrics,
 )
+from csae_bench.evals.core.shared_passes import SharedPasses
 from csae_bench.evals.registry import EvalContext, EvalSpec, register_eval
 
 logger = logging.getLogger(__name__)
@@ -118,13 +119,14 @@ def run_core_eval(ctx: EvalContext, sae, sae_id: str, config: CoreEvalConfig) ->
     recorder = _BatchRecorder(store)
     ignore = special_token_ids(ctx)
     start = time.perf_counter()
-    metrics, feature_metrics = sb_core.run_evals(sae, store, ctx.model, config, ignore_tokens=ignore)
+    model = SharedPasses(ctx.model, ctx.cache)  # clean and zero-ablated passes computed once per run
+    metrics, feature_metrics = sb_core.run_evals(sae, store, model, config, ignore_tokens=ignore)
     if not metrics:
         raise RuntimeError(f"SAEBench core eval computed no metrics for {sae_id}; check the config flags.")
     if config.compute_variance_metrics:
         sv_batches = recorder.batches[-config.n_eval_sparsity_variance_batches :]
         metrics["reconstruction_quality"]["explained_variance_mean_centred"] = (
-            mean_centred_explained_variance(sae, ctx.model, ctx.hook_name, torch.cat(sv_batches), ignore)
+            mean_centred_explained_variance(sae, model, ctx.hook_name, torch.cat(sv_batches), ignore)
         )
     if config.compute_featurewise_density_statistics and config.compute_featurewise_weight_based_metrics:
         metrics["misc_metrics"] = sb_core.calculate_misc_metrics(feature_metrics)

@@ -213,8 +213,8 @@ def _sae_cfg(sae) -> dict | None:
 
 def run(ctx, sae, sae_id: str, config: NCESEvalConfig) -> NCESEvalOutput:
     """Registry entry point: NCES of ``sae`` on the run's model, hook and eval tokens. The clean
-    pass is shared by the SAEs evaluated at the same hook (cached in ``ctx.extra``)."""
-    engine = build_engine(ctx.model, ctx.hook_name, ctx.eval_tokens, config, cache=ctx.extra)
+    pass and loss gradients are shared by the SAEs evaluated at the same hook (``ctx.cache``)."""
+    engine = build_engine(ctx.model, ctx.hook_name, ctx.eval_tokens, config, cache=ctx.cache)
     return evaluate_sae(ctx.model, sae, ctx.eval_tokens, ctx.hook_name, config, sae_id, engine)
 
 
