@@ -229,7 +229,9 @@ def write_report(out: str | Path, docs: str | Path) -> Path:
     out, docs = Path(out), Path(docs)
     cfg = SweepConfig(**{k: tuple(v) if isinstance(v, list) else v
                          for k, v in json.loads((out / "sweep_config.json").read_text()).items()})
-    rows = summarize(load_records(out))
+    order = list(cfg.rows())
+    rows = sorted(summarize(load_records(out)),
+                  key=lambda r: order.index(r["name"]) if r["name"] in order else len(order))
     img = _plot(rows, docs / "img" / "csae_kl_vs_ev.png")
     wall = out / "sweep_wall_seconds.json"
     minutes = json.loads(wall.read_text())["seconds_this_invocation"] / 60 if wall.exists() else float("nan")
@@ -237,7 +239,8 @@ def write_report(out: str | Path, docs: str | Path) -> Path:
         GENERATED, "",
         f"Seeds {', '.join(map(str, cfg.seeds))}; {cfg.train_tokens:,} training tokens, d_sae {cfg.d_sae}, "
         f"k {cfg.target_l0}, `{cfg.hook_name}`; spliced KL on {cfg.eval_contexts} held-out contexts of "
-        f"{cfg.context_size} (eval split); the run took {minutes:.1f} min. Mean ± sd over seeds; *KL vs TopK* "
+        f"{cfg.context_size} (eval split); the last invocation took {minutes:.1f} min (a resumed run counts "
+        "only its own work). Mean ± sd over seeds; *KL vs TopK* "
         "is paired by seed.", "",
         "| SAE | spliced KL (nats/token) | KL vs TopK | lower on | EV (mean-centred) | L0 | dead (train) | SAE seconds |",
         "|---|---|---|---|---|---|---|---|",

@@ -188,7 +188,7 @@ def test_csae_mean_fisher_term_is_the_batch_error_under_the_pool_metric():
     the SAE's units (like its MSE) and F̂ the pool's mean g gᵀ scaled to mean eigenvalue 1 — so the
     activation scale does not enter."""
     pool, scale = stand_in_pool(), 1.5
-    sae = make_sae("csae", causal_coeff=2.0, fisher="mean", fisher_energy=1.0)
+    sae = make_sae("csae", causal_coeff=2.0, fisher="mean", fisher_energy=1.0, fisher_clip_quantile=1.0)
     perturb(sae)
     sae.attach_causal(pool, torch.Generator().manual_seed(0), activation_scale=scale)
     x = torch.randn(16, D_IN)

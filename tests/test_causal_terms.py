@@ -206,6 +206,23 @@ def test_mean_fisher_factor_reproduces_the_pool_fisher_and_truncates_by_energy()
         mean_fisher_factor(torch.zeros(4, 2, 16))
 
 
+def test_fisher_clip_keeps_one_extreme_token_from_setting_the_metric():
+    gen = torch.Generator().manual_seed(0)
+    grads = torch.randn(200, 2, 16, generator=gen)
+    spike = torch.zeros(16)
+    spike[3] = 1.0
+    grads[7] = 300.0 * spike  # one token ~90,000x the usual Fisher trace, along one axis
+
+    def normed(g, q):
+        L = mean_fisher_factor(g, energy=1.0, normalize=True, clip_quantile=q).double()
+        return L @ L.T
+
+    clean = normed(torch.cat([grads[:7], grads[8:]]), None)
+    assert normed(grads, None)[3, 3] > 0.9 * 16  # unclipped: one token owns almost all of the trace
+    clipped = normed(grads, 0.95)
+    assert (clipped - clean).norm() / clean.norm() < 0.1  # clipped: as if the token were typical
+
+
 # --- end-to-end KL ---------------------------------------------------------------------------
 
 

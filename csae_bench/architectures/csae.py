@@ -92,6 +92,9 @@ class CSAETrainingSAEConfig(TopKTrainingSAEConfig):
     is overfit: on the embedded model it raised the spliced KL, see docs/csae.md)."""
     fisher_energy: float = 0.999
     """``"mean"``: keep the top eigen-directions of ``F̄`` holding this fraction of its trace."""
+    fisher_clip_quantile: float = 0.95
+    """``"mean"``: cap every pool token's Fisher trace at this quantile of the pool's before
+    averaging (1 = no cap): a few extreme tokens would otherwise set the metric's shape."""
     causal_batch_size: int = 256
     """``"per-token"``: tokens drawn from the gradient pool for the causal term on each step."""
     e2e_coeff: float = 0.0
@@ -127,8 +130,9 @@ class CSAETrainingSAEConfig(TopKTrainingSAEConfig):
             problems.append(f"max_reinit_frac={self.max_reinit_frac} must be in [0, 1] and min_active >= 1")
         if self.fisher not in FISHER_MODES:
             problems.append(f"fisher={self.fisher!r} must be one of {', '.join(FISHER_MODES)}")
-        if not 0 < self.fisher_energy <= 1:
-            problems.append(f"fisher_energy={self.fisher_energy} must be in (0, 1]")
+        if not 0 < self.fisher_energy <= 1 or not 0 < self.fisher_clip_quantile <= 1:
+            problems.append(f"fisher_energy={self.fisher_energy} and fisher_clip_quantile="
+                            f"{self.fisher_clip_quantile} must be in (0, 1]")
         if self.causal_batch_size < 1 or self.verify_tokens < 1:
             problems.append("causal_batch_size and verify_tokens must be >= 1")
         if problems:
@@ -181,7 +185,8 @@ class CSAETrainingSAE(TopKTrainingSAE):
         self._e2e = e2e
         self.fisher_factor_DR = None
         if gradient_pool is not None and self.cfg.fisher == "mean":
-            factor = _causal().mean_fisher_factor(gradient_pool.grads_NSD, self.cfg.fisher_energy, normalize=True)
+            factor = _causal().mean_fisher_factor(gradient_pool.grads_NSD, self.cfg.fisher_energy, normalize=True,
+                                                  clip_quantile=self.cfg.fisher_clip_quantile)
             self.fisher_factor_DR = factor.to(self.device, self.dtype)
 
     def reconstruct_raw(self, acts_BD: Tensor) -> Tensor:
