@@ -100,16 +100,28 @@ class Sweep:
             from csae_bench.training.gradients import GradientPool, harvest_gradient_pool
 
             c = self.cfg
-            toks = load_tokens(self.model.tokenizer, split="train", context_size=c.context_size,
-                               n_contexts=math.ceil(c.train_tokens / (c.context_size - 1)), seed=0)
-            source = ActivationSource(self.model, c.hook_name, toks, seed=0,
-                                      cache_path=self.out / "activations.safetensors")
+            toks = load_tokens(
+                self.model.tokenizer,
+                split="train",
+                context_size=c.context_size,
+                n_contexts=math.ceil(c.train_tokens / (c.context_size - 1)),
+                seed=0,
+            )
+            source = ActivationSource(
+                self.model,
+                c.hook_name,
+                toks,
+                seed=0,
+                cache_path=self.out / "activations.safetensors",
+            )
             pool_path = self.out / "gradient_pool.safetensors"
             if pool_path.exists():
                 pool = GradientPool.load(pool_path)
             else:
                 n_ctx = math.ceil(c.grad_tokens / (c.context_size - 1))
-                pool = harvest_gradient_pool(self.model, c.hook_name, toks[:n_ctx], seed=0, show_progress=False)
+                pool = harvest_gradient_pool(
+                    self.model, c.hook_name, toks[:n_ctx], seed=0, show_progress=False
+                )
                 pool.save(pool_path)
             self._stream = (source, pool)
         return self._stream
@@ -117,8 +129,13 @@ class Sweep:
     def eval_tokens(self):
         from csae_bench.data import load_tokens
 
-        return load_tokens(self.model.tokenizer, split="eval", context_size=self.cfg.context_size,
-                           n_contexts=self.cfg.eval_contexts, seed=1)
+        return load_tokens(
+            self.model.tokenizer,
+            split="eval",
+            context_size=self.cfg.context_size,
+            n_contexts=self.cfg.eval_contexts,
+            seed=1,
+        )
 
     def record(self, seed: int, name: str, arch: str, overrides: dict[str, Any]) -> dict[str, Any]:
         """Train (or find) one SAE and measure it; the record is a JSON file under ``--out``."""
@@ -131,18 +148,34 @@ class Sweep:
             return json.loads(path.read_text())
         if not (folder / arch / SUMMARY_NAME).exists():
             source, pool = self.stream()
-            tc = TrainConfig(architectures=(arch,), d_sae=c.d_sae, target_l0=c.target_l0, train_tokens=c.train_tokens,
-                             batch_size=c.batch_size, seed=seed, hook_name=c.hook_name, context_size=c.context_size,
-                             checkpoint_every=0, show_progress=False, **overrides)
+            tc = TrainConfig(
+                architectures=(arch,),
+                d_sae=c.d_sae,
+                target_l0=c.target_l0,
+                train_tokens=c.train_tokens,
+                batch_size=c.batch_size,
+                seed=seed,
+                hook_name=c.hook_name,
+                context_size=c.context_size,
+                checkpoint_every=0,
+                show_progress=False,
+                **overrides,
+            )
             logger.info("seed %d: training %s", seed, name)
             train_alongside(self.model, source, tc, folder, gradient_pool=pool)
         summary = json.loads((folder / arch / SUMMARY_NAME).read_text())
-        rec = {"seed": seed, "name": name, "architecture": arch, "overrides": overrides,
-               "spliced_kl": self.spliced_kl(folder / arch),
-               "explained_variance_mean_centred": summary["explained_variance_mean_centred"],
-               "l0": summary["l0"], "dead_fraction_train": summary["dead_fraction_train"],
-               "sae_seconds": summary["wall_seconds"],
-               "causal_loss": summary["final_loss_terms"].get("causal_loss")}
+        rec = {
+            "seed": seed,
+            "name": name,
+            "architecture": arch,
+            "overrides": overrides,
+            "spliced_kl": self.spliced_kl(folder / arch),
+            "explained_variance_mean_centred": summary["explained_variance_mean_centred"],
+            "l0": summary["l0"],
+            "dead_fraction_train": summary["dead_fraction_train"],
+            "sae_seconds": summary["wall_seconds"],
+            "causal_loss": summary["final_loss_terms"].get("causal_loss"),
+        }
         atomic_write_json(path, rec)
         return rec
 
@@ -154,8 +187,12 @@ class Sweep:
 
         sae = load_base_sae(sae_folder)
         with torch.no_grad():
-            return spliced_kl(self.model, self.cfg.hook_name, self.eval_tokens(),
-                              lambda x: sae.decode(sae.encode(x)))
+            return spliced_kl(
+                self.model,
+                self.cfg.hook_name,
+                self.eval_tokens(),
+                lambda x: sae.decode(sae.encode(x)),
+            )
 
 
 def run_sweep(cfg: SweepConfig, out: str | Path) -> list[dict[str, Any]]:
@@ -166,7 +203,9 @@ def run_sweep(cfg: SweepConfig, out: str | Path) -> list[dict[str, Any]]:
     for seed in cfg.seeds:
         for name, (arch, overrides) in cfg.rows().items():
             records.append(sweep.record(seed, name, arch, overrides))
-    atomic_write_json(out / "sweep_wall_seconds.json", {"seconds_this_invocation": time.perf_counter() - t0})
+    atomic_write_json(
+        out / "sweep_wall_seconds.json", {"seconds_this_invocation": time.perf_counter() - t0}
+    )
     return records
 
 
@@ -186,10 +225,23 @@ def summarize(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
             return float(v.mean()), float(v.std(ddof=1)) if len(v) > 1 else float("nan")
 
         rel = [r["spliced_kl"] / topk[r["seed"]] - 1 for r in rs if r["seed"] in topk]
-        rows.append({"name": name, "n": len(rs), "kl": ms("spliced_kl"), "ev": ms("explained_variance_mean_centred"),
-                     "l0": ms("l0"), "dead": ms("dead_fraction_train"), "seconds": ms("sae_seconds"),
-                     "kl_vs_topk": (float(np.mean(rel)), float(np.std(rel, ddof=1)) if len(rel) > 1 else float("nan")),
-                     "kl_lower_on": sum(x < 0 for x in rel), "paired": len(rel)})
+        rows.append(
+            {
+                "name": name,
+                "n": len(rs),
+                "kl": ms("spliced_kl"),
+                "ev": ms("explained_variance_mean_centred"),
+                "l0": ms("l0"),
+                "dead": ms("dead_fraction_train"),
+                "seconds": ms("sae_seconds"),
+                "kl_vs_topk": (
+                    float(np.mean(rel)),
+                    float(np.std(rel, ddof=1)) if len(rel) > 1 else float("nan"),
+                ),
+                "kl_lower_on": sum(x < 0 for x in rel),
+                "paired": len(rel),
+            }
+        )
     return rows
 
 
@@ -208,10 +260,29 @@ def _plot(rows: list[dict[str, Any]], path: Path) -> Path:
 
     fig, ax = plt.subplots(figsize=(6.4, 4.2))
     for r in rows:
-        colour = "tab:blue" if r["name"] == "topk" else "tab:red" if r["name"].startswith("per-token") else "tab:green"
-        ax.errorbar(r["ev"][0], r["kl"][0], xerr=np.nan_to_num(r["ev"][1]), yerr=np.nan_to_num(r["kl"][1]),
-                    fmt="o", color=colour, capsize=3)
-        ax.annotate(r["name"], (r["ev"][0], r["kl"][0]), textcoords="offset points", xytext=(6, 4), fontsize=8)
+        colour = (
+            "tab:blue"
+            if r["name"] == "topk"
+            else "tab:red"
+            if r["name"].startswith("per-token")
+            else "tab:green"
+        )
+        ax.errorbar(
+            r["ev"][0],
+            r["kl"][0],
+            xerr=np.nan_to_num(r["ev"][1]),
+            yerr=np.nan_to_num(r["kl"][1]),
+            fmt="o",
+            color=colour,
+            capsize=3,
+        )
+        ax.annotate(
+            r["name"],
+            (r["ev"][0], r["kl"][0]),
+            textcoords="offset points",
+            xytext=(6, 4),
+            fontsize=8,
+        )
     ax.set_xlabel("explained variance (mean-centred, held-out)")
     ax.set_ylabel("spliced-in KL, nats/token (lower is better)")
     ax.set_title("CSAE causal term vs TopK at L0 = 32 (embedded Gemma-3-270M, layer 6)", fontsize=9)
@@ -227,44 +298,74 @@ def _plot(rows: list[dict[str, Any]], path: Path) -> Path:
 def write_report(out: str | Path, docs: str | Path) -> Path:
     """Write the generated part of ``docs/csae.md`` (between its markers) and the trade-off plot."""
     out, docs = Path(out), Path(docs)
-    cfg = SweepConfig(**{k: tuple(v) if isinstance(v, list) else v
-                         for k, v in json.loads((out / "sweep_config.json").read_text()).items()})
+    cfg = SweepConfig(
+        **{
+            k: tuple(v) if isinstance(v, list) else v
+            for k, v in json.loads((out / "sweep_config.json").read_text()).items()
+        }
+    )
     order = list(cfg.rows())
-    rows = sorted(summarize(load_records(out)),
-                  key=lambda r: order.index(r["name"]) if r["name"] in order else len(order))
+    rows = sorted(
+        summarize(load_records(out)),
+        key=lambda r: order.index(r["name"]) if r["name"] in order else len(order),
+    )
     img = _plot(rows, docs / "img" / "csae_kl_vs_ev.png")
     wall = out / "sweep_wall_seconds.json"
-    minutes = json.loads(wall.read_text())["seconds_this_invocation"] / 60 if wall.exists() else float("nan")
+    minutes = (
+        json.loads(wall.read_text())["seconds_this_invocation"] / 60
+        if wall.exists()
+        else float("nan")
+    )
     lines = [
-        GENERATED, "",
+        GENERATED,
+        "",
         f"Seeds {', '.join(map(str, cfg.seeds))}; {cfg.train_tokens:,} training tokens, d_sae {cfg.d_sae}, "
         f"k {cfg.target_l0}, `{cfg.hook_name}`; spliced KL on {cfg.eval_contexts} held-out contexts of "
         f"{cfg.context_size} (eval split); the last invocation took {minutes:.1f} min (a resumed run counts "
         "only its own work). Mean ± sd over seeds; *KL vs TopK* "
-        "is paired by seed.", "",
+        "is paired by seed.",
+        "",
         "| SAE | spliced KL (nats/token) | KL vs TopK | lower on | EV (mean-centred) | L0 | dead (train) | SAE seconds |",
         "|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
         vs = "—" if r["name"] == "topk" else _pm(r["kl_vs_topk"], pct=True)
         on = "—" if r["name"] == "topk" else f"{r['kl_lower_on']}/{r['paired']} seeds"
-        lines.append(f"| {r['name']} | {_pm(r['kl'])} | {vs} | {on} | {_pm(r['ev'])} | {_pm(r['l0'], 1)} | "
-                     f"{_pm(r['dead'], 2)} | {_pm(r['seconds'], 1)} |")
+        lines.append(
+            f"| {r['name']} | {_pm(r['kl'])} | {vs} | {on} | {_pm(r['ev'])} | {_pm(r['l0'], 1)} | "
+            f"{_pm(r['dead'], 2)} | {_pm(r['seconds'], 1)} |"
+        )
     lines += ["", f"![spliced KL vs explained variance](img/{img.name})", ""]
     page = docs / "csae.md"
-    text = page.read_text() if page.exists() else "# The Causal SAE\n\n<!-- sweep:start -->\n<!-- sweep:end -->\n"
+    text = (
+        page.read_text()
+        if page.exists()
+        else "# The Causal SAE\n\n<!-- sweep:start -->\n<!-- sweep:end -->\n"
+    )
     head, _, rest = text.partition("<!-- sweep:start -->")
     _, _, tail = rest.partition("<!-- sweep:end -->")
-    atomic_write_text(page, head + "<!-- sweep:start -->\n" + "\n".join(lines) + "<!-- sweep:end -->" + tail)
+    atomic_write_text(
+        page, head + "<!-- sweep:start -->\n" + "\n".join(lines) + "<!-- sweep:end -->" + tail
+    )
     return page
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m csae_bench.csae_sweep", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--out", required=True, help="folder for the sweep's SAEs and records (resumable)")
-    parser.add_argument("--docs", default=str(REPO / "docs"), help="where csae.md and img/ go [default: docs/]")
-    parser.add_argument("--seeds", type=int, nargs="+", default=None, help="SAE seeds [default: 0 1]")
-    parser.add_argument("--report-only", action="store_true", help="only rewrite the report from --out")
+    parser = argparse.ArgumentParser(
+        prog="python -m csae_bench.csae_sweep", description=__doc__.split("\n\n")[0]
+    )
+    parser.add_argument(
+        "--out", required=True, help="folder for the sweep's SAEs and records (resumable)"
+    )
+    parser.add_argument(
+        "--docs", default=str(REPO / "docs"), help="where csae.md and img/ go [default: docs/]"
+    )
+    parser.add_argument(
+        "--seeds", type=int, nargs="+", default=None, help="SAE seeds [default: 0 1]"
+    )
+    parser.add_argument(
+        "--report-only", action="store_true", help="only rewrite the report from --out"
+    )
     args = parser.parse_args(argv)
     from csae_bench.run import _setup_logging
 

@@ -68,9 +68,22 @@ def vader_dir() -> Path:
         tmp_path = Path(tmp)
         sdist = os.environ.get("CSAE_BENCH_VADER_SDIST")
         if sdist is None:
-            logger.info("Fetching the embedded corpus (%s sdist) from the package registry", VADER_SDIST)
-            cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--no-binary", ":all:",
-                   "--quiet", "-d", str(tmp_path), VADER_SDIST]
+            logger.info(
+                "Fetching the embedded corpus (%s sdist) from the package registry", VADER_SDIST
+            )
+            cmd = [
+                sys.executable,
+                "-m",
+                "pip",
+                "download",
+                "--no-deps",
+                "--no-binary",
+                ":all:",
+                "--quiet",
+                "-d",
+                str(tmp_path),
+                VADER_SDIST,
+            ]
             proc = subprocess.run(cmd, capture_output=True, text=True)
             found = list(tmp_path.glob("vaderSentiment-*.tar.gz"))
             if proc.returncode != 0 or not found:
@@ -94,7 +107,9 @@ def _extract_vader(sdist: Path, out: Path) -> None:
     out.mkdir(parents=True)
     try:
         with tarfile.open(sdist) as outer:
-            inner = next(m for m in outer.getmembers() if m.name.endswith("hutto_ICWSM_2014.tar.gz"))
+            inner = next(
+                m for m in outer.getmembers() if m.name.endswith("hutto_ICWSM_2014.tar.gz")
+            )
             fh = outer.extractfile(inner)
             assert fh is not None
             with tarfile.open(fileobj=fh) as tar:
@@ -121,7 +136,9 @@ def load_vader() -> list[VaderSentence]:
             if len(parts) < 3 or not parts[2].strip():
                 continue
             doc_id = parts[0].split("_")[0] if source in ("nyt", "amazon") else parts[0]
-            sentences.append(VaderSentence(source, f"{source}:{doc_id}", float(parts[1]), parts[2].strip()))
+            sentences.append(
+                VaderSentence(source, f"{source}:{doc_id}", float(parts[1]), parts[2].strip())
+            )
     return sentences
 
 
@@ -142,7 +159,9 @@ def _embedded_documents() -> list[tuple[str, str]]:
 # ---------------------------------------------------------------- corpora
 
 
-def load_corpus(name: str = EMBEDDED, split: str = "train", max_documents: int | None = None) -> list[str]:
+def load_corpus(
+    name: str = EMBEDDED, split: str = "train", max_documents: int | None = None
+) -> list[str]:
     """Documents of a corpus. ``split`` is ``train`` or ``eval`` (disjoint documents).
 
     ``name``: ``embedded``; a path to a ``.txt`` file (blank-line separated documents), a
@@ -167,15 +186,23 @@ def load_corpus(name: str = EMBEDDED, split: str = "train", max_documents: int |
 
 
 def _local_documents(path: Path) -> list[tuple[str, str]]:
-    files = sorted(p for p in path.rglob("*") if p.suffix in (".txt", ".jsonl")) if path.is_dir() else [path]
+    files = (
+        sorted(p for p in path.rglob("*") if p.suffix in (".txt", ".jsonl"))
+        if path.is_dir()
+        else [path]
+    )
     docs: list[tuple[str, str]] = []
     for f in files:
         if f.suffix not in (".txt", ".jsonl"):
-            raise DataError(f"{f}: unsupported corpus file type; use .txt (blank-line separated documents) or .jsonl (a 'text' field per line).")
+            raise DataError(
+                f"{f}: unsupported corpus file type; use .txt (blank-line separated documents) or .jsonl (a 'text' field per line)."
+            )
         try:
             raw = f.read_text(encoding="utf-8")
         except UnicodeDecodeError:
-            raise DataError(f"{f} is not UTF-8 text. Pass a plain-text .txt or a .jsonl corpus.") from None
+            raise DataError(
+                f"{f} is not UTF-8 text. Pass a plain-text .txt or a .jsonl corpus."
+            ) from None
         if f.suffix == ".jsonl":
             for i, line in enumerate(raw.splitlines()):
                 if not line.strip():
@@ -183,7 +210,9 @@ def _local_documents(path: Path) -> list[tuple[str, str]]:
                 try:
                     text = json.loads(line)["text"]
                 except (json.JSONDecodeError, KeyError, TypeError):
-                    raise DataError(f"{f}:{i + 1} is not a JSON object with a 'text' field.") from None
+                    raise DataError(
+                        f"{f}:{i + 1} is not a JSON object with a 'text' field."
+                    ) from None
                 docs.append((f"{f.name}:{i}", str(text)))
         else:
             for i, para in enumerate(p for p in raw.split("\n\n") if p.strip()):
@@ -244,7 +273,12 @@ def tokenize_texts(tokenizer, texts: list[str], context_size: int = 128) -> torc
     ds = datasets.Dataset.from_dict({"text": texts})
     with _cheap_fingerprints():
         tokens = tokenize_and_concatenate(
-            ds, tokenizer, max_length=context_size, add_bos_token=True, num_proc=None, column_name="text"
+            ds,
+            tokenizer,
+            max_length=context_size,
+            add_bos_token=True,
+            num_proc=None,
+            column_name="text",
         )["tokens"]
     tokens = torch.as_tensor(tokens, dtype=torch.long).reshape(-1, context_size)
     # A map batch shorter than one context comes back padded; padding is not text, drop it.
@@ -269,12 +303,22 @@ def load_tokens(
 ) -> torch.Tensor:
     """Token contexts of a corpus split, shuffled with ``seed`` and cut to ``n_contexts``."""
     max_docs = None if n_contexts is None else max(64, n_contexts * context_size // 8)
-    tokens = tokenize_texts(tokenizer, load_corpus(corpus, split, max_documents=max_docs if corpus != EMBEDDED else None), context_size)
+    tokens = tokenize_texts(
+        tokenizer,
+        load_corpus(corpus, split, max_documents=max_docs if corpus != EMBEDDED else None),
+        context_size,
+    )
     gen = torch.Generator().manual_seed(seed)
     tokens = tokens[torch.randperm(len(tokens), generator=gen)]
     if n_contexts is not None:
         if n_contexts > len(tokens):
-            logger.warning("Asked for %d contexts, corpus %r %s split has %d.", n_contexts, corpus, split, len(tokens))
+            logger.warning(
+                "Asked for %d contexts, corpus %r %s split has %d.",
+                n_contexts,
+                corpus,
+                split,
+                len(tokens),
+            )
         tokens = tokens[:n_contexts]
     return tokens
 
@@ -297,28 +341,43 @@ class LabelledSet:
             raise DataError(f"{self.name}: {len(self.texts)} texts but {len(self.labels)} labels.")
         present = set(self.labels)
         if len(present) < 2:
-            raise DataError(f"{self.name}: only one class present ({sorted(present)}); a probing task needs at least two.")
+            raise DataError(
+                f"{self.name}: only one class present ({sorted(present)}); a probing task needs at least two."
+            )
         bad = [y for y in present if not 0 <= y < len(self.label_names)]
         if bad:
-            raise DataError(f"{self.name}: labels {bad} have no name in label_names={self.label_names}.")
+            raise DataError(
+                f"{self.name}: labels {bad} have no name in label_names={self.label_names}."
+            )
 
 
-def load_labelled(name: str, max_per_class: int | None = None, seed: int = 0, margin: float = 1.0) -> LabelledSet:
+def load_labelled(
+    name: str, max_per_class: int | None = None, seed: int = 0, margin: float = 1.0
+) -> LabelledSet:
     """A labelled set by name: ``vader_sentiment`` (scores ≤ −margin vs ≥ +margin),
     ``vader_domain`` (movie / tweet / amazon / nyt), or a path to a JSONL file with ``text`` and
     ``label`` fields."""
     if name == "vader_sentiment":
         sents = [s for s in load_vader() if abs(s.score) >= margin]
-        ls = LabelledSet(name, [s.text for s in sents], [int(s.score > 0) for s in sents],
-                         ["negative", "positive"], {"margin": margin})
+        ls = LabelledSet(
+            name,
+            [s.text for s in sents],
+            [int(s.score > 0) for s in sents],
+            ["negative", "positive"],
+            {"margin": margin},
+        )
     elif name == "vader_domain":
         sources = list(VADER_SOURCES)
         sents = load_vader()
-        ls = LabelledSet(name, [s.text for s in sents], [sources.index(s.source) for s in sents], sources)
+        ls = LabelledSet(
+            name, [s.text for s in sents], [sources.index(s.source) for s in sents], sources
+        )
     elif Path(name).exists():
         ls = _labelled_from_jsonl(Path(name))
     else:
-        raise DataError(f"Unknown labelled set {name!r}: use vader_sentiment, vader_domain or a JSONL path.")
+        raise DataError(
+            f"Unknown labelled set {name!r}: use vader_sentiment, vader_domain or a JSONL path."
+        )
     return balance(ls, max_per_class, seed) if max_per_class else ls
 
 
@@ -332,7 +391,9 @@ def _labelled_from_jsonl(path: Path) -> LabelledSet:
             texts.append(str(row["text"]))
             raw_labels.append(str(row["label"]))
         except (json.JSONDecodeError, KeyError, TypeError):
-            raise DataError(f"{path}:{i + 1} does not parse: each line must be a JSON object with 'text' and 'label'.") from None
+            raise DataError(
+                f"{path}:{i + 1} does not parse: each line must be a JSON object with 'text' and 'label'."
+            ) from None
     names = sorted(set(raw_labels))
     return LabelledSet(path.stem, texts, [names.index(y) for y in raw_labels], names)
 
@@ -343,5 +404,9 @@ def balance(ls: LabelledSet, max_per_class: int, seed: int = 0) -> LabelledSet:
     by_class: dict[int, list[int]] = {}
     for i, y in enumerate(ls.labels):
         by_class.setdefault(y, []).append(i)
-    keep = sorted(i for idx in by_class.values() for i in rng.sample(idx, min(len(idx), max_per_class)))
-    return LabelledSet(ls.name, [ls.texts[i] for i in keep], [ls.labels[i] for i in keep], ls.label_names, ls.meta)
+    keep = sorted(
+        i for idx in by_class.values() for i in rng.sample(idx, min(len(idx), max_per_class))
+    )
+    return LabelledSet(
+        ls.name, [ls.texts[i] for i in keep], [ls.labels[i] for i in keep], ls.label_names, ls.meta
+    )

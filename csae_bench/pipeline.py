@@ -95,26 +95,37 @@ def is_valid_json(path: Path) -> bool:
 def _default_tokens(model, cfg: RunConfig, split: str, n_contexts: int, seed: int) -> torch.Tensor:
     from csae_bench.data import load_tokens
 
-    return load_tokens(model.tokenizer, corpus=cfg.corpus, split=split,
-                       context_size=cfg.context_size, n_contexts=n_contexts, seed=seed)
+    return load_tokens(
+        model.tokenizer,
+        corpus=cfg.corpus,
+        split=split,
+        context_size=cfg.context_size,
+        n_contexts=n_contexts,
+        seed=seed,
+    )
 
 
-def _default_train(model, source, settings: dict[str, Any], out_dir: Path, gradient_pool=None,
-                   resume: bool = True) -> dict[str, Path]:
+def _default_train(
+    model, source, settings: dict[str, Any], out_dir: Path, gradient_pool=None, resume: bool = True
+) -> dict[str, Path]:
     from csae_bench.training.trainer import TrainConfig, train_alongside
 
-    return train_alongside(model, source, TrainConfig(**settings), out_dir,
-                           gradient_pool=gradient_pool, resume=resume)
+    return train_alongside(
+        model, source, TrainConfig(**settings), out_dir, gradient_pool=gradient_pool, resume=resume
+    )
 
 
-def _default_gradients(model, hook_name: str, tokens: torch.Tensor, seed: int, settings: dict[str, Any]):
+def _default_gradients(
+    model, hook_name: str, tokens: torch.Tensor, seed: int, settings: dict[str, Any]
+):
     from csae_bench.training.gradients import harvest_gradient_pool
 
     return harvest_gradient_pool(model, hook_name, tokens, seed=seed, **settings)
 
 
-def gradient_job(settings: dict[str, Any], hook_name: str, seed: int, folder: Path,
-                 context_size: int) -> GradientJob | None:
+def gradient_job(
+    settings: dict[str, Any], hook_name: str, seed: int, folder: Path, context_size: int
+) -> GradientJob | None:
     """The CSAE's gradient harvest as its own file-producing job — the same pool the trainer would
     harvest itself (its ``grad_tokens`` / ``n_grad_samples`` / ``seed``), kept on disk so that a
     killed run does not harvest it again. None when the CSAE has no causal parts."""
@@ -124,8 +135,13 @@ def gradient_job(settings: dict[str, Any], hook_name: str, seed: int, folder: Pa
     if not (tc.causal_coeff > 0 or tc.verify_every > 0):
         return None
     n_ctx = max(1, -(-tc.grad_tokens // context_size))
-    return GradientJob(hook_name, seed, folder / "gradient_pool.safetensors", n_ctx,
-                       {"n_samples": tc.n_grad_samples, "show_progress": tc.show_progress})
+    return GradientJob(
+        hook_name,
+        seed,
+        folder / "gradient_pool.safetensors",
+        n_ctx,
+        {"n_samples": tc.n_grad_samples, "show_progress": tc.show_progress},
+    )
 
 
 def check_train_settings(cfg: RunConfig, hook_name: str) -> None:
@@ -228,7 +244,9 @@ class HarvestJob(Job):
         from csae_bench.training.activations import ActivationSource
 
         toks = res.tokens("train", res.train_contexts(), self.seed)
-        return ActivationSource(res.model, self.hook_name, toks, seed=self.seed, cache_path=self.path)
+        return ActivationSource(
+            res.model, self.hook_name, toks, seed=self.seed, cache_path=self.path
+        )
 
     def run(self, res: Resources) -> None:
         self.source(res).all_activations()  # writes the cache atomically
@@ -290,15 +308,29 @@ class TrainJob(Job):
         from csae_bench.training.gradients import GradientPool
 
         pool = GradientPool.load(self.gradients.path) if self.gradients is not None else None
-        folders = res.train_fn(res.model, self.harvest.source(res), dict(self.settings), self.saes_dir,
-                               gradient_pool=pool, resume=not res.cfg.force)
-        missing = [a for a in self.architectures if a not in folders or not is_sae_folder(Path(folders[a]))]
+        folders = res.train_fn(
+            res.model,
+            self.harvest.source(res),
+            dict(self.settings),
+            self.saes_dir,
+            gradient_pool=pool,
+            resume=not res.cfg.force,
+        )
+        missing = [
+            a for a in self.architectures if a not in folders or not is_sae_folder(Path(folders[a]))
+        ]
         if missing:
-            raise PipelineError(f"The trainer returned no finished SAE folder for {', '.join(missing)} "
-                                f"(seed {self.harvest.seed}); see its log above.")
-        saes = {**{a: str(p.relative_to(self.saes_dir)) for a, p in self.finished().items()},
-                **{a: str(Path(folders[a]).resolve().relative_to(self.saes_dir.resolve()))
-                   for a in self.architectures}}
+            raise PipelineError(
+                f"The trainer returned no finished SAE folder for {', '.join(missing)} "
+                f"(seed {self.harvest.seed}); see its log above."
+            )
+        saes = {
+            **{a: str(p.relative_to(self.saes_dir)) for a, p in self.finished().items()},
+            **{
+                a: str(Path(folders[a]).resolve().relative_to(self.saes_dir.resolve()))
+                for a in self.architectures
+            },
+        }
         atomic_write_json(self.manifest, {"saes": saes, "settings": self.settings})
 
 
@@ -336,17 +368,30 @@ class EvalJob(Job):
         if self.training_tokens and getattr(sae.cfg, "training_tokens", 0) in (None, -100_000, 0):
             sae.cfg.training_tokens = self.training_tokens  # carried into sae_cfg_dict
         ctx = EvalContext(
-            model=res.model, hook_name=self.hook_name, eval_tokens=res.eval_tokens(),
-            device=res.cfg.device, seed=self.seed, model_name=res.cfg.model,
-            extra={"sae_release": self.release, "corpus": res.cfg.corpus, "sae_folder": str(self.sae_folder)},
+            model=res.model,
+            hook_name=self.hook_name,
+            eval_tokens=res.eval_tokens(),
+            device=res.cfg.device,
+            seed=self.seed,
+            model_name=res.cfg.model,
+            extra={
+                "sae_release": self.release,
+                "corpus": res.cfg.corpus,
+                "sae_folder": str(self.sae_folder),
+            },
             cache=res.eval_cache,
         )
-        config = (spec.make_config(ctx, dict(self.overrides)) if spec.make_config is not None
-                  else spec.config_cls(**self.overrides))
+        config = (
+            spec.make_config(ctx, dict(self.overrides))
+            if spec.make_config is not None
+            else spec.config_cls(**self.overrides)
+        )
         output = spec.run(ctx, sae, self.sae_id, config)
         if not isinstance(output, spec.output_cls):
-            raise PipelineError(f"Eval {spec.eval_type_id} returned {type(output).__name__}, "
-                                f"not its registered output class {spec.output_cls.__name__}.")
+            raise PipelineError(
+                f"Eval {spec.eval_type_id} returned {type(output).__name__}, "
+                f"not its registered output class {spec.output_cls.__name__}."
+            )
         output.sae_lens_id = self.sae_id
         output.sae_lens_release_id = self.release
         with atomic_path(self.path) as tmp:
@@ -359,9 +404,17 @@ class EvalJob(Job):
 
 def train_settings(cfg: RunConfig, hook_name: str, seed: int) -> dict[str, Any]:
     """Keyword arguments of the trainer's ``TrainConfig`` for one seed."""
-    return {"architectures": list(cfg.architectures), "d_sae": cfg.d_sae, "train_tokens": cfg.train_tokens,
-            "batch_size": cfg.batch_size, "seed": seed, "hook_name": hook_name,
-            "model_name": model_display_name(cfg.model), "context_size": cfg.context_size, **cfg.train}
+    return {
+        "architectures": list(cfg.architectures),
+        "d_sae": cfg.d_sae,
+        "train_tokens": cfg.train_tokens,
+        "batch_size": cfg.batch_size,
+        "seed": seed,
+        "hook_name": hook_name,
+        "model_name": model_display_name(cfg.model),
+        "context_size": cfg.context_size,
+        **cfg.train,
+    }
 
 
 def model_display_name(model: str) -> str:
@@ -375,33 +428,60 @@ def model_display_name(model: str) -> str:
         return model
 
 
-def plan(cfg: RunConfig, hook_name: str, external_saes: Iterable[tuple[str, Path, str]] = ()) -> list[Job]:
+def plan(
+    cfg: RunConfig, hook_name: str, external_saes: Iterable[tuple[str, Path, str]] = ()
+) -> list[Job]:
     """Every job of a run in dependency order. ``external_saes``: ``(sae_id, folder, hook)`` of
     already-trained SAEs (``--saes``); when given, nothing is trained."""
     out = Path(cfg.out)
     jobs: list[Job] = []
-    targets: list[tuple[str, str, Path, str, int, int | None]] = []  # release, id, folder, hook, seed, tokens
+    targets: list[
+        tuple[str, str, Path, str, int, int | None]
+    ] = []  # release, id, folder, hook, seed, tokens
     external = list(external_saes)
     if external:
         release = f"csae_bench-{model_slug(cfg.model)}-{Path(cfg.saes or 'saes').name}"
-        targets = [(release, sid, folder, hook, cfg.seeds[0], None) for sid, folder, hook in external]
+        targets = [
+            (release, sid, folder, hook, cfg.seeds[0], None) for sid, folder, hook in external
+        ]
     else:
         for seed in cfg.seeds:
             rd = run_dir(out, cfg.model, hook_name, seed)
             harvest = HarvestJob(hook_name, seed, rd / "activations.safetensors")
             settings = train_settings(cfg, hook_name, seed)
-            gradients = (gradient_job(settings, hook_name, seed, rd, cfg.context_size)
-                         if "csae" in cfg.architectures else None)
+            gradients = (
+                gradient_job(settings, hook_name, seed, rd, cfg.context_size)
+                if "csae" in cfg.architectures
+                else None
+            )
             train = TrainJob(harvest, gradients, list(cfg.architectures), settings, rd / "saes")
             jobs += [harvest, *([gradients] if gradients else []), train]
             for arch in cfg.architectures:
-                targets.append((sae_release(cfg.model, hook_name), sae_id(arch, cfg.d_sae, seed),
-                                rd / "saes" / arch, hook_name, seed, cfg.train_tokens))
+                targets.append(
+                    (
+                        sae_release(cfg.model, hook_name),
+                        sae_id(arch, cfg.d_sae, seed),
+                        rd / "saes" / arch,
+                        hook_name,
+                        seed,
+                        cfg.train_tokens,
+                    )
+                )
     for name in cfg.evals:
         for release, sid, folder, hook, seed, n_tok in targets:
-            jobs.append(EvalJob(name, folder, release, sid, hook, seed,
-                                eval_result_path(out, eval_type_id(name), release, sid),
-                                dict(cfg.eval_settings.get(name, {})), n_tok))
+            jobs.append(
+                EvalJob(
+                    name,
+                    folder,
+                    release,
+                    sid,
+                    hook,
+                    seed,
+                    eval_result_path(out, eval_type_id(name), release, sid),
+                    dict(cfg.eval_settings.get(name, {})),
+                    n_tok,
+                )
+            )
     return jobs
 
 
@@ -440,12 +520,18 @@ def find_saes(root: Path) -> list[tuple[str, Path, str]]:
         rel = folder.relative_to(root)
         found.append((str(rel).replace("/", "_") if str(rel) != "." else folder.name, folder, hook))
     if not found:
-        raise PipelineError(f"No SAELens-format SAE folders (cfg.json + sae_weights.safetensors) under {root}.")
+        raise PipelineError(
+            f"No SAELens-format SAE folders (cfg.json + sae_weights.safetensors) under {root}."
+        )
     return found
 
 
-def run_jobs(jobs: list[Job], res: Resources, force: bool = False,
-             on_progress: Callable[[Job, str, float], None] | None = None) -> dict[str, int]:
+def run_jobs(
+    jobs: list[Job],
+    res: Resources,
+    force: bool = False,
+    on_progress: Callable[[Job, str, float], None] | None = None,
+) -> dict[str, int]:
     """Run ``jobs`` in order, skipping finished ones unless ``force``. Any failure raises."""
     counts = {"run": 0, "skipped": 0}
     resolve_sae_folders(jobs)
@@ -461,8 +547,10 @@ def run_jobs(jobs: list[Job], res: Resources, force: bool = False,
         except (KeyboardInterrupt, PipelineError):
             raise
         except Exception as err:
-            raise PipelineError(f"{job.describe()} failed: {type(err).__name__}: {err}. Finished work "
-                                "is kept; fix the cause and re-run the same command to resume.") from err
+            raise PipelineError(
+                f"{job.describe()} failed: {type(err).__name__}: {err}. Finished work "
+                "is kept; fix the cause and re-run the same command to resume."
+            ) from err
         counts["run"] += 1
         if isinstance(job, TrainJob):
             resolve_sae_folders(jobs)
@@ -473,5 +561,7 @@ def run_jobs(jobs: list[Job], res: Resources, force: bool = False,
 
 def as_dict(job: Job) -> dict[str, Any]:
     """A job as plain data (e.g. to hand to a remote worker)."""
-    return {"type": type(job).__name__, **{k: (str(v) if isinstance(v, Path) else v)
-                                           for k, v in dataclasses.asdict(job).items()}}
+    return {
+        "type": type(job).__name__,
+        **{k: (str(v) if isinstance(v, Path) else v) for k, v in dataclasses.asdict(job).items()},
+    }

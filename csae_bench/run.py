@@ -36,39 +36,80 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m csae_bench.run",
         description="Train ReLU/TopK/JumpReLU/Causal SAEs alongside on one residual stream, evaluate "
-                    "them with SAEBench core, NCES and causal probing, and write SAEBench-format "
-                    "results, leaderboard.json, a table and plots. Resumes by default.",
+        "them with SAEBench core, NCES and causal probing, and write SAEBench-format "
+        "results, leaderboard.json, a table and plots. Resumes by default.",
         epilog="Settings come from the defaults (the CPU run on the embedded model), then --suite, "
-               "then the flags given. To rebuild the leaderboard and plots of any results folder "
-               "(including one written by SAEBench): python -m csae_bench.run leaderboard DIR.",
+        "then the flags given. To rebuild the leaderboard and plots of any results folder "
+        "(including one written by SAEBench): python -m csae_bench.run leaderboard DIR.",
     )
     d = RunConfig()
-    parser.add_argument("--model", default=None, help=f"'embedded' (Gemma-3-270M, offline), 'gpt2', "
-                        f"'gemma-2-2b', any TransformerLens model name, or a local HF model folder "
-                        f"[default: {d.model}]")
-    parser.add_argument("--layer", type=int, default=None,
-                        help=f"layer whose blocks.<layer>.hook_resid_post the SAEs read [default: {d.layer}]")
-    parser.add_argument("--architectures", type=_names, default=None,
-                        help=f"comma-separated SAE architectures [default: {','.join(DEFAULT_ARCHITECTURES)}]")
-    parser.add_argument("--evals", type=_names, default=None,
-                        help=f"comma-separated evals [default: {','.join(DEFAULT_EVALS)}]")
-    parser.add_argument("--suite", default=None, metavar="evals/<name>.toml",
-                        help="declarative suite file setting any of these options ([run], [train], "
-                             "[evals.<name>] tables); flags given here override it")
-    parser.add_argument("--train-tokens", type=int, default=None,
-                        help=f"activation tokens each SAE trains on [default: {d.train_tokens}]")
+    parser.add_argument(
+        "--model",
+        default=None,
+        help=f"'embedded' (Gemma-3-270M, offline), 'gpt2', "
+        f"'gemma-2-2b', any TransformerLens model name, or a local HF model folder "
+        f"[default: {d.model}]",
+    )
+    parser.add_argument(
+        "--layer",
+        type=int,
+        default=None,
+        help=f"layer whose blocks.<layer>.hook_resid_post the SAEs read [default: {d.layer}]",
+    )
+    parser.add_argument(
+        "--architectures",
+        type=_names,
+        default=None,
+        help=f"comma-separated SAE architectures [default: {','.join(DEFAULT_ARCHITECTURES)}]",
+    )
+    parser.add_argument(
+        "--evals",
+        type=_names,
+        default=None,
+        help=f"comma-separated evals [default: {','.join(DEFAULT_EVALS)}]",
+    )
+    parser.add_argument(
+        "--suite",
+        default=None,
+        metavar="evals/<name>.toml",
+        help="declarative suite file setting any of these options ([run], [train], "
+        "[evals.<name>] tables); flags given here override it",
+    )
+    parser.add_argument(
+        "--train-tokens",
+        type=int,
+        default=None,
+        help=f"activation tokens each SAE trains on [default: {d.train_tokens}]",
+    )
     parser.add_argument("--d-sae", type=int, default=None, help=f"SAE width [default: {d.d_sae}]")
-    parser.add_argument("--seed", type=int, nargs="+", default=None, dest="seeds", metavar="SEED",
-                        help="one or more training seeds, e.g. --seed 0 1 2 [default: 0]")
-    parser.add_argument("--corpus", default=None,
-                        help=f"text corpus: 'embedded', a local .txt/.jsonl file or folder, or a HF "
-                             f"dataset name [default: {d.corpus}]")
+    parser.add_argument(
+        "--seed",
+        type=int,
+        nargs="+",
+        default=None,
+        dest="seeds",
+        metavar="SEED",
+        help="one or more training seeds, e.g. --seed 0 1 2 [default: 0]",
+    )
+    parser.add_argument(
+        "--corpus",
+        default=None,
+        help=f"text corpus: 'embedded', a local .txt/.jsonl file or folder, or a HF "
+        f"dataset name [default: {d.corpus}]",
+    )
     parser.add_argument("--device", default=None, help=f"torch device [default: {d.device}]")
-    parser.add_argument("--out", default=None, metavar="DIR", help=f"results folder [default: {d.out}/]")
-    parser.add_argument("--saes", default=None, metavar="DIR",
-                        help="evaluate the SAELens-format SAE folders under DIR instead of training")
-    parser.add_argument("--force", action="store_true", default=None,
-                        help="redo finished work instead of resuming")
+    parser.add_argument(
+        "--out", default=None, metavar="DIR", help=f"results folder [default: {d.out}/]"
+    )
+    parser.add_argument(
+        "--saes",
+        default=None,
+        metavar="DIR",
+        help="evaluate the SAELens-format SAE folders under DIR instead of training",
+    )
+    parser.add_argument(
+        "--force", action="store_true", default=None, help="redo finished work instead of resuming"
+    )
     parser.add_argument("--no-plots", action="store_true", help="skip the PNG plots")
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     return parser
@@ -78,10 +119,12 @@ def build_leaderboard_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m csae_bench.run leaderboard",
         description="Rebuild leaderboard.json, the table and the plots from a results folder holding "
-                    "SAEBench *_eval_results.json files (ours or SAEBench's). Unknown eval types are "
-                    "kept with their raw metrics; corrupt files are reported and skipped.",
+        "SAEBench *_eval_results.json files (ours or SAEBench's). Unknown eval types are "
+        "kept with their raw metrics; corrupt files are reported and skipped.",
     )
-    parser.add_argument("results", nargs="?", default="results", help="results folder [default: results]")
+    parser.add_argument(
+        "results", nargs="?", default="results", help="results folder [default: results]"
+    )
     parser.add_argument("--no-plots", action="store_true", help="skip the PNG plots")
     return parser
 
@@ -94,7 +137,15 @@ def _setup_logging(verbose: bool) -> None:
     if not any(isinstance(h, RichHandler) for h in root.handlers):
         root.addHandler(RichHandler(show_path=False, rich_tracebacks=False, log_time_format="[%X]"))
     root.setLevel(logging.DEBUG if verbose else logging.INFO)
-    for noisy in ("datasets", "urllib3", "httpx", "filelock", "huggingface_hub", "transformers", "matplotlib"):
+    for noisy in (
+        "datasets",
+        "urllib3",
+        "httpx",
+        "filelock",
+        "huggingface_hub",
+        "transformers",
+        "matplotlib",
+    ):
         logging.getLogger(noisy).setLevel(logging.WARNING)
 
 
@@ -105,17 +156,30 @@ def check_writable(out: Path) -> None:
         with tempfile.NamedTemporaryFile(dir=out, prefix=".write-check-"):
             pass
     except OSError as err:
-        raise SuiteError(f"Cannot write to --out {out} ({err.strerror or err}). Choose a folder you can "
-                         "write to, e.g. --out ./results.") from None
+        raise SuiteError(
+            f"Cannot write to --out {out} ({err.strerror or err}). Choose a folder you can "
+            "write to, e.g. --out ./results."
+        ) from None
 
 
 def config_from_args(args: argparse.Namespace) -> RunConfig:
     from csae_bench.suite import build_config, validate_names
 
-    cfg = build_config(args.suite, model=args.model, layer=args.layer, architectures=args.architectures,
-                       evals=args.evals, train_tokens=args.train_tokens, d_sae=args.d_sae,
-                       seeds=args.seeds, corpus=args.corpus, device=args.device, out=args.out,
-                       saes=args.saes, force=args.force)
+    cfg = build_config(
+        args.suite,
+        model=args.model,
+        layer=args.layer,
+        architectures=args.architectures,
+        evals=args.evals,
+        train_tokens=args.train_tokens,
+        d_sae=args.d_sae,
+        seeds=args.seeds,
+        corpus=args.corpus,
+        device=args.device,
+        out=args.out,
+        saes=args.saes,
+        force=args.force,
+    )
     validate_names(cfg)
     if cfg.saes is None:
         from csae_bench.pipeline import check_train_settings
@@ -151,14 +215,21 @@ def execute(cfg: RunConfig, resources=None, plots: bool = True, console=None) ->
         if status == "skipped":
             logger.info("[dim]skip[/] %s (already done)", job.describe(), extra={"markup": True})
         else:
-            logger.info("[green]done[/] %s in %.1f s", job.describe(), seconds, extra={"markup": True})
+            logger.info(
+                "[green]done[/] %s in %.1f s", job.describe(), seconds, extra={"markup": True}
+            )
 
     counts = run_jobs(jobs, res, force=cfg.force, on_progress=report)
     board, made = write_leaderboard(out, requested_evals=cfg.eval_type_ids, plots=plots)
     render_table(board, console)
-    logger.info("%d jobs run, %d reused, %.1f s. Leaderboard: %s%s", counts["run"], counts["skipped"],
-                time.perf_counter() - started, out / "leaderboard.json",
-                f"; plots: {', '.join(str(p) for p in made)}" if made else "")
+    logger.info(
+        "%d jobs run, %d reused, %.1f s. Leaderboard: %s%s",
+        counts["run"],
+        counts["skipped"],
+        time.perf_counter() - started,
+        out / "leaderboard.json",
+        f"; plots: {', '.join(str(p) for p in made)}" if made else "",
+    )
     return board
 
 
@@ -175,8 +246,11 @@ def _leaderboard_main(argv: Sequence[str]) -> int:
         logger.error("%s", err)
         return EXIT_USAGE
     render_table(board, Console())
-    logger.info("Leaderboard: %s%s", Path(args.results) / "leaderboard.json",
-                f"; plots: {', '.join(str(p) for p in made)}" if made else "")
+    logger.info(
+        "Leaderboard: %s%s",
+        Path(args.results) / "leaderboard.json",
+        f"; plots: {', '.join(str(p) for p in made)}" if made else "",
+    )
     return 0
 
 

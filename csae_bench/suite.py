@@ -77,15 +77,26 @@ class RunConfig:
     """Per-eval config overrides, keyed by user eval name (``core``, ``nces``, ``probing``)."""
 
     def __post_init__(self) -> None:
-        for name in ("layer", "d_sae", "train_tokens", "batch_size", "context_size", "eval_contexts"):
+        for name in (
+            "layer",
+            "d_sae",
+            "train_tokens",
+            "batch_size",
+            "context_size",
+            "eval_contexts",
+        ):
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool):
                 raise SuiteError(f"{name} must be an integer, got {value!r}.")
             if value < (0 if name == "layer" else 1):
-                raise SuiteError(f"{name} must be {'≥ 0' if name == 'layer' else 'positive'}, got {value}.")
+                raise SuiteError(
+                    f"{name} must be {'≥ 0' if name == 'layer' else 'positive'}, got {value}."
+                )
         if self.context_size < 2:
             raise SuiteError(f"context_size must be at least 2, got {self.context_size}.")
-        if not self.seeds or not all(isinstance(s, int) and not isinstance(s, bool) for s in self.seeds):
+        if not self.seeds or not all(
+            isinstance(s, int) and not isinstance(s, bool) for s in self.seeds
+        ):
             raise SuiteError(f"seeds must be a non-empty list of integers, got {self.seeds!r}.")
         if len(set(self.seeds)) != len(self.seeds):
             raise SuiteError(f"seeds has duplicates: {self.seeds}.")
@@ -101,7 +112,11 @@ class RunConfig:
 def _as_name_list(key: str, value: Any) -> list[str]:
     if isinstance(value, str):
         value = [v.strip() for v in value.split(",") if v.strip()]
-    if not isinstance(value, list | tuple) or not value or not all(isinstance(v, str) for v in value):
+    if (
+        not isinstance(value, list | tuple)
+        or not value
+        or not all(isinstance(v, str) for v in value)
+    ):
         raise SuiteError(f"{key} must be a non-empty list of names, got {value!r}.")
     if len(set(value)) != len(value):
         raise SuiteError(f"{key} has duplicates: {list(value)}.")
@@ -137,11 +152,15 @@ def validate_names(cfg: RunConfig) -> None:
     archs = known_architectures()
     bad = [a for a in cfg.architectures if a not in archs]
     if bad and cfg.saes is None:
-        raise SuiteError(f"Unknown architecture(s) {', '.join(bad)}; valid architectures: {', '.join(archs)}.")
+        raise SuiteError(
+            f"Unknown architecture(s) {', '.join(bad)}; valid architectures: {', '.join(archs)}."
+        )
     registered = set(available_evals())
     bad = [e for e in cfg.evals if eval_type_id(e) not in registered]
     if bad:
-        raise SuiteError(f"Unknown eval(s) {', '.join(bad)}; valid evals: {', '.join(known_evals())}.")
+        raise SuiteError(
+            f"Unknown eval(s) {', '.join(bad)}; valid evals: {', '.join(known_evals())}."
+        )
     for name in cfg.eval_settings:
         if name not in cfg.evals and eval_type_id(name) not in cfg.eval_type_ids:
             continue  # settings for an eval this run does not request are kept but unused
@@ -172,20 +191,26 @@ def load_suite(path: str | Path) -> dict[str, Any]:
     try:
         raw = tomllib.loads(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
-        raise SuiteError(f"Suite file {path} does not exist (suites live in evals/*.toml).") from None
+        raise SuiteError(
+            f"Suite file {path} does not exist (suites live in evals/*.toml)."
+        ) from None
     except tomllib.TOMLDecodeError as err:
         raise SuiteError(f"Suite file {path} is not valid TOML: {err}.") from None
     unknown = set(raw) - {"run", "train", "evals", "description"}
     if unknown:
-        raise SuiteError(f"{path}: unknown top-level key(s) {', '.join(sorted(unknown))}; a suite has "
-                         "[run], [train] and [evals.<name>] tables (and an optional description).")
+        raise SuiteError(
+            f"{path}: unknown top-level key(s) {', '.join(sorted(unknown))}; a suite has "
+            "[run], [train] and [evals.<name>] tables (and an optional description)."
+        )
     kwargs: dict[str, Any] = {}
     run = raw.get("run", {})
     if not isinstance(run, dict):
         raise SuiteError(f"{path}: 'run' must be a table ([run]).")
     for key, value in run.items():
         if key not in RUN_FIELDS or key in _CLI_ONLY:
-            raise SuiteError(f"{path}: unknown key 'run.{key}'; valid keys: {', '.join(sorted(RUN_FIELDS - _CLI_ONLY))}.")
+            raise SuiteError(
+                f"{path}: unknown key 'run.{key}'; valid keys: {', '.join(sorted(RUN_FIELDS - _CLI_ONLY))}."
+            )
         kwargs[key] = value
     train = raw.get("train", {})
     if not isinstance(train, dict):
@@ -207,7 +232,9 @@ def _check_train_keys(path: Path, train: dict[str, Any]) -> None:
     allowed = {f.name for f in dataclasses.fields(TrainConfig)}
     for key in train:
         if key not in allowed:
-            raise SuiteError(f"{path}: unknown key 'train.{key}'; TrainConfig fields: {', '.join(sorted(allowed))}.")
+            raise SuiteError(
+                f"{path}: unknown key 'train.{key}'; TrainConfig fields: {', '.join(sorted(allowed))}."
+            )
 
 
 def build_config(suite: str | Path | None = None, **overrides: Any) -> RunConfig:

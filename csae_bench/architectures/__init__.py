@@ -62,8 +62,11 @@ class UnknownArchitectureError(ValueError):
 def _register() -> None:
     for name, inference, training in (
         ("csae", (CSAE, CSAEConfig), (CSAETrainingSAE, CSAETrainingSAEConfig)),
-        ("random-decoder", (RandomDecoderSAE, RandomDecoderSAEConfig),
-         (RandomDecoderTrainingSAE, RandomDecoderTrainingSAEConfig)),
+        (
+            "random-decoder",
+            (RandomDecoderSAE, RandomDecoderSAEConfig),
+            (RandomDecoderTrainingSAE, RandomDecoderTrainingSAEConfig),
+        ),
     ):
         if name not in SAE_CLASS_REGISTRY:
             register_sae_class(name, *inference)
@@ -120,7 +123,9 @@ def build_training_sae(name: str, d_in: int, d_sae: int, **options: Any) -> Any:
     if name in TOPK_FAMILY:
         k = options.get("k", 100)
         if not isinstance(k, int) or not 1 <= k <= d_sae:
-            raise ValueError(f"k={k!r} must be an int in 1..d_sae={d_sae} for the {name} architecture.")
+            raise ValueError(
+                f"k={k!r} must be an int in 1..d_sae={d_sae} for the {name} architecture."
+            )
     return sae_cls(cfg_cls(d_in=d_in, d_sae=d_sae, **options))
 
 

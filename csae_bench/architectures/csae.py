@@ -119,20 +119,28 @@ class CSAETrainingSAEConfig(TopKTrainingSAEConfig):
         super().__post_init__()
         problems = []
         if self.causal_coeff < 0 or self.e2e_coeff < 0:
-            problems.append(f"causal_coeff={self.causal_coeff} and e2e_coeff={self.e2e_coeff} must be >= 0")
+            problems.append(
+                f"causal_coeff={self.causal_coeff} and e2e_coeff={self.e2e_coeff} must be >= 0"
+            )
         if self.verify_every < 0:
-            problems.append(f"verify_every={self.verify_every} must be >= 0 (0 disables verification)")
+            problems.append(
+                f"verify_every={self.verify_every} must be >= 0 (0 disables verification)"
+            )
         if self.patience < 1:
             problems.append(f"patience={self.patience} must be >= 1")
         if not -1.0 < self.tau < 1.0:
             problems.append(f"tau={self.tau} must lie in (-1, 1), the range of NCES")
         if not 0 <= self.max_reinit_frac <= 1 or self.min_active < 1:
-            problems.append(f"max_reinit_frac={self.max_reinit_frac} must be in [0, 1] and min_active >= 1")
+            problems.append(
+                f"max_reinit_frac={self.max_reinit_frac} must be in [0, 1] and min_active >= 1"
+            )
         if self.fisher not in FISHER_MODES:
             problems.append(f"fisher={self.fisher!r} must be one of {', '.join(FISHER_MODES)}")
         if not 0 < self.fisher_energy <= 1 or not 0 < self.fisher_clip_quantile <= 1:
-            problems.append(f"fisher_energy={self.fisher_energy} and fisher_clip_quantile="
-                            f"{self.fisher_clip_quantile} must be in (0, 1]")
+            problems.append(
+                f"fisher_energy={self.fisher_energy} and fisher_clip_quantile="
+                f"{self.fisher_clip_quantile} must be in (0, 1]"
+            )
         if self.causal_batch_size < 1 or self.verify_tokens < 1:
             problems.append("causal_batch_size and verify_tokens must be >= 1")
         if problems:
@@ -165,7 +173,9 @@ class CSAETrainingSAE(TopKTrainingSAE):
         self.last_reinit_F = torch.zeros(0, dtype=torch.long)
         """Features re-initialized by the latest verification check."""
         # Consecutive failed verification checks per feature (a buffer: saved in checkpoints).
-        self.register_buffer("failed_checks_F", torch.zeros(cfg.d_sae, dtype=torch.long, device=self.device))
+        self.register_buffer(
+            "failed_checks_F", torch.zeros(cfg.d_sae, dtype=torch.long, device=self.device)
+        )
 
     def attach_causal(
         self,
@@ -178,15 +188,21 @@ class CSAETrainingSAE(TopKTrainingSAE):
         sampling it, the constant the trainer multiplies activations by before the SAE sees them,
         and for ``e2e_coeff > 0`` a ``(model, hook_name, tokens [n_ctx, ctx])`` triple."""
         if self.cfg.e2e_coeff > 0 and e2e is None:
-            raise ValueError("e2e_coeff > 0 needs (model, hook_name, tokens) for the end-to-end KL term.")
+            raise ValueError(
+                "e2e_coeff > 0 needs (model, hook_name, tokens) for the end-to-end KL term."
+            )
         self.gradient_pool = gradient_pool
         self.generator = generator
         self.activation_scale = float(activation_scale)
         self._e2e = e2e
         self.fisher_factor_DR = None
         if gradient_pool is not None and self.cfg.fisher == "mean":
-            factor = _causal().mean_fisher_factor(gradient_pool.grads_NSD, self.cfg.fisher_energy, normalize=True,
-                                                  clip_quantile=self.cfg.fisher_clip_quantile)
+            factor = _causal().mean_fisher_factor(
+                gradient_pool.grads_NSD,
+                self.cfg.fisher_energy,
+                normalize=True,
+                clip_quantile=self.cfg.fisher_clip_quantile,
+            )
             self.fisher_factor_DR = factor.to(self.device, self.dtype)
 
     def reconstruct_raw(self, acts_BD: Tensor) -> Tensor:
@@ -200,8 +216,10 @@ class CSAETrainingSAE(TopKTrainingSAE):
         if self.cfg.causal_coeff > 0:
             if self.gradient_pool is None or self.generator is None:
                 if not self._warned_no_pool:
-                    logger.warning("CSAE has causal_coeff > 0 but no gradient pool attached; "
-                                   "the causal term is skipped (call attach_causal).")
+                    logger.warning(
+                        "CSAE has causal_coeff > 0 but no gradient pool attached; "
+                        "the causal term is skipped (call attach_causal)."
+                    )
                     self._warned_no_pool = True
             elif self.fisher_factor_DR is not None:
                 # This very batch's error (in the SAE's units, like the MSE) under the pool's mean
@@ -210,10 +228,14 @@ class CSAETrainingSAE(TopKTrainingSAE):
                 term = _causal().metric_faithfulness(err_BD, self.fisher_factor_DR)
                 self._add_loss(out, "causal_loss", self.cfg.causal_coeff * term)
             else:
-                acts_BD, grads_BSD = self.gradient_pool.sample(self.cfg.causal_batch_size, self.generator)
+                acts_BD, grads_BSD = self.gradient_pool.sample(
+                    self.cfg.causal_batch_size, self.generator
+                )
                 acts_BD = acts_BD.to(self.device, self.dtype)
                 grads_BSD = grads_BSD.to(self.device, self.dtype)
-                term = _causal().fisher_faithfulness(acts_BD, self.reconstruct_raw(acts_BD), grads_BSD)
+                term = _causal().fisher_faithfulness(
+                    acts_BD, self.reconstruct_raw(acts_BD), grads_BSD
+                )
                 self._add_loss(out, "causal_loss", self.cfg.causal_coeff * term)
         if self.cfg.e2e_coeff > 0 and self._e2e is not None and self.generator is not None:
             model, hook_name, tokens = self._e2e
@@ -257,8 +279,9 @@ class CSAETrainingSAE(TopKTrainingSAE):
         feats_BF = feats_BF * norms_F / s
         # The expected random-direction control (‖g‖²/D) instead of one sampled direction: the
         # same control without its sampling noise, steadier for keep/re-initialize decisions.
-        nces_F, n_active_F = causal.fisher_nces(feats_BF, W_dec_FD, grads_BSD, self.generator,
-                                                control="expected")
+        nces_F, n_active_F = causal.fisher_nces(
+            feats_BF, W_dec_FD, grads_BSD, self.generator, control="expected"
+        )
         judged_F = torch.isfinite(nces_F) & (n_active_F.to(nces_F.device) >= self.cfg.min_active)
         failed_F = judged_F & (nces_F < self.cfg.tau)
         self.failed_checks_F[failed_F] += 1
@@ -273,8 +296,12 @@ class CSAETrainingSAE(TopKTrainingSAE):
             self.failed_checks_F[reinit_F] = 0
         self.last_reinit_F = reinit_F.cpu()
         mean = nces_F[judged_F].mean().item() if judged_F.any() else float("nan")
-        return {"nces_mean": mean, "judged": int(judged_F.sum()), "failed": int(failed_F.sum()),
-                "reinitialized": len(reinit_F)}
+        return {
+            "nces_mean": mean,
+            "judged": int(judged_F.sum()),
+            "failed": int(failed_F.sum()),
+            "reinitialized": len(reinit_F),
+        }
 
     @torch.no_grad()
     def _reinit_features(self, idx_N: Tensor, dirs_ND: Tensor) -> None:

@@ -30,7 +30,9 @@ def _layer_of(hook_name: str) -> int:
     try:
         return int(hook_name.split(".")[1])
     except (IndexError, ValueError):
-        raise ExportError(f"Cannot read a layer from hook name {hook_name!r} (expected blocks.L.hook_...).") from None
+        raise ExportError(
+            f"Cannot read a layer from hook name {hook_name!r} (expected blocks.L.hook_...)."
+        ) from None
 
 
 @torch.no_grad()
@@ -45,17 +47,23 @@ def to_base_sae(
     matching SAEBench ``BaseSAE``. ``model_name`` / ``hook_name`` default to the SAE's metadata."""
     saelens_arch = sae.cfg.architecture()
     if saelens_arch not in FROM_SAELENS:
-        raise ExportError(f"SAELens architecture {saelens_arch!r} is not one csae_bench exports "
-                          f"({', '.join(sorted(FROM_SAELENS))}).")
+        raise ExportError(
+            f"SAELens architecture {saelens_arch!r} is not one csae_bench exports "
+            f"({', '.join(sorted(FROM_SAELENS))})."
+        )
     arch = FROM_SAELENS[saelens_arch]
     meta = sae.cfg.metadata
     model_name = model_name or meta.model_name
     hook_name = hook_name or meta.hook_name
     if not model_name or not hook_name:
-        raise ExportError("The SAE's metadata has no model_name/hook_name; pass them to to_base_sae.")
+        raise ExportError(
+            "The SAE's metadata has no model_name/hook_name; pass them to to_base_sae."
+        )
     if sae.cfg.normalize_activations != "none":
-        raise ExportError(f"normalize_activations={sae.cfg.normalize_activations!r}: fold the "
-                          "normalization into the weights first (SAE.fold_activation_norm_scaling_factor).")
+        raise ExportError(
+            f"normalize_activations={sae.cfg.normalize_activations!r}: fold the "
+            "normalization into the weights first (SAE.fold_activation_norm_scaling_factor)."
+        )
     layer = _layer_of(hook_name)
     d_in, d_sae = sae.cfg.d_in, sae.cfg.d_sae
     device = torch.device(device)
@@ -66,8 +74,15 @@ def to_base_sae(
     b_dec_D = sae.b_dec.detach().float().cpu()
     norms_F = W_dec_FD.norm(dim=-1).clamp_min(1e-8)
 
-    common: dict[str, Any] = dict(d_in=d_in, d_sae=d_sae, model_name=model_name, hook_layer=layer,
-                                  device=device, dtype=dtype, hook_name=hook_name)
+    common: dict[str, Any] = dict(
+        d_in=d_in,
+        d_sae=d_sae,
+        model_name=model_name,
+        hook_layer=layer,
+        device=device,
+        dtype=dtype,
+        hook_name=hook_name,
+    )
     # SAEBench's ReluSAE and TopKSAE centre the input on b_dec; its JumpReluSAE does not.
     saebench_centres = arch != "jumprelu"
     if sae.cfg.apply_b_dec_to_input and not saebench_centres:
@@ -79,9 +94,11 @@ def to_base_sae(
         # Folding equal norms scales every pre-activation alike: the top k are unchanged.
         equal = torch.allclose(norms_F, norms_F.mean().expand_as(norms_F), rtol=1e-5, atol=0)
         if not sae.cfg.rescale_acts_by_decoder_norm and not equal:
-            raise ExportError(f"This {arch} SAE selects its top k on raw pre-activations but its "
-                              "decoder rows have unequal norms: folding them would change which "
-                              "features win. Train with rescale_acts_by_decoder_norm=True.")
+            raise ExportError(
+                f"This {arch} SAE selects its top k on raw pre-activations but its "
+                "decoder rows have unequal norms: folding them would change which "
+                "features win. Train with rescale_acts_by_decoder_norm=True."
+            )
         out: BaseSAE = SAEBenchTopKSAE(k=int(sae.cfg.k), **common)
         act = "topk"
     elif arch == "jumprelu":
@@ -113,14 +130,18 @@ def to_base_sae(
     return out
 
 
-def load_base_sae(folder: str | Path, device: str = "cpu", dtype: torch.dtype = torch.float32) -> BaseSAE:
+def load_base_sae(
+    folder: str | Path, device: str = "cpu", dtype: torch.dtype = torch.float32
+) -> BaseSAE:
     """Load a SAELens-format SAE folder written by csae_bench and convert it to a SAEBench
     ``BaseSAE`` (``cfg.architecture``, ``model_name``, ``hook_name``, ``hook_layer`` filled)."""
     from sae_lens import SAE
 
     folder = Path(folder)
     if not (folder / "cfg.json").exists():
-        raise ExportError(f"{folder} is not a saved SAE (no cfg.json); pass a folder written by "
-                          "train_alongside or SAE.save_model.")
+        raise ExportError(
+            f"{folder} is not a saved SAE (no cfg.json); pass a folder written by "
+            "train_alongside or SAE.save_model."
+        )
     sae = SAE.load_from_disk(folder, device="cpu")
     return to_base_sae(sae, device=device, dtype=dtype)

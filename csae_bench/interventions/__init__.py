@@ -19,7 +19,19 @@ from csae_bench.interventions.types import (
 )
 
 __all__ = [
-    "Clamp", "FeatureStats", "Intervention", "InterventionError", "Mean", "Resample", "Zero",
-    "feature_edit_BTD", "make_intervention", "EffectEngine", "Effects", "EngineConfig",
-    "make_control", "other_feature_control", "random_direction_control",
+    "Clamp",
+    "FeatureStats",
+    "Intervention",
+    "InterventionError",
+    "Mean",
+    "Resample",
+    "Zero",
+    "feature_edit_BTD",
+    "make_intervention",
+    "EffectEngine",
+    "Effects",
+    "EngineConfig",
+    "make_control",
+    "other_feature_control",
+    "random_direction_control",
 ]

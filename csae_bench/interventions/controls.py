@@ -31,8 +31,14 @@ def random_direction_control(delta_MD: Tensor, generator: torch.Generator | None
 
 
 @torch.no_grad()
-def other_feature_control(sae, delta_MD: Tensor, feature_M: Tensor, feature_acts_MF: Tensor,
-                          generator: torch.Generator | None = None, alive_F: Tensor | None = None) -> Tensor:
+def other_feature_control(
+    sae,
+    delta_MD: Tensor,
+    feature_M: Tensor,
+    feature_acts_MF: Tensor,
+    generator: torch.Generator | None = None,
+    alive_F: Tensor | None = None,
+) -> Tensor:
     """``(f'_i − f_i) d_j`` for a uniformly drawn feature ``j ≠ i`` that is inactive at the token
     (``feature_acts_MF`` are the SAE's activations at each intervened token) and, when ``alive_F``
     is given, alive on the eval tokens (dead features' directions may be untrained)."""
@@ -41,7 +47,9 @@ def other_feature_control(sae, delta_MD: Tensor, feature_M: Tensor, feature_acts
     coeff_M = (delta_MD * d_i).sum(-1) / (d_i * d_i).sum(-1)  # delta = coeff · d_i exactly
     inactive = feature_acts_MF.to(delta_MD.device) <= 0
     inactive[torch.arange(len(feature_M)), feature_M] = False
-    allowed = inactive & alive_F.to(inactive.device)[None, :] if alive_F is not None else inactive.clone()
+    allowed = (
+        inactive & alive_F.to(inactive.device)[None, :] if alive_F is not None else inactive.clone()
+    )
     # A collapsed SAE (e.g. one alive feature) leaves no alive, inactive j at some tokens: fall back
     # to any inactive feature there, and where every feature is active to an isotropic direction,
     # rather than failing the whole eval. Logged, because such an SAE's NCES means little.
@@ -49,8 +57,13 @@ def other_feature_control(sae, delta_MD: Tensor, feature_M: Tensor, feature_acts
     allowed[no_alive] = inactive[no_alive]
     isotropic = ~allowed.any(-1)
     if no_alive.any():
-        logger.warning("Other-feature control: %d of %d tokens had no alive inactive feature (%d fell "
-                       "back to an isotropic direction).", int(no_alive.sum()), len(feature_M), int(isotropic.sum()))
+        logger.warning(
+            "Other-feature control: %d of %d tokens had no alive inactive feature (%d fell "
+            "back to an isotropic direction).",
+            int(no_alive.sum()),
+            len(feature_M),
+            int(isotropic.sum()),
+        )
     allowed[isotropic, 0] = True  # placeholder choice, replaced below
     scores = torch.rand(allowed.shape, generator=generator).to(delta_MD.device)
     j = torch.where(allowed, scores, -1.0).argmax(-1)
@@ -61,8 +74,15 @@ def other_feature_control(sae, delta_MD: Tensor, feature_M: Tensor, feature_acts
     return out
 
 
-def make_control(kind: str, sae, delta_MD: Tensor, feature_M: Tensor, feature_acts_MF: Tensor,
-                 generator: torch.Generator | None = None, alive_F: Tensor | None = None) -> Tensor:
+def make_control(
+    kind: str,
+    sae,
+    delta_MD: Tensor,
+    feature_M: Tensor,
+    feature_acts_MF: Tensor,
+    generator: torch.Generator | None = None,
+    alive_F: Tensor | None = None,
+) -> Tensor:
     if kind == "isotropic":
         return random_direction_control(delta_MD, generator)
     if kind == "feature":

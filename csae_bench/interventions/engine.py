@@ -63,9 +63,18 @@ class EngineConfig:
 
     def __post_init__(self) -> None:
         if self.window is not None and self.window < 1:
-            raise InterventionError(f"window={self.window}: use W ≥ 1, or None for the rest of the context.")
-        if self.vocab_chunk < 1 or self.max_batch < 1 or self.max_span < 0 or self.memory_budget_mb <= 0:
-            raise InterventionError("vocab_chunk, max_batch and memory_budget_mb must be positive, max_span ≥ 0.")
+            raise InterventionError(
+                f"window={self.window}: use W ≥ 1, or None for the rest of the context."
+            )
+        if (
+            self.vocab_chunk < 1
+            or self.max_batch < 1
+            or self.max_span < 0
+            or self.memory_budget_mb <= 0
+        ):
+            raise InterventionError(
+                "vocab_chunk, max_batch and memory_budget_mb must be positive, max_span ≥ 0."
+            )
 
 
 @dataclass
@@ -93,15 +102,21 @@ class EffectEngine:
     interventions ``(context, position, delta)``.
     """
 
-    def __init__(self, model, hook_name: str, tokens: Tensor, config: EngineConfig | None = None) -> None:
+    def __init__(
+        self, model, hook_name: str, tokens: Tensor, config: EngineConfig | None = None
+    ) -> None:
         self.model = model
         self.hook_name = hook_name
         self.config = config or EngineConfig()
         self.layer = _layer_of(hook_name, model.cfg.n_layers)
         if not hook_name.endswith("hook_resid_post"):
-            raise InterventionError(f"The engine patches the residual stream: use a blocks.L.hook_resid_post hook, got {hook_name!r}.")
+            raise InterventionError(
+                f"The engine patches the residual stream: use a blocks.L.hook_resid_post hook, got {hook_name!r}."
+            )
         if tokens.ndim != 2 or tokens.shape[1] < 2:
-            raise InterventionError(f"tokens must be [n_contexts, context_size ≥ 2], got {tuple(tokens.shape)}.")
+            raise InterventionError(
+                f"tokens must be [n_contexts, context_size ≥ 2], got {tuple(tokens.shape)}."
+            )
         ctx = tokens.shape[1]
         if self.config.window is not None and self.config.window > ctx - 2:
             raise InterventionError(
@@ -138,7 +153,9 @@ class EffectEngine:
             batch = self.tokens[start : start + self.config.context_batch]
             h_b = self.model(batch, stop_at_layer=L + 1)
             cache = TransformerLensKeyValueCache.init_cache(self.model.cfg, self.device, len(batch))
-            resid = self.model(h_b, start_at_layer=L + 1, stop_at_layer=n_layers, past_kv_cache=cache)
+            resid = self.model(
+                h_b, start_at_layer=L + 1, stop_at_layer=n_layers, past_kv_cache=cache
+            )
             h.append(h_b)
             x.append(self._final_norm(resid))
             if self.config.reuse_kv:
@@ -147,19 +164,27 @@ class EffectEngine:
                     values[layer].append(cache[layer].past_values)
         self.h_clean_NTD = torch.cat(h)
         self.x_clean_NTD = torch.cat(x)
-        self.keys = {layer: torch.cat(keys[layer]) for layer in range(L + 1, n_layers) if keys[layer]}
-        self.values = {layer: torch.cat(values[layer]) for layer in range(L + 1, n_layers) if values[layer]}
+        self.keys = {
+            layer: torch.cat(keys[layer]) for layer in range(L + 1, n_layers) if keys[layer]
+        }
+        self.values = {
+            layer: torch.cat(values[layer]) for layer in range(L + 1, n_layers) if values[layer]
+        }
 
     def _final_norm(self, resid: Tensor) -> Tensor:
-        return self.model.ln_final(resid) if self.model.cfg.normalization_type is not None else resid
+        return (
+            self.model.ln_final(resid) if self.model.cfg.normalization_type is not None else resid
+        )
 
     # ------------------------------------------------------------------ exact effects
 
     def check_interventions(self, ctx_idx_M: Tensor, pos_M: Tensor, delta_MD: Tensor) -> None:
         M = len(ctx_idx_M)
         if not (len(pos_M) == M and delta_MD.shape == (M, self.d_model)):
-            raise InterventionError(f"Need ctx_idx [M], pos [M], delta [M, {self.d_model}]; got "
-                                    f"{tuple(ctx_idx_M.shape)}, {tuple(pos_M.shape)}, {tuple(delta_MD.shape)}.")
+            raise InterventionError(
+                f"Need ctx_idx [M], pos [M], delta [M, {self.d_model}]; got "
+                f"{tuple(ctx_idx_M.shape)}, {tuple(pos_M.shape)}, {tuple(delta_MD.shape)}."
+            )
         if M == 0:
             return
         if ctx_idx_M.min() < 0 or ctx_idx_M.max() >= len(self.tokens):
@@ -191,8 +216,15 @@ class EffectEngine:
         return max(1, min(self.config.max_batch, fit))
 
     @torch.no_grad()
-    def effects(self, ctx_idx_M: Tensor, pos_M: Tensor, delta_MD: Tensor, record_dx: bool = False,
-                control: bool = False, generator: torch.Generator | None = None) -> Effects:
+    def effects(
+        self,
+        ctx_idx_M: Tensor,
+        pos_M: Tensor,
+        delta_MD: Tensor,
+        record_dx: bool = False,
+        control: bool = False,
+        generator: torch.Generator | None = None,
+    ) -> Effects:
         """Exact effects of the edits ``h[ctx, pos] += delta`` (one per row).
 
         ``control=True`` runs the random-direction control instead: each edit keeps its norm and
@@ -206,7 +238,11 @@ class EffectEngine:
         M = len(ctx_idx_M)
         kl = torch.zeros(M, dtype=torch.float64, device=self.device)
         dloss = torch.zeros(M, dtype=torch.float64, device=self.device)
-        dx = torch.zeros(M, self.d_model, dtype=self.dtype, device=self.device) if record_dx else None
+        dx = (
+            torch.zeros(M, self.d_model, dtype=self.dtype, device=self.device)
+            if record_dx
+            else None
+        )
         wlen = self._window_len(pos_M)
         stats = {"batches": 0, "positions_run": 0, "positions_full_rerun": 0, "oom_retries": 0}
         order = torch.argsort(pos_M * len(self.tokens) + ctx_idx_M, stable=True)
@@ -215,7 +251,10 @@ class EffectEngine:
             p = int(pos_M[order[i]]) if self.config.reuse_kv else 0
             # grow the batch while the span and the memory budget allow
             j_max = i
-            while j_max + 1 < M and int(pos_M[order[j_max + 1]]) - int(pos_M[order[i]]) <= self.config.max_span:
+            while (
+                j_max + 1 < M
+                and int(pos_M[order[j_max + 1]]) - int(pos_M[order[i]]) <= self.config.max_span
+            ):
                 j_max += 1
             seq = int((pos_M[order[i : j_max + 1]] + wlen[order[i : j_max + 1]]).max()) - p
             rows_out = int(wlen[order[i]]) if self.config.window is not None else seq
@@ -234,7 +273,9 @@ class EffectEngine:
                         ) from err
                     stats["oom_retries"] += 1
                     sel = sel[: len(sel) // 2]
-                    logger.warning("Intervention batch ran out of memory; retrying with %d.", len(sel))
+                    logger.warning(
+                        "Intervention batch ran out of memory; retrying with %d.", len(sel)
+                    )
                     if self.device.type == "cuda":
                         torch.cuda.empty_cache()
             i += len(sel)
@@ -248,7 +289,12 @@ class EffectEngine:
         inp = self.h_clean_NTD[ctx_b, p : p + seq].clone()
         inp[torch.arange(B, device=self.device), rel] += delta_MD[sel]
         cache = self._prefix_cache(ctx_b, p) if p > 0 else None
-        resid = self.model(inp, start_at_layer=self.layer + 1, stop_at_layer=self.model.cfg.n_layers, past_kv_cache=cache)
+        resid = self.model(
+            inp,
+            start_at_layer=self.layer + 1,
+            stop_at_layer=self.model.cfg.n_layers,
+            past_kv_cache=cache,
+        )
         x_int = self._final_norm(resid)
         # window rows: (intervention b, offset w) for w < wlen_b
         W_max = int(wlen_b.max())
@@ -266,10 +312,14 @@ class EffectEngine:
         kl.index_add_(0, sel[b_idx], kl_R)
         dloss.index_add_(0, sel[b_idx], loss_int_R - loss_clean_R)
         if dx is not None:
-            dx[sel] = x_int[torch.arange(B, device=self.device), rel] - self.x_clean_NTD[ctx_b, pos_b]
+            dx[sel] = (
+                x_int[torch.arange(B, device=self.device), rel] - self.x_clean_NTD[ctx_b, pos_b]
+            )
         stats["batches"] += 1
         stats["positions_run"] += B * seq
-        stats["positions_full_rerun"] += int((pos_b + wlen_b).sum()) if self.config.window is not None else B * self.context_size
+        stats["positions_full_rerun"] += (
+            int((pos_b + wlen_b).sum()) if self.config.window is not None else B * self.context_size
+        )
 
     def _kl(self, x_clean_U, inverse, x_int_R, next_tok):
         return kl_and_losses(self.unembed, x_clean_U, x_int_R, next_tok, clean_index_R=inverse)
@@ -279,12 +329,19 @@ class EffectEngine:
         entries = []
         for layer in range(cfg.n_layers):
             if layer in self.keys:
-                entries.append(TransformerLensKeyValueCacheEntry(
-                    self.keys[layer][ctx_b, :p], self.values[layer][ctx_b, :p], frozen=True))
+                entries.append(
+                    TransformerLensKeyValueCacheEntry(
+                        self.keys[layer][ctx_b, :p], self.values[layer][ctx_b, :p], frozen=True
+                    )
+                )
             else:  # layers up to the hook are not run
-                entries.append(TransformerLensKeyValueCacheEntry.init_cache_entry(cfg, self.device, len(ctx_b)))
-        cache = TransformerLensKeyValueCache(entries=entries, previous_attention_mask=torch.ones(
-            len(ctx_b), p, dtype=torch.int, device=self.device))
+                entries.append(
+                    TransformerLensKeyValueCacheEntry.init_cache_entry(cfg, self.device, len(ctx_b))
+                )
+        cache = TransformerLensKeyValueCache(
+            entries=entries,
+            previous_attention_mask=torch.ones(len(ctx_b), p, dtype=torch.int, device=self.device),
+        )
         cache.freeze()
         return cache
 
@@ -301,9 +358,16 @@ class EffectEngine:
         n_ctx, ctx = self.tokens.shape
         out = []
         for start in range(0, n_ctx, self.config.context_batch):
-            h = self.h_clean_NTD[start : start + self.config.context_batch].detach().clone().requires_grad_(True)
+            h = (
+                self.h_clean_NTD[start : start + self.config.context_batch]
+                .detach()
+                .clone()
+                .requires_grad_(True)
+            )
             with torch.enable_grad():
-                resid = self.model(h, start_at_layer=self.layer + 1, stop_at_layer=self.model.cfg.n_layers)
+                resid = self.model(
+                    h, start_at_layer=self.layer + 1, stop_at_layer=self.model.cfg.n_layers
+                )
                 x = self._final_norm(resid)[:, :-1]
                 B = x.shape[0]
                 nxt = self.tokens[start : start + B, 1:].reshape(-1)
@@ -325,19 +389,27 @@ def check_sae_matches(sae, model, hook_name: str) -> None:
     """Raise if the SAE was not made for this model's ``hook_name`` (width or hook)."""
     d_in = int(sae.W_dec.shape[1])
     if d_in != model.cfg.d_model:
-        raise InterventionError(f"The SAE's d_in is {d_in} but the model's d_model is {model.cfg.d_model}: wrong SAE for this model.")
+        raise InterventionError(
+            f"The SAE's d_in is {d_in} but the model's d_model is {model.cfg.d_model}: wrong SAE for this model."
+        )
     sae_hook = getattr(getattr(sae, "cfg", None), "hook_name", None)
     if sae_hook is not None and sae_hook != hook_name:
-        raise InterventionError(f"The SAE was trained at {sae_hook!r} but the eval hook is {hook_name!r}; pass the matching hook.")
+        raise InterventionError(
+            f"The SAE was trained at {sae_hook!r} but the eval hook is {hook_name!r}; pass the matching hook."
+        )
 
 
 def _layer_of(hook_name: str, n_layers: int) -> int:
     try:
         layer = int(hook_name.split(".")[1])
     except (IndexError, ValueError):
-        raise InterventionError(f"Cannot read a layer from hook {hook_name!r} (expected blocks.L.hook_resid_post).") from None
+        raise InterventionError(
+            f"Cannot read a layer from hook {hook_name!r} (expected blocks.L.hook_resid_post)."
+        ) from None
     if not 0 <= layer < n_layers:
-        raise InterventionError(f"Hook {hook_name!r} is out of range: the model has layers 0..{n_layers - 1}.")
+        raise InterventionError(
+            f"Hook {hook_name!r} is out of range: the model has layers 0..{n_layers - 1}."
+        )
     return layer
 
 

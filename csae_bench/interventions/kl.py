@@ -55,7 +55,9 @@ class _OnlineLSE:
         self.m = torch.full((n,), -torch.inf, dtype=torch.float64, device=device)
         self.s = torch.zeros(n, dtype=torch.float64, device=device)
 
-    def update(self, z_RC: Tensor, extra_RC: Tensor | None = None, acc: Tensor | None = None) -> Tensor | None:
+    def update(
+        self, z_RC: Tensor, extra_RC: Tensor | None = None, acc: Tensor | None = None
+    ) -> Tensor | None:
         """Add a chunk; if ``extra_RC`` is given, also accumulate ``Σ e^{z−m} extra`` into ``acc``
         (rescaled with the running max) and return it."""
         z = z_RC.double()
@@ -125,7 +127,9 @@ def loss_grad_x(unembed: ChunkedUnembed, x_RD: Tensor, next_tokens_R: Tensor) ->
             s = s * scale + torch.exp(z - m_new[:, None]).sum(-1)
         else:
             s = s * scale + e.sum(-1)
-        acc_RD = acc_RD * scale[:, None] + (e.to(x_RD.dtype) @ unembed.W_U_DV[:, start:stop].T).double()
+        acc_RD = (
+            acc_RD * scale[:, None] + (e.to(x_RD.dtype) @ unembed.W_U_DV[:, start:stop].T).double()
+        )
         m = m_new
     g = acc_RD / s[:, None]
     w_y = unembed.W_U_DV[:, next_tokens_R].T.double()

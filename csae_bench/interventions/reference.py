@@ -13,7 +13,13 @@ from csae_bench.interventions.engine import Effects
 
 @torch.no_grad()
 def naive_effects(
-    model, hook_name: str, tokens: Tensor, ctx_idx_M: Tensor, pos_M: Tensor, delta_MD: Tensor, window: int | None
+    model,
+    hook_name: str,
+    tokens: Tensor,
+    ctx_idx_M: Tensor,
+    pos_M: Tensor,
+    delta_MD: Tensor,
+    window: int | None,
 ) -> Effects:
     """Effects of ``h[ctx, pos] += delta`` at ``hook_name``, one full forward per intervention."""
     device = next(model.parameters()).device

@@ -43,13 +43,23 @@ class FeatureStats:
     pool_size: int = 1024
 
     @classmethod
-    def empty(cls, d_sae: int, pool_size: int = 1024, device: str | torch.device = "cpu") -> FeatureStats:
+    def empty(
+        cls, d_sae: int, pool_size: int = 1024, device: str | torch.device = "cpu"
+    ) -> FeatureStats:
         z = torch.zeros(d_sae, dtype=torch.float64, device=device)
-        return cls(0, z.clone(), z.clone(), torch.zeros(d_sae, device=device),
-                   torch.zeros(0, d_sae, device=device), pool_size)
+        return cls(
+            0,
+            z.clone(),
+            z.clone(),
+            torch.zeros(d_sae, device=device),
+            torch.zeros(0, d_sae, device=device),
+            pool_size,
+        )
 
     @classmethod
-    def from_acts(cls, feature_acts_NF: Tensor, pool_size: int = 1024, seed: int = 0) -> FeatureStats:
+    def from_acts(
+        cls, feature_acts_NF: Tensor, pool_size: int = 1024, seed: int = 0
+    ) -> FeatureStats:
         stats = cls.empty(feature_acts_NF.shape[-1], pool_size, feature_acts_NF.device)
         return stats.update(feature_acts_NF, seed=seed)
 
@@ -58,7 +68,9 @@ class FeatureStats:
         """Add a batch ``[n, d_sae]`` of feature activations; returns self."""
         acts = feature_acts_NF.detach().reshape(-1, feature_acts_NF.shape[-1]).float()
         if acts.shape[1] != self.sum_F.shape[0]:
-            raise InterventionError(f"FeatureStats is for d_sae={self.sum_F.shape[0]}, got activations of width {acts.shape[1]}.")
+            raise InterventionError(
+                f"FeatureStats is for d_sae={self.sum_F.shape[0]}, got activations of width {acts.shape[1]}."
+            )
         self.sum_F += acts.double().sum(0)
         self.count_active_F += (acts > 0).sum(0).double()
         self.max_F = torch.maximum(self.max_F, acts.max(0).values)
@@ -68,8 +80,14 @@ class FeatureStats:
         if len(pool) > self.pool_size:
             gen = torch.Generator().manual_seed(seed + total)
             # rows from the old pool stand for n_tokens tokens, new rows for one each
-            weights = torch.cat([torch.full((len(self.pool_PF),), max(self.n_tokens, 1) / max(len(self.pool_PF), 1)),
-                                 torch.ones(len(acts))])
+            weights = torch.cat(
+                [
+                    torch.full(
+                        (len(self.pool_PF),), max(self.n_tokens, 1) / max(len(self.pool_PF), 1)
+                    ),
+                    torch.ones(len(acts)),
+                ]
+            )
             keep = torch.multinomial(weights, self.pool_size, replacement=False, generator=gen)
             pool = pool[keep.to(pool.device)]
         self.pool_PF = pool
@@ -112,7 +130,9 @@ class Intervention(ABC):
         return self.stats
 
     @abstractmethod
-    def target(self, acts_N: Tensor, feature_idx_N: Tensor, generator: torch.Generator | None = None) -> Tensor:
+    def target(
+        self, acts_N: Tensor, feature_idx_N: Tensor, generator: torch.Generator | None = None
+    ) -> Tensor:
         """The new value ``f'_i`` for each (token, feature) pair, given its current value ``acts_N``."""
 
     def __repr__(self) -> str:
@@ -156,9 +176,13 @@ class Resample(Intervention):
     def target(self, acts_N, feature_idx_N, generator=None):
         pool_PF = self._require_stats().pool_PF
         if len(pool_PF) == 0:
-            raise InterventionError("Resample was fitted on zero tokens; fit it on eval activations.")
+            raise InterventionError(
+                "Resample was fitted on zero tokens; fit it on eval activations."
+            )
         rows = torch.randint(len(pool_PF), (len(feature_idx_N),), generator=generator)
-        return pool_PF[rows.to(pool_PF.device), feature_idx_N.to(pool_PF.device)].to(acts_N.device, acts_N.dtype)
+        return pool_PF[rows.to(pool_PF.device), feature_idx_N.to(pool_PF.device)].to(
+            acts_N.device, acts_N.dtype
+        )
 
 
 class Clamp(Intervention):
@@ -193,8 +217,12 @@ def make_intervention(spec: str) -> Intervention:
         try:
             return Clamp(float(spec.split(":", 1)[1]))
         except ValueError:
-            raise InterventionError(f"Bad clamp spec {spec!r}: write clamp:<alpha>, e.g. clamp:5 or clamp:-1.") from None
-    raise InterventionError(f"Unknown intervention {spec!r}; valid: {', '.join(INTERVENTION_SPECS)}.")
+            raise InterventionError(
+                f"Bad clamp spec {spec!r}: write clamp:<alpha>, e.g. clamp:5 or clamp:-1."
+            ) from None
+    raise InterventionError(
+        f"Unknown intervention {spec!r}; valid: {', '.join(INTERVENTION_SPECS)}."
+    )
 
 
 def _sae_d_in(sae) -> int:
@@ -221,18 +249,24 @@ def feature_edit_BTD(
     """
     d_sae, d_in = sae.W_dec.shape
     if h_BTD.shape[-1] != d_in:
-        raise InterventionError(f"h has width {h_BTD.shape[-1]} but the SAE's d_in is {d_in}; is it the right hook?")
+        raise InterventionError(
+            f"h has width {h_BTD.shape[-1]} but the SAE's d_in is {d_in}; is it the right hook?"
+        )
     feature_idx = torch.as_tensor(feature_idx, dtype=torch.long, device=h_BTD.device)
     if feature_idx.numel() and (feature_idx.min() < 0 or feature_idx.max() >= d_sae):
-        raise InterventionError(f"Feature index out of range: indices must be in [0, {d_sae}), got "
-                                f"{int(feature_idx.min())}..{int(feature_idx.max())}.")
+        raise InterventionError(
+            f"Feature index out of range: indices must be in [0, {d_sae}), got "
+            f"{int(feature_idx.min())}..{int(feature_idx.max())}."
+        )
     lead = h_BTD.shape[:-1]
     if feature_idx.ndim == 1:
         idx = feature_idx.expand(*lead, feature_idx.shape[0])
     elif feature_idx.shape[:-1] == lead:
         idx = feature_idx
     else:
-        raise InterventionError(f"feature_idx must be [K] or {list(lead)} + [K], got {list(feature_idx.shape)}.")
+        raise InterventionError(
+            f"feature_idx must be [K] or {list(lead)} + [K], got {list(feature_idx.shape)}."
+        )
     if feature_acts is None:
         feature_acts = sae.encode(h_BTD.to(sae.W_dec.dtype))
     cur = feature_acts.gather(-1, idx).to(h_BTD.dtype)

@@ -35,7 +35,9 @@ def layer_of_hook(hook_name: str) -> int:
     try:
         return int(hook_name.split(".")[1])
     except (IndexError, ValueError):
-        raise ActivationError(f"Cannot read a layer from hook name {hook_name!r} (expected blocks.L.hook_...).") from None
+        raise ActivationError(
+            f"Cannot read a layer from hook name {hook_name!r} (expected blocks.L.hook_...)."
+        ) from None
 
 
 def bos_token_id(model) -> int | None:
@@ -47,8 +49,12 @@ def bos_token_id(model) -> int | None:
 def progress(description: str) -> Progress:
     """The rich progress bar used for long work throughout the package."""
     return Progress(
-        TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
-        TextColumn("{task.fields[info]}"), TimeRemainingColumn(), transient=False,
+        TextColumn("[bold]{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("{task.fields[info]}"),
+        TimeRemainingColumn(),
+        transient=False,
     )
 
 
@@ -66,16 +72,24 @@ def harvest_activations(
     ``[n_tokens, d_model]`` in context order (BOS positions removed when ``drop_bos``)."""
     layer = layer_of_hook(hook_name)
     if not 0 <= layer < model.cfg.n_layers:
-        raise ActivationError(f"Hook {hook_name} is out of range: the model has layers 0..{model.cfg.n_layers - 1}.")
+        raise ActivationError(
+            f"Hook {hook_name} is out of range: the model has layers 0..{model.cfg.n_layers - 1}."
+        )
     if tokens.ndim != 2:
-        raise ActivationError(f"tokens must be [n_contexts, context_size], got shape {tuple(tokens.shape)}.")
+        raise ActivationError(
+            f"tokens must be [n_contexts, context_size], got shape {tuple(tokens.shape)}."
+        )
     device = next(model.parameters()).device
     out = []
     with progress("harvest") as bar:
-        task = bar.add_task(f"Harvesting {hook_name}", total=len(tokens), info="", visible=show_progress)
+        task = bar.add_task(
+            f"Harvesting {hook_name}", total=len(tokens), info="", visible=show_progress
+        )
         for start in range(0, len(tokens), batch_contexts):
             batch = tokens[start : start + batch_contexts].to(device)
-            _, cache = model.run_with_cache(batch, names_filter=[hook_name], stop_at_layer=layer + 1)
+            _, cache = model.run_with_cache(
+                batch, names_filter=[hook_name], stop_at_layer=layer + 1
+            )
             acts = cache[hook_name]
             bos = bos_token_id(model)
             if drop_bos and bos is not None:
@@ -86,7 +100,9 @@ def harvest_activations(
             bar.update(task, advance=len(batch))
     acts = torch.cat(out)
     if not torch.isfinite(acts).all():
-        raise ActivationError(f"Non-finite activations at {hook_name}; check the model weights and dtype.")
+        raise ActivationError(
+            f"Non-finite activations at {hook_name}; check the model weights and dtype."
+        )
     return acts
 
 
@@ -144,11 +160,17 @@ class ActivationSource:
             try:
                 data = load_file(self.cache_path)
                 acts = data["acts"]
-                if acts.shape == (self.n_tokens, self.d_in) and torch.equal(data["tokens"], self.tokens):
+                if acts.shape == (self.n_tokens, self.d_in) and torch.equal(
+                    data["tokens"], self.tokens
+                ):
                     return acts
-                logger.warning("Activation cache %s is for other tokens; re-harvesting.", self.cache_path)
+                logger.warning(
+                    "Activation cache %s is for other tokens; re-harvesting.", self.cache_path
+                )
             except Exception as err:  # a corrupt cache is rebuilt, never used
-                logger.warning("Activation cache %s unreadable (%s); re-harvesting.", self.cache_path, err)
+                logger.warning(
+                    "Activation cache %s unreadable (%s); re-harvesting.", self.cache_path, err
+                )
         n_chunks = -(-len(self.tokens) // self.contexts_per_chunk)
         acts = torch.cat([self._chunk(i) for i in range(n_chunks)])
         if self.cache_path is not None:
@@ -157,20 +179,35 @@ class ActivationSource:
             from csae_bench.utils import atomic_path
 
             with atomic_path(self.cache_path) as tmp:
-                save_file({"acts": acts.contiguous(), "tokens": self.tokens.contiguous()}, str(tmp),
-                          metadata={"hook_name": self.hook_name})
+                save_file(
+                    {"acts": acts.contiguous(), "tokens": self.tokens.contiguous()},
+                    str(tmp),
+                    metadata={"hook_name": self.hook_name},
+                )
         return acts
 
-    def batches(self, batch_size: int, n_tokens: int | None = None, epoch_seed: int | None = None) -> Iterator[torch.Tensor]:
+    def batches(
+        self, batch_size: int, n_tokens: int | None = None, epoch_seed: int | None = None
+    ) -> Iterator[torch.Tensor]:
         """Shuffled ``[batch_size, d_in]`` batches until ``n_tokens`` are served (default one
         epoch; more cycles through the data with a new shuffle). Identical for identical seeds,
         so SAEs trained alongside see the same stream."""
-        acts = self.all_activations() if self.cache_path is not None or len(self.tokens) <= self.contexts_per_chunk else None
+        acts = (
+            self.all_activations()
+            if self.cache_path is not None or len(self.tokens) <= self.contexts_per_chunk
+            else None
+        )
         total = n_tokens if n_tokens is not None else self.n_tokens
         gen = torch.Generator().manual_seed(self.seed if epoch_seed is None else epoch_seed)
         served = 0
         while served < total:
-            chunks = [acts] if acts is not None else (self._chunk(i) for i in range(-(-len(self.tokens) // self.contexts_per_chunk)))
+            chunks = (
+                [acts]
+                if acts is not None
+                else (
+                    self._chunk(i) for i in range(-(-len(self.tokens) // self.contexts_per_chunk))
+                )
+            )
             for chunk in chunks:
                 perm = torch.randperm(len(chunk), generator=gen)
                 for start in range(0, len(chunk) - batch_size + 1, batch_size):

@@ -33,11 +33,15 @@ def _check_batch(acts_BD: Tensor, grads_BSD: Tensor, **others: Tensor) -> None:
         )
     B, D = acts_BD.shape
     if grads_BSD.shape[0] != B or grads_BSD.shape[2] != D:
-        raise GradientError(f"grads {tuple(grads_BSD.shape)} do not match acts {tuple(acts_BD.shape)}: "
-                            "sample both from the same GradientPool.")
+        raise GradientError(
+            f"grads {tuple(grads_BSD.shape)} do not match acts {tuple(acts_BD.shape)}: "
+            "sample both from the same GradientPool."
+        )
     for name, t in others.items():
         if t.shape != acts_BD.shape:
-            raise GradientError(f"{name} has shape {tuple(t.shape)}, expected {tuple(acts_BD.shape)} like acts.")
+            raise GradientError(
+                f"{name} has shape {tuple(t.shape)}, expected {tuple(acts_BD.shape)} like acts."
+            )
 
 
 def fisher_faithfulness(acts_BD: Tensor, recon_BD: Tensor, grads_BSD: Tensor) -> Tensor:
@@ -50,13 +54,19 @@ def fisher_faithfulness(acts_BD: Tensor, recon_BD: Tensor, grads_BSD: Tensor) ->
     loss = 0.5 * proj_BS.square().mean()
     if not torch.isfinite(loss):
         check_finite(acts=acts_BD, recon=recon_BD, grads=grads_BSD)
-        raise GradientError("The Fisher term overflowed with finite inputs; the reconstruction error is too large.")
+        raise GradientError(
+            "The Fisher term overflowed with finite inputs; the reconstruction error is too large."
+        )
     return loss
 
 
 @torch.no_grad()
-def mean_fisher_factor(grads_NSD: Tensor, energy: float = 0.999, normalize: bool = False,
-                       clip_quantile: float | None = None) -> Tensor:
+def mean_fisher_factor(
+    grads_NSD: Tensor,
+    energy: float = 0.999,
+    normalize: bool = False,
+    clip_quantile: float | None = None,
+) -> Tensor:
     """``L [D, R]`` with ``L Lᵀ ≈ F̄ = mean_{n,s} g_ns g_nsᵀ``, the pool's average Fisher matrix,
     keeping the fewest eigen-directions that hold ``energy`` of its trace (``B·D·R`` per step).
 
@@ -70,7 +80,9 @@ def mean_fisher_factor(grads_NSD: Tensor, energy: float = 0.999, normalize: bool
     which directions the model is sensitive to, and how much more than to others — so a squared
     error under it is on the same footing as the plain squared error in any units, for any model."""
     if grads_NSD.ndim != 3 or len(grads_NSD) == 0:
-        raise GradientError(f"Expected pool gradients [N, S, D] with N >= 1; got {tuple(grads_NSD.shape)}.")
+        raise GradientError(
+            f"Expected pool gradients [N, S, D] with N >= 1; got {tuple(grads_NSD.shape)}."
+        )
     check_finite(grads=grads_NSD)
     g_NSD = grads_NSD.double()
     if clip_quantile is not None and clip_quantile < 1:
@@ -83,10 +95,14 @@ def mean_fisher_factor(grads_NSD: Tensor, energy: float = 0.999, normalize: bool
     evals_R, evecs_DR = evals_R.flip(0).clamp_min(0), evecs_DR.flip(1)
     total = evals_R.sum()
     if not total > 0:
-        raise GradientError("The gradient pool's Fisher matrix is zero: the gradients carry no signal "
-                            "(check the hook and that the pool was harvested from this model).")
+        raise GradientError(
+            "The gradient pool's Fisher matrix is zero: the gradients carry no signal "
+            "(check the hook and that the pool was harvested from this model)."
+        )
     cum = evals_R.cumsum(0) / total
-    r = min(int(torch.searchsorted(cum, torch.tensor(energy, dtype=cum.dtype)).item()) + 1, len(evals_R))
+    r = min(
+        int(torch.searchsorted(cum, torch.tensor(energy, dtype=cum.dtype)).item()) + 1, len(evals_R)
+    )
     if normalize:
         evals_R = evals_R * (len(evals_R) / total)
     return (evecs_DR[:, :r] * evals_R[:r].sqrt()).float()
@@ -97,16 +113,22 @@ def metric_faithfulness(err_BD: Tensor, factor_DR: Tensor) -> Tensor:
     under a Fisher metric. With the pool's raw ``F̄`` this is the second-order estimate of the output
     KL in nats; with the normalized one (:func:`mean_fisher_factor`) a Fisher-shaped squared error."""
     if err_BD.ndim != 2 or factor_DR.ndim != 2 or err_BD.shape[1] != factor_DR.shape[0]:
-        raise GradientError(f"err [B, D] and factor [D, R] do not match: {tuple(err_BD.shape)} vs "
-                            f"{tuple(factor_DR.shape)}.")
+        raise GradientError(
+            f"err [B, D] and factor [D, R] do not match: {tuple(err_BD.shape)} vs "
+            f"{tuple(factor_DR.shape)}."
+        )
     loss = 0.5 * (err_BD @ factor_DR.to(err_BD.dtype)).square().sum(-1).mean()
     if not torch.isfinite(loss):
         check_finite(err=err_BD)
-        raise GradientError("The Fisher term overflowed with finite inputs; the reconstruction error is too large.")
+        raise GradientError(
+            "The Fisher term overflowed with finite inputs; the reconstruction error is too large."
+        )
     return loss
 
 
-def _kl_rows(clean_x_RD: Tensor, spliced_x_RD: Tensor, W_U_DV: Tensor, b_U_V: Tensor, cap: float | None) -> Tensor:
+def _kl_rows(
+    clean_x_RD: Tensor, spliced_x_RD: Tensor, W_U_DV: Tensor, b_U_V: Tensor, cap: float | None
+) -> Tensor:
     """Summed ``KL(p_clean ‖ p_spliced)`` over a chunk of rows, over the full vocabulary."""
     clean_logp = torch.log_softmax(unembed(clean_x_RD, W_U_DV, b_U_V, cap)[0], dim=-1)
     spliced_logp = torch.log_softmax(unembed(spliced_x_RD, W_U_DV, b_U_V, cap)[0], dim=-1)
@@ -153,19 +175,25 @@ def end_to_end_kl(
             clean_x_ND = final_residual(model, h_BTD, start)[keep_BT]
         recon_ND = sae_forward(h_BTD[keep_BT])
         if recon_ND.shape != (int(keep_BT.sum()), h_BTD.shape[-1]):
-            raise GradientError(f"sae_forward returned shape {tuple(recon_ND.shape)}; it must map "
-                                f"[N, D] residuals to [N, D] reconstructions (N={int(keep_BT.sum())}).")
+            raise GradientError(
+                f"sae_forward returned shape {tuple(recon_ND.shape)}; it must map "
+                f"[N, D] residuals to [N, D] reconstructions (N={int(keep_BT.sum())})."
+            )
         spliced_BTD = h_BTD.masked_scatter(keep_BT[..., None], recon_ND.to(h_BTD.dtype))
         spliced_x_ND = final_residual(model, spliced_BTD, start)[keep_BT]
         kl = _mean_kl(model, clean_x_ND, spliced_x_ND)
     if not torch.isfinite(kl):
         check_finite(reconstruction=recon_ND)
-        raise GradientError("The end-to-end KL is not finite; the reconstruction pushes the model out of range.")
+        raise GradientError(
+            "The end-to-end KL is not finite; the reconstruction pushes the model out of range."
+        )
     return kl
 
 
 @torch.no_grad()
-def spliced_kl(model, hook_name: str, tokens_BT: torch.LongTensor, sae_forward: Callable[[Tensor], Tensor]) -> float:
+def spliced_kl(
+    model, hook_name: str, tokens_BT: torch.LongTensor, sae_forward: Callable[[Tensor], Tensor]
+) -> float:
     """:func:`end_to_end_kl` without a graph, as a float: the exact metric the causal term targets."""
     return float(end_to_end_kl(model, hook_name, tokens_BT, sae_forward))
 
@@ -177,8 +205,12 @@ def _random_unit_FD(n: int, d: int, generator: torch.Generator, like: Tensor) ->
 
 @torch.no_grad()
 def fisher_nces(
-    feature_acts_BF: Tensor, W_dec_FD: Tensor, grads_BSD: Tensor, generator: torch.Generator,
-    chunk_rows: int = 512, control: str = "sampled",
+    feature_acts_BF: Tensor,
+    W_dec_FD: Tensor,
+    grads_BSD: Tensor,
+    generator: torch.Generator,
+    chunk_rows: int = 512,
+    control: str = "sampled",
 ) -> tuple[Tensor, Tensor]:
     """Cheap second-order NCES per feature: ``(nces_F, n_active_F)``.
 
@@ -196,10 +228,14 @@ def fisher_nces(
         raise GradientError(f"control must be 'sampled' or 'expected', got {control!r}.")
     B, F = feature_acts_BF.shape
     if W_dec_FD.ndim != 2 or W_dec_FD.shape[0] != F:
-        raise GradientError(f"W_dec {tuple(W_dec_FD.shape)} does not match {F} features of feature_acts.")
+        raise GradientError(
+            f"W_dec {tuple(W_dec_FD.shape)} does not match {F} features of feature_acts."
+        )
     if grads_BSD.ndim != 3 or grads_BSD.shape[0] != B or grads_BSD.shape[2] != W_dec_FD.shape[1]:
-        raise GradientError(f"grads {tuple(grads_BSD.shape)} do not match feature_acts "
-                            f"{tuple(feature_acts_BF.shape)} and W_dec {tuple(W_dec_FD.shape)}.")
+        raise GradientError(
+            f"grads {tuple(grads_BSD.shape)} do not match feature_acts "
+            f"{tuple(feature_acts_BF.shape)} and W_dec {tuple(W_dec_FD.shape)}."
+        )
     check_finite(feature_acts=feature_acts_BF, W_dec=W_dec_FD, grads=grads_BSD)
     W_dec_FD = W_dec_FD.float()
     dec_norm_sq_F = W_dec_FD.square().sum(-1)
@@ -246,8 +282,10 @@ def sensitive_directions(acts_BD: Tensor, recon_BD: Tensor, grads_BSD: Tensor, n
     norm_B = err_BD.norm(dim=-1)
     ok_B = norm_B > 0
     if not ok_B.any() or not (w_B > 0).any():
-        raise GradientError("The SAE reconstructs this batch exactly (or the gradients are zero): no "
-                            "error direction to re-initialize toward; use random directions instead.")
+        raise GradientError(
+            "The SAE reconstructs this batch exactly (or the gradients are zero): no "
+            "error direction to re-initialize toward; use random directions instead."
+        )
     unit_BD = err_BD[ok_B] / norm_B[ok_B, None]
     w_B = w_B[ok_B]
     rows_BD = w_B.sqrt()[:, None] * unit_BD
@@ -260,7 +298,9 @@ def sensitive_directions(acts_BD: Tensor, recon_BD: Tensor, grads_BSD: Tensor, n
         order = torch.argsort(w_B, descending=True)
         extra = unit_BD[order[: n - len(dirs)]]
         if len(extra) < n - len(dirs):
-            raise GradientError(f"Asked for {n} directions but the batch has only {len(unit_BD)} tokens with "
-                                "an error; pass a larger batch.")
+            raise GradientError(
+                f"Asked for {n} directions but the batch has only {len(unit_BD)} tokens with "
+                "an error; pass a larger batch."
+            )
         dirs = torch.cat([dirs, extra])
     return dirs.to(acts_BD.dtype)

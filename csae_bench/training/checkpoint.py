@@ -15,8 +15,17 @@ import torch
 from csae_bench.utils import atomic_path
 
 CHECKPOINT_FORMAT = 1
-RUN_DEFINING_FIELDS = ("architectures", "d_sae", "target_l0", "batch_size", "train_tokens", "seed",
-                       "lr", "hook_name", "model_name")
+RUN_DEFINING_FIELDS = (
+    "architectures",
+    "d_sae",
+    "target_l0",
+    "batch_size",
+    "train_tokens",
+    "seed",
+    "lr",
+    "hook_name",
+    "model_name",
+)
 """TrainConfig fields that must be identical to continue a run from its checkpoint."""
 
 
@@ -32,7 +41,9 @@ def _non_finite(obj: Any, prefix: str = "") -> list[str]:
     if isinstance(obj, torch.Tensor):
         return [prefix] if obj.is_floating_point() and not torch.isfinite(obj).all() else []
     if isinstance(obj, dict):
-        return [p for k, v in obj.items() for p in _non_finite(v, f"{prefix}.{k}" if prefix else str(k))]
+        return [
+            p for k, v in obj.items() for p in _non_finite(v, f"{prefix}.{k}" if prefix else str(k))
+        ]
     if isinstance(obj, (list, tuple)):
         return [p for i, v in enumerate(obj) for p in _non_finite(v, f"{prefix}[{i}]")]
     return []
@@ -60,11 +71,16 @@ def load_checkpoint(path: Path, identity: dict[str, Any]) -> dict[str, Any]:
             "resume=False to start over."
         ) from err
     if state.get("format") != CHECKPOINT_FORMAT:
-        raise CheckpointMismatchError(f"Checkpoint {path} has format {state.get('format')}, "
-                                      f"expected {CHECKPOINT_FORMAT}. Delete it or pass resume=False.")
+        raise CheckpointMismatchError(
+            f"Checkpoint {path} has format {state.get('format')}, "
+            f"expected {CHECKPOINT_FORMAT}. Delete it or pass resume=False."
+        )
     theirs = state.get("identity", {})
-    diffs = [f"{k}: checkpoint {theirs.get(k)!r} vs now {v!r}" for k, v in identity.items()
-             if _norm(theirs.get(k)) != _norm(v)]
+    diffs = [
+        f"{k}: checkpoint {theirs.get(k)!r} vs now {v!r}"
+        for k, v in identity.items()
+        if _norm(theirs.get(k)) != _norm(v)
+    ]
     if diffs:
         raise CheckpointMismatchError(
             f"Checkpoint {path} is from a different run ({'; '.join(diffs)}). Use another output "

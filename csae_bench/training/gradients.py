@@ -107,21 +107,32 @@ class GradientPool:
 
         path = Path(path)
         if not path.exists():
-            raise GradientError(f"No gradient pool at {path}; harvest one with harvest_gradient_pool().")
+            raise GradientError(
+                f"No gradient pool at {path}; harvest one with harvest_gradient_pool()."
+            )
         with safe_open(str(path), framework="pt") as f:
             meta = f.metadata() or {}
             if "acts" not in f.keys() or "grads" not in f.keys():
-                raise GradientError(f"{path} is not a GradientPool file (needs 'acts' and 'grads').")
-            return cls(f.get_tensor("acts"), f.get_tensor("grads"), hook_name=meta.get("hook_name", ""))
+                raise GradientError(
+                    f"{path} is not a GradientPool file (needs 'acts' and 'grads')."
+                )
+            return cls(
+                f.get_tensor("acts"), f.get_tensor("grads"), hook_name=meta.get("hook_name", "")
+            )
 
 
 def check_finite(**tensors: Tensor) -> None:
     """Raise a :class:`GradientError` naming every non-finite tensor among ``tensors``."""
-    bad = [f"{name} ({int((~torch.isfinite(t)).sum())} of {t.numel()} values)"
-           for name, t in tensors.items() if not torch.isfinite(t).all()]
+    bad = [
+        f"{name} ({int((~torch.isfinite(t)).sum())} of {t.numel()} values)"
+        for name, t in tensors.items()
+        if not torch.isfinite(t).all()
+    ]
     if bad:
         raise GradientError(
-            "Non-finite values in " + ", ".join(bad) + ". Check the model dtype (use float32 on CPU), "
+            "Non-finite values in "
+            + ", ".join(bad)
+            + ". Check the model dtype (use float32 on CPU), "
             "the SAE's reconstruction, and that the activations come from the same hook as the gradients."
         )
 
@@ -182,7 +193,9 @@ def logits_from_final(model, x_ND: Tensor) -> tuple[Tensor, Tensor | None]:
     return unembed(x_ND, model.W_U, model.b_U, model.cfg.output_logits_soft_cap)
 
 
-def unembed(x_ND: Tensor, W_U_DV: Tensor, b_U_V: Tensor, cap: float | None) -> tuple[Tensor, Tensor | None]:
+def unembed(
+    x_ND: Tensor, W_U_DV: Tensor, b_U_V: Tensor, cap: float | None
+) -> tuple[Tensor, Tensor | None]:
     """:func:`logits_from_final` with the unembedding passed explicitly (pure in its inputs)."""
     raw = x_ND @ W_U_DV + b_U_V
     if not softcap_enabled(cap):
@@ -238,9 +251,13 @@ def harvest_gradient_pool(
     Deterministic for a given ``seed``.
     """
     if tokens.ndim != 2:
-        raise GradientError(f"tokens must be [n_contexts, context_size], got shape {tuple(tokens.shape)}.")
+        raise GradientError(
+            f"tokens must be [n_contexts, context_size], got shape {tuple(tokens.shape)}."
+        )
     if n_samples < 1 or batch_contexts < 1:
-        raise GradientError(f"n_samples and batch_contexts must be >= 1, got {n_samples} and {batch_contexts}.")
+        raise GradientError(
+            f"n_samples and batch_contexts must be >= 1, got {n_samples} and {batch_contexts}."
+        )
     start = suffix_start(model, hook_name)
     device = next(model.parameters()).device
     keep_all = non_bos_mask(model, tokens)
@@ -250,7 +267,9 @@ def harvest_gradient_pool(
     generator = torch.Generator(device=device).manual_seed(seed)
     filled = 0
     with progress("gradients") as bar, frozen(model):
-        task = bar.add_task(f"Gradients at {hook_name}", total=len(tokens), info="", visible=show_progress)
+        task = bar.add_task(
+            f"Gradients at {hook_name}", total=len(tokens), info="", visible=show_progress
+        )
         for b0 in range(0, len(tokens), batch_contexts):
             batch_BT = tokens[b0 : b0 + batch_contexts].to(device)
             keep_BT = keep_all[b0 : b0 + batch_contexts].to(device)
@@ -259,14 +278,16 @@ def harvest_gradient_pool(
             h_BTD = h_BTD.detach().requires_grad_(True)
             x_BTD = final_residual(model, h_BTD, start)
             B, T, D = x_BTD.shape
-            dx_SND, _ = sampled_logprob_grads(model, x_BTD.detach().reshape(B * T, D), n_samples,
-                                              generator)
+            dx_SND, _ = sampled_logprob_grads(
+                model, x_BTD.detach().reshape(B * T, D), n_samples, generator
+            )
             dx_SBTD = dx_SND.reshape(n_samples, B, T, D)
             n = int(keep_BT.sum())
             acts_ND[filled : filled + n] = h_BTD.detach()[keep_BT].float().cpu()
             for s in range(n_samples):
-                (g_BTD,) = torch.autograd.grad(x_BTD, h_BTD, grad_outputs=dx_SBTD[s],
-                                               retain_graph=s < n_samples - 1)
+                (g_BTD,) = torch.autograd.grad(
+                    x_BTD, h_BTD, grad_outputs=dx_SBTD[s], retain_graph=s < n_samples - 1
+                )
                 grads_NSD[filled : filled + n, s] = g_BTD[keep_BT].float().cpu()
             filled += n
             bar.update(task, advance=len(batch_BT), info=f"{filled * n_samples} token-samples")

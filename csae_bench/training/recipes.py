@@ -69,12 +69,16 @@ def load_recipe(path: str | Path) -> Recipe:
         raise RecipeError(f"{path} is not valid TOML: {err}") from err
     missing = [t for t in ("model", "data", "train") if t not in data]
     if missing:
-        raise RecipeError(f"{path} lacks table(s) {missing}; a recipe needs [model], [data] and [train].")
+        raise RecipeError(
+            f"{path} lacks table(s) {missing}; a recipe needs [model], [data] and [train]."
+        )
     model, data_tbl, train = data["model"], data["data"], dict(data["train"])
     valid = {f.name for f in fields(TrainConfig)}
     unknown = sorted(set(train) - valid)
     if unknown:
-        raise RecipeError(f"{path}: [train] keys {unknown} are not TrainConfig fields; valid: {sorted(valid)}.")
+        raise RecipeError(
+            f"{path}: [train] keys {unknown} are not TrainConfig fields; valid: {sorted(valid)}."
+        )
     layer, site = int(model["layer"]), model.get("site", "resid_post")
     train.setdefault("hook_name", f"blocks.{layer}.hook_{site}")
     train.setdefault("model_name", model["name"])
@@ -85,6 +89,14 @@ def load_recipe(path: str | Path) -> Recipe:
         cfg = TrainConfig(**train)
     except ValueError as err:
         raise RecipeError(f"{path}: {err}") from err
-    return Recipe(path=path, model=model["name"], layer=layer, site=site, device=model.get("device", "cpu"),
-                  corpus=data_tbl.get("corpus", "embedded"), context_size=int(data_tbl.get("context_size", 128)),
-                  train=cfg, reference=data.get("reference", {}))
+    return Recipe(
+        path=path,
+        model=model["name"],
+        layer=layer,
+        site=site,
+        device=model.get("device", "cpu"),
+        corpus=data_tbl.get("corpus", "embedded"),
+        context_size=int(data_tbl.get("context_size", 128)),
+        train=cfg,
+        reference=data.get("reference", {}),
+    )

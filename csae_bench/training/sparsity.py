@@ -36,7 +36,9 @@ class L0Controller:
 
     def __post_init__(self) -> None:
         if self.coefficient <= 0 or self.target_l0 <= 0:
-            raise ValueError(f"coefficient={self.coefficient} and target_l0={self.target_l0} must be > 0.")
+            raise ValueError(
+                f"coefficient={self.coefficient} and target_l0={self.target_l0} must be > 0."
+            )
 
     def update(self, l0: float) -> float:
         """Record this step's mean L0 and return the coefficient for the next step."""

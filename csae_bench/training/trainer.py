@@ -82,8 +82,16 @@ CHECKPOINT_NAME = "checkpoint.pt"
 SUMMARY_NAME = "training_summary.json"
 POOL_NAME = "gradient_pool.safetensors"
 
-__all__ = ["CheckpointMismatchError", "NonFiniteError", "TrainConfig", "TrainingError",
-           "load_base_sae", "mean_centred_explained_variance", "train_alongside", "to_base_sae"]
+__all__ = [
+    "CheckpointMismatchError",
+    "NonFiniteError",
+    "TrainConfig",
+    "TrainingError",
+    "load_base_sae",
+    "mean_centred_explained_variance",
+    "train_alongside",
+    "to_base_sae",
+]
 
 
 class TrainingError(RuntimeError):
@@ -195,7 +203,9 @@ class TrainConfig:
     def __post_init__(self) -> None:
         self.architectures = tuple(self.architectures)
         if not self.architectures:
-            raise ValueError("architectures is empty: name at least one of relu, topk, jumprelu, csae, random-decoder.")
+            raise ValueError(
+                "architectures is empty: name at least one of relu, topk, jumprelu, csae, random-decoder."
+            )
         for a in self.architectures:
             check_architecture(a)
         if len(set(self.architectures)) != len(self.architectures):
@@ -208,18 +218,26 @@ class TrainConfig:
         if self.batch_size < 1:
             problems.append(f"batch_size={self.batch_size} must be >= 1")
         if self.train_tokens < self.batch_size:
-            problems.append(f"train_tokens={self.train_tokens} must be >= batch_size={self.batch_size}")
+            problems.append(
+                f"train_tokens={self.train_tokens} must be >= batch_size={self.batch_size}"
+            )
         if not self.lr > 0:
             problems.append(f"lr={self.lr} must be > 0")
         if self.checkpoint_every < 0:
             problems.append(f"checkpoint_every={self.checkpoint_every} must be >= 0")
-        if not (0 <= self.warmup_frac < 1 and 0 <= self.decay_frac < 1 and self.warmup_frac + self.decay_frac <= 1):
+        if not (
+            0 <= self.warmup_frac < 1
+            and 0 <= self.decay_frac < 1
+            and self.warmup_frac + self.decay_frac <= 1
+        ):
             problems.append("warmup_frac and decay_frac must be in [0, 1) and sum to <= 1")
         if problems:
             raise ValueError("Invalid TrainConfig: " + "; ".join(problems) + ".")
         for a in self.arch_lr:
             if a not in self.architectures:
-                raise ValueError(f"arch_lr names {a!r}, which is not in architectures {self.architectures}.")
+                raise ValueError(
+                    f"arch_lr names {a!r}, which is not in architectures {self.architectures}."
+                )
         layer_of_hook(self.hook_name)
 
     @property
@@ -252,8 +270,11 @@ class _Run:
             self.sae = build_training_sae(arch, d_in, cfg.d_sae, **_arch_options(arch, cfg))
         self.sae.train()
         self.lr_scale = cfg.arch_lr.get(arch, cfg.lr) / cfg.lr
-        self.optimizer = torch.optim.Adam([p for p in self.sae.parameters() if p.requires_grad],
-                                          lr=cfg.lr, betas=(cfg.adam_beta1, 0.999))
+        self.optimizer = torch.optim.Adam(
+            [p for p in self.sae.parameters() if p.requires_grad],
+            lr=cfg.lr,
+            betas=(cfg.adam_beta1, 0.999),
+        )
         self.generator = torch.Generator().manual_seed(cfg.seed * 1000 + index)
         self.controller: L0Controller | None = None
         if arch in ("relu", "jumprelu") and cfg.calibrate_l0:
@@ -314,13 +335,21 @@ class _Run:
         for group in self.optimizer.param_groups:
             group["lr"] = lr * self.lr_scale
         dead_F = self.steps_since_fired_F >= self.cfg.dead_window
-        out = self.sae.training_forward_pass(TrainStepInput(
-            sae_in=x_BD, coefficients=self.coefficients(), dead_neuron_mask=dead_F,
-            n_training_steps=step, is_logging_step=False))
+        out = self.sae.training_forward_pass(
+            TrainStepInput(
+                sae_in=x_BD,
+                coefficients=self.coefficients(),
+                dead_neuron_mask=dead_F,
+                n_training_steps=step,
+                is_logging_step=False,
+            )
+        )
         if not torch.isfinite(out.loss):
             terms = {k: float(v.detach()) for k, v in out.losses.items()}
-            raise NonFiniteError(f"{self.arch}: non-finite loss at step {step} (terms {terms}). Nothing "
-                                 "from this step was saved; lower lr or check the activations.")
+            raise NonFiniteError(
+                f"{self.arch}: non-finite loss at step {step} (terms {terms}). Nothing "
+                "from this step was saved; lower lr or check the activations."
+            )
         self.optimizer.zero_grad(set_to_none=True)
         out.loss.backward()
         if self.cfg.grad_clip > 0:
@@ -334,8 +363,12 @@ class _Run:
         if self.controller is not None:
             self.controller.frozen = step >= self.cfg.n_steps * (1 - self.cfg.freeze_frac)
             self.controller.update(l0)
-        self.last = {"loss": float(out.loss.detach()), **{k: float(v.detach()) for k, v in out.losses.items()}, "l0": l0,
-                     "dead_frac": float(dead_F.float().mean())}
+        self.last = {
+            "loss": float(out.loss.detach()),
+            **{k: float(v.detach()) for k, v in out.losses.items()},
+            "l0": l0,
+            "dead_frac": float(dead_F.float().mean()),
+        }
         if step % self.cfg.log_every == 0 or step + 1 == self.cfg.n_steps:
             self.loss_curve.append((step, self.last["loss"], self.last["mse_loss"]))
         self._maintain(x_BD, out, step)
@@ -346,13 +379,21 @@ class _Run:
         """Dead-feature resampling (ReLU/JumpReLU) and the CSAE verification loop."""
         cfg = self.cfg
         in_decay = step >= cfg.n_steps * (1 - cfg.decay_frac)
-        if (self.arch in ("relu", "jumprelu") and cfg.resample_every and (step + 1) % cfg.resample_every == 0
-                and not in_decay):
+        if (
+            self.arch in ("relu", "jumprelu")
+            and cfg.resample_every
+            and (step + 1) % cfg.resample_every == 0
+            and not in_decay
+        ):
             dead_F = torch.nonzero(self.steps_since_fired_F >= cfg.dead_window).flatten()
             if len(dead_F):
                 self._resample(dead_F, x_BD, out.sae_out.detach())
-        if (isinstance(self.sae, CSAETrainingSAE) and cfg.verify_every and (step + 1) % cfg.verify_every == 0
-                and not in_decay):
+        if (
+            isinstance(self.sae, CSAETrainingSAE)
+            and cfg.verify_every
+            and (step + 1) % cfg.verify_every == 0
+            and not in_decay
+        ):
             stats = self.sae.verify_and_reinit()
             reinit = getattr(self.sae, "last_reinit_F", torch.zeros(0, dtype=torch.long))
             if len(reinit):
@@ -372,7 +413,9 @@ class _Run:
         resid_BD = x_BD - recon_BD
         err_B = resid_BD.pow(2).sum(-1)
         n = min(len(dead_F), len(x_BD))
-        picks = torch.multinomial(err_B / err_B.sum(), n, replacement=False, generator=self.generator)
+        picks = torch.multinomial(
+            err_B / err_B.sum(), n, replacement=False, generator=self.generator
+        )
         dirs_ND = resid_BD[picks]
         dirs_ND = dirs_ND / dirs_ND.norm(dim=-1, keepdim=True).clamp_min(1e-8)
         idx = dead_F[:n]
@@ -390,20 +433,31 @@ class _Run:
 
     def _reset_optimizer_rows(self, idx_F: torch.Tensor) -> None:
         sae = self.sae
-        for param, dim in ((sae.W_dec, 0), (sae.W_enc, 1), (sae.b_enc, 0),
-                           (getattr(sae, "threshold", None), 0)):
+        for param, dim in (
+            (sae.W_dec, 0),
+            (sae.W_enc, 1),
+            (sae.b_enc, 0),
+            (getattr(sae, "threshold", None), 0),
+        ):
             if param is None or param not in self.optimizer.state:
                 continue
             for key in ("exp_avg", "exp_avg_sq"):
                 self.optimizer.state[param][key].index_fill_(dim, idx_F, 0.0)
 
     def state_dict(self) -> dict[str, Any]:
-        return {"sae": self.sae.state_dict(), "optimizer": self.optimizer.state_dict(),
-                "controller": self.controller.state_dict() if self.controller else None,
-                "steps_since_fired_F": self.steps_since_fired_F.clone(),
-                "generator": self.generator.get_state(), "wall_s": self.wall_s, "last": self.last,
-                "n_resampled": self.n_resampled, "n_reinit_causal": self.n_reinit_causal,
-                "loss_curve": list(self.loss_curve), "last_verification": dict(self.last_verification)}
+        return {
+            "sae": self.sae.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "controller": self.controller.state_dict() if self.controller else None,
+            "steps_since_fired_F": self.steps_since_fired_F.clone(),
+            "generator": self.generator.get_state(),
+            "wall_s": self.wall_s,
+            "last": self.last,
+            "n_resampled": self.n_resampled,
+            "n_reinit_causal": self.n_reinit_causal,
+            "loss_curve": list(self.loss_curve),
+            "last_verification": dict(self.last_verification),
+        }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.sae.load_state_dict(state["sae"])
@@ -424,16 +478,27 @@ def _arch_options(arch: str, cfg: TrainConfig) -> dict[str, Any]:
     if arch == "relu":
         return {"l1_coefficient": cfg.l1_coefficient}
     if arch == "jumprelu":
-        return {"l0_coefficient": cfg.l0_coefficient, "jumprelu_init_threshold": cfg.jumprelu_init_threshold,
-                "jumprelu_bandwidth": cfg.jumprelu_bandwidth, "jumprelu_ste_to_input": cfg.jumprelu_ste_to_input}
+        return {
+            "l0_coefficient": cfg.l0_coefficient,
+            "jumprelu_init_threshold": cfg.jumprelu_init_threshold,
+            "jumprelu_bandwidth": cfg.jumprelu_bandwidth,
+            "jumprelu_ste_to_input": cfg.jumprelu_ste_to_input,
+        }
     opts: dict[str, Any] = {"k": cfg.target_l0, "aux_loss_coefficient": cfg.aux_loss_coefficient}
     if arch == "random-decoder":
         opts["decoder_seed"] = cfg.seed
     if arch == "csae":
-        opts.update(causal_coeff=cfg.causal_coeff, fisher=cfg.fisher, causal_batch_size=cfg.causal_batch_size,
-                    e2e_coeff=cfg.e2e_coeff, verify_every=cfg.verify_every, verify_tokens=cfg.verify_tokens, tau=cfg.tau,
-                    max_reinit_frac=cfg.max_reinit_frac,
-                    patience=cfg.patience)
+        opts.update(
+            causal_coeff=cfg.causal_coeff,
+            fisher=cfg.fisher,
+            causal_batch_size=cfg.causal_batch_size,
+            e2e_coeff=cfg.e2e_coeff,
+            verify_every=cfg.verify_every,
+            verify_tokens=cfg.verify_tokens,
+            tau=cfg.tau,
+            max_reinit_frac=cfg.max_reinit_frac,
+            patience=cfg.patience,
+        )
     assert arch in TOPK_FAMILY
     return opts
 
@@ -455,16 +520,26 @@ def _lr_at(step: int, cfg: TrainConfig) -> float:
 def _activation_scale(source: ActivationSource, cfg: TrainConfig) -> float:
     if not cfg.normalize_activations:
         return 1.0
-    norms = [b.norm(dim=-1).mean() for b in
-             islice(source.batches(cfg.batch_size, cfg.batch_size * cfg.norm_batches, epoch_seed=cfg.seed + 7919),
-                    cfg.norm_batches)]
+    norms = [
+        b.norm(dim=-1).mean()
+        for b in islice(
+            source.batches(
+                cfg.batch_size, cfg.batch_size * cfg.norm_batches, epoch_seed=cfg.seed + 7919
+            ),
+            cfg.norm_batches,
+        )
+    ]
     mean_norm = float(torch.stack(norms).mean())
     if not math.isfinite(mean_norm) or mean_norm <= 0:
-        raise NonFiniteError(f"Activation norms are {mean_norm}; check the model and hook {cfg.hook_name}.")
+        raise NonFiniteError(
+            f"Activation norms are {mean_norm}; check the model and hook {cfg.hook_name}."
+        )
     return math.sqrt(source.d_in) / mean_norm
 
 
-def _heldout_activations(model, source: ActivationSource, cfg: TrainConfig) -> tuple[torch.Tensor, str]:
+def _heldout_activations(
+    model, source: ActivationSource, cfg: TrainConfig
+) -> tuple[torch.Tensor, str]:
     from csae_bench.training.activations import harvest_activations
 
     ctx = source.tokens.shape[1]
@@ -474,11 +549,19 @@ def _heldout_activations(model, source: ActivationSource, cfg: TrainConfig) -> t
             from csae_bench.data import load_tokens
 
             toks = load_tokens(model.tokenizer, split="eval", context_size=ctx, n_contexts=n_ctx)
-            return harvest_activations(model, cfg.hook_name, toks, show_progress=False)[: cfg.heldout_tokens], "eval split"
+            return harvest_activations(model, cfg.hook_name, toks, show_progress=False)[
+                : cfg.heldout_tokens
+            ], "eval split"
         except Exception as err:  # a model without the embedded corpus' eval split: say so
-            logger.warning("No eval-split tokens for held-out activations (%s); using training batches.", err)
-    logger.warning("Held-out activations unavailable; final metrics use a training batch (labelled 'train').")
-    batch = next(source.batches(min(cfg.heldout_tokens, source.n_tokens), epoch_seed=cfg.seed + 104729))
+            logger.warning(
+                "No eval-split tokens for held-out activations (%s); using training batches.", err
+            )
+    logger.warning(
+        "Held-out activations unavailable; final metrics use a training batch (labelled 'train')."
+    )
+    batch = next(
+        source.batches(min(cfg.heldout_tokens, source.n_tokens), epoch_seed=cfg.seed + 104729)
+    )
     return batch, "train"
 
 
@@ -488,13 +571,22 @@ def _display(runs: dict[str, _Run], step: int, n_steps: int) -> Table:
         table.add_column(col, justify="right" if col != "SAE" else "left")
     for arch, run in runs.items():
         last = run.last
-        other = ", ".join(f"{k.replace('_loss', '')}={v:.3g}" for k, v in last.items()
-                          if k.endswith("_loss") and k != "mse_loss")
+        other = ", ".join(
+            f"{k.replace('_loss', '')}={v:.3g}"
+            for k, v in last.items()
+            if k.endswith("_loss") and k != "mse_loss"
+        )
         coef = run.coefficients()
-        table.add_row(arch, f"{last.get('loss', float('nan')):.4g}", f"{last.get('mse_loss', float('nan')):.4g}",
-                      other, f"{last.get('l0', float('nan')):.1f}", f"{100 * last.get('dead_frac', 0):.1f}",
-                      ", ".join(f"{k}={v:.3g}" for k, v in coef.items()) or "-",
-                      f"{run.wall_s / max(1, step):.3f}")
+        table.add_row(
+            arch,
+            f"{last.get('loss', float('nan')):.4g}",
+            f"{last.get('mse_loss', float('nan')):.4g}",
+            other,
+            f"{last.get('l0', float('nan')):.1f}",
+            f"{100 * last.get('dead_frac', 0):.1f}",
+            ", ".join(f"{k}={v:.3g}" for k, v in coef.items()) or "-",
+            f"{run.wall_s / max(1, step):.3f}",
+        )
     return table
 
 
@@ -519,8 +611,10 @@ def train_alongside(
     """
     out_dir = Path(out_dir)
     if source.hook_name != cfg.hook_name:
-        raise TrainingError(f"The activation source is for {source.hook_name} but cfg.hook_name is "
-                            f"{cfg.hook_name}; make them agree.")
+        raise TrainingError(
+            f"The activation source is for {source.hook_name} but cfg.hook_name is "
+            f"{cfg.hook_name}; make them agree."
+        )
     done = {a: out_dir / a for a in cfg.architectures if (out_dir / a / SUMMARY_NAME).exists()}
     todo = [a for a in cfg.architectures if a not in done]
     for a in done:
@@ -539,28 +633,45 @@ def train_alongside(
         state = load_checkpoint(ckpt_path, cfg.identity(d_in))
         missing = [a for a in todo if a not in state["archs"]]
         if missing:
-            raise CheckpointMismatchError(f"Checkpoint {ckpt_path} has no state for {missing}; "
-                                          "delete it or pass resume=False.")
+            raise CheckpointMismatchError(
+                f"Checkpoint {ckpt_path} has no state for {missing}; "
+                "delete it or pass resume=False."
+            )
         for a in todo:
             runs[a].load_state_dict(state["archs"][a])
         start, scale = int(state["step"]), float(state["activation_scale"])
         logger.info("Resuming %s from step %d (%s).", ", ".join(todo), start, ckpt_path)
 
     def write_checkpoint(step: int) -> None:
-        save_checkpoint(ckpt_path, {"identity": cfg.identity(d_in), "step": step, "activation_scale": scale,
-                                    "config": asdict(cfg), "archs": {a: r.state_dict() for a, r in runs.items()}})
+        save_checkpoint(
+            ckpt_path,
+            {
+                "identity": cfg.identity(d_in),
+                "step": step,
+                "activation_scale": scale,
+                "config": asdict(cfg),
+                "archs": {a: r.state_dict() for a, r in runs.items()},
+            },
+        )
 
     n_steps = cfg.n_steps
-    stream: Iterator[torch.Tensor] = islice(source.batches(cfg.batch_size, n_steps * cfg.batch_size), start, None)
+    stream: Iterator[torch.Tensor] = islice(
+        source.batches(cfg.batch_size, n_steps * cfg.batch_size), start, None
+    )
     bar = progress("train")
     task = bar.add_task(f"Training {len(runs)} SAEs", total=n_steps, completed=start, info="")
     step = start
-    with Live(Group(bar, _display(runs, start, n_steps)), refresh_per_second=2,
-              transient=False) if cfg.show_progress else _nullcontext() as live:
+    with (
+        Live(Group(bar, _display(runs, start, n_steps)), refresh_per_second=2, transient=False)
+        if cfg.show_progress
+        else _nullcontext() as live
+    ):
         for step, batch in enumerate(stream, start=start):
             if not torch.isfinite(batch).all():
-                raise NonFiniteError(f"Non-finite activations in the batch of step {step} (hook "
-                                     f"{cfg.hook_name}); nothing from this step was saved.")
+                raise NonFiniteError(
+                    f"Non-finite activations in the batch of step {step} (hook "
+                    f"{cfg.hook_name}); nothing from this step was saved."
+                )
             x_BD = batch * scale
             if step == 0:
                 for run in runs.values():
@@ -571,7 +682,11 @@ def train_alongside(
             bar.update(task, completed=step + 1)
             if live is not None and ((step + 1) % cfg.log_every == 0 or step + 1 == n_steps):
                 live.update(Group(bar, _display(runs, step + 1, n_steps)))
-            if cfg.checkpoint_every and (step + 1) % cfg.checkpoint_every == 0 and step + 1 < n_steps:
+            if (
+                cfg.checkpoint_every
+                and (step + 1) % cfg.checkpoint_every == 0
+                and step + 1 < n_steps
+            ):
                 write_checkpoint(step + 1)
             if stop_after_steps is not None and step + 1 >= stop_after_steps and step + 1 < n_steps:
                 write_checkpoint(step + 1)
@@ -595,8 +710,15 @@ class _nullcontext:
         return None
 
 
-def _attach_causal(runs: dict[str, _Run], model, source: ActivationSource, cfg: TrainConfig,
-                   pool: Any | None, scale: float, out_dir: Path) -> None:
+def _attach_causal(
+    runs: dict[str, _Run],
+    model,
+    source: ActivationSource,
+    cfg: TrainConfig,
+    pool: Any | None,
+    scale: float,
+    out_dir: Path,
+) -> None:
     run = runs.get("csae")
     if run is None:
         return
@@ -611,20 +733,35 @@ def _attach_causal(runs: dict[str, _Run], model, source: ActivationSource, cfg: 
             ctx = source.tokens.shape[1]
             n_ctx = max(1, -(-cfg.grad_tokens // ctx))
             logger.info("Harvesting a gradient pool of %d contexts for the CSAE.", n_ctx)
-            pool = harvest_gradient_pool(model, cfg.hook_name, source.tokens[:n_ctx], n_samples=cfg.n_grad_samples,
-                                         seed=cfg.seed, show_progress=cfg.show_progress)
+            pool = harvest_gradient_pool(
+                model,
+                cfg.hook_name,
+                source.tokens[:n_ctx],
+                n_samples=cfg.n_grad_samples,
+                seed=cfg.seed,
+                show_progress=cfg.show_progress,
+            )
             pool.save(pool_path)  # kept next to the checkpoint so a resumed run reuses it
     pool_hook = getattr(pool, "hook_name", "")
     if pool is not None and pool_hook and pool_hook != cfg.hook_name:
-        raise TrainingError(f"The gradient pool was harvested at {pool_hook}, not {cfg.hook_name}; "
-                            "harvest one at the training hook.")
+        raise TrainingError(
+            f"The gradient pool was harvested at {pool_hook}, not {cfg.hook_name}; "
+            "harvest one at the training hook."
+        )
     e2e = (model, cfg.hook_name, source.tokens) if cfg.e2e_coeff > 0 else None
     run.sae.attach_causal(pool, run.generator, activation_scale=scale, e2e=e2e)
 
 
 @torch.no_grad()
-def _finalize(run: _Run, folder: Path, cfg: TrainConfig, scale: float, heldout_ND: torch.Tensor,
-              heldout_on: str, source: ActivationSource) -> Path:
+def _finalize(
+    run: _Run,
+    folder: Path,
+    cfg: TrainConfig,
+    scale: float,
+    heldout_ND: torch.Tensor,
+    heldout_on: str,
+    source: ActivationSource,
+) -> Path:
     """Fold the normalization into a copy of the SAE, save it SAELens-style with metadata, measure
     it on held-out activations through the SAEBench export, write the summary; all atomically
     (a temporary folder renamed into place)."""
@@ -684,7 +821,11 @@ def _finalize(run: _Run, folder: Path, cfg: TrainConfig, scale: float, heldout_N
     if folder.exists():
         shutil.rmtree(folder)
     tmp.rename(folder)
-    logger.info("%s: L0 %.1f, mean-centred EV %.3f, saved to %s", run.arch, summary["l0"],
-                summary["explained_variance_mean_centred"], folder)
+    logger.info(
+        "%s: L0 %.1f, mean-centred EV %.3f, saved to %s",
+        run.arch,
+        summary["l0"],
+        summary["explained_variance_mean_centred"],
+        folder,
+    )
     return folder
-

@@ -82,8 +82,9 @@ def mean_centred_explained_variance(
 ) -> float:
     """``1 - Σ‖x - x̂‖² / Σ‖x - mean(x)‖²`` over the non-special tokens of ``tokens_BT``."""
     layer = int(hook_name.split(".")[1])
-    _, cache = model.run_with_cache(tokens_BT, names_filter=[hook_name], stop_at_layer=layer + 1,
-                                    prepend_bos=False)
+    _, cache = model.run_with_cache(
+        tokens_BT, names_filter=[hook_name], stop_at_layer=layer + 1, prepend_bos=False
+    )
     keep_BT = torch.ones_like(tokens_BT, dtype=torch.bool)
     for t in ignore:
         if t is not None:
@@ -105,41 +106,70 @@ def run_core_eval(ctx: EvalContext, sae, sae_id: str, config: CoreEvalConfig) ->
     if sae.cfg.context_size is None:
         sae.cfg.context_size = sae.cfg.metadata.context_size = config.context_size
     if sae.cfg.hook_name != ctx.hook_name:
-        raise ValueError(f"SAE {sae_id} reads {sae.cfg.hook_name}, but this run evaluates {ctx.hook_name}; "
-                         "pass SAEs trained on the run's hook (--layer).")
-    n_needed = config.batch_size_prompts * max(config.n_eval_reconstruction_batches,
-                                               config.n_eval_sparsity_variance_batches)
+        raise ValueError(
+            f"SAE {sae_id} reads {sae.cfg.hook_name}, but this run evaluates {ctx.hook_name}; "
+            "pass SAEs trained on the run's hook (--layer)."
+        )
+    n_needed = config.batch_size_prompts * max(
+        config.n_eval_reconstruction_batches, config.n_eval_sparsity_variance_batches
+    )
     if n_needed > len(ctx.eval_tokens):
-        logger.warning("core: %d contexts requested per phase but only %d eval contexts; SAEBench "
-                       "will cycle through them.", n_needed, len(ctx.eval_tokens))
-    dataset = datasets.Dataset.from_dict({"tokens": ctx.eval_tokens[:, : config.context_size].tolist()})
-    store = ActivationsStore.from_sae(ctx.model, sae, dataset=dataset, context_size=config.context_size,
-                                      store_batch_size_prompts=config.batch_size_prompts,
-                                      device=ctx.device)
+        logger.warning(
+            "core: %d contexts requested per phase but only %d eval contexts; SAEBench "
+            "will cycle through them.",
+            n_needed,
+            len(ctx.eval_tokens),
+        )
+    dataset = datasets.Dataset.from_dict(
+        {"tokens": ctx.eval_tokens[:, : config.context_size].tolist()}
+    )
+    store = ActivationsStore.from_sae(
+        ctx.model,
+        sae,
+        dataset=dataset,
+        context_size=config.context_size,
+        store_batch_size_prompts=config.batch_size_prompts,
+        device=ctx.device,
+    )
     recorder = _BatchRecorder(store)
     ignore = special_token_ids(ctx)
     start = time.perf_counter()
-    model = SharedPasses(ctx.model, ctx.cache)  # clean and zero-ablated passes computed once per run
+    model = SharedPasses(
+        ctx.model, ctx.cache
+    )  # clean and zero-ablated passes computed once per run
     metrics, feature_metrics = sb_core.run_evals(sae, store, model, config, ignore_tokens=ignore)
     if not metrics:
-        raise RuntimeError(f"SAEBench core eval computed no metrics for {sae_id}; check the config flags.")
+        raise RuntimeError(
+            f"SAEBench core eval computed no metrics for {sae_id}; check the config flags."
+        )
     if config.compute_variance_metrics:
         sv_batches = recorder.batches[-config.n_eval_sparsity_variance_batches :]
         metrics["reconstruction_quality"]["explained_variance_mean_centred"] = (
-            mean_centred_explained_variance(sae, model, ctx.hook_name, torch.cat(sv_batches), ignore)
+            mean_centred_explained_variance(
+                sae, model, ctx.hook_name, torch.cat(sv_batches), ignore
+            )
         )
-    if config.compute_featurewise_density_statistics and config.compute_featurewise_weight_based_metrics:
+    if (
+        config.compute_featurewise_density_statistics
+        and config.compute_featurewise_weight_based_metrics
+    ):
         metrics["misc_metrics"] = sb_core.calculate_misc_metrics(feature_metrics)
-        details = sb_core.convert_feature_metrics(sb_core.replace_nans_with_negative_one(feature_metrics))
+        details = sb_core.convert_feature_metrics(
+            sb_core.replace_nans_with_negative_one(feature_metrics)
+        )
     else:
         details = []
     metrics = sb_core.replace_nans_with_negative_one(metrics)
     seconds = time.perf_counter() - start
     logger.info("core eval of %s took %.1f s", sae_id, seconds)
-    categories = CsaeCoreMetricCategories(**{
-        name: (CsaeReconstructionQualityMetrics if name == "reconstruction_quality" else cls)(**metrics.get(name, {}))
-        for name, cls in _CATEGORY_CLASSES.items()
-    })
+    categories = CsaeCoreMetricCategories(
+        **{
+            name: (CsaeReconstructionQualityMetrics if name == "reconstruction_quality" else cls)(
+                **metrics.get(name, {})
+            )
+            for name, cls in _CATEGORY_CLASSES.items()
+        }
+    )
     return CsaeCoreEvalOutput(
         eval_config=config,
         eval_id=get_eval_uuid(),
@@ -165,19 +195,21 @@ _CATEGORY_CLASSES = {
     "misc_metrics": sb_core.MiscMetrics,
 }
 
-CORE_SPEC = register_eval(EvalSpec(
-    eval_type_id="core",
-    config_cls=CoreEvalConfig,
-    output_cls=CsaeCoreEvalOutput,
-    run=run_core_eval,
-    headline={
-        "model_performance_preservation.ce_loss_score": "higher",
-        "model_behavior_preservation.kl_div_score": "higher",
-        "reconstruction_quality.explained_variance_mean_centred": "higher",
-        "reconstruction_quality.explained_variance": "higher",
-        "reconstruction_quality.mse": "lower",
-        "misc_metrics.frac_alive": "higher",
-    },
-    make_config=make_core_config,
-    description="SAEBench core: reconstruction, sparsity, CE/KL preservation (+ mean-centred EV).",
-))
+CORE_SPEC = register_eval(
+    EvalSpec(
+        eval_type_id="core",
+        config_cls=CoreEvalConfig,
+        output_cls=CsaeCoreEvalOutput,
+        run=run_core_eval,
+        headline={
+            "model_performance_preservation.ce_loss_score": "higher",
+            "model_behavior_preservation.kl_div_score": "higher",
+            "reconstruction_quality.explained_variance_mean_centred": "higher",
+            "reconstruction_quality.explained_variance": "higher",
+            "reconstruction_quality.mse": "lower",
+            "misc_metrics.frac_alive": "higher",
+        },
+        make_config=make_core_config,
+        description="SAEBench core: reconstruction, sparsity, CE/KL preservation (+ mean-centred EV).",
+    )
+)

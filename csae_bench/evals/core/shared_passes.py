@@ -37,7 +37,11 @@ class SharedPasses:
         full_key = ("core_pass", id(self._model), *key)
         if full_key not in self._cache:
             if keep_one:  # full logits (~1 GB a batch here): hold only the newest batch of a kind
-                for old in [k for k in self._cache if isinstance(k, tuple) and k[:1] == ("core_pass",) and k[2] == key[0]]:
+                for old in [
+                    k
+                    for k in self._cache
+                    if isinstance(k, tuple) and k[:1] == ("core_pass",) and k[2] == key[0]
+                ]:
                     del self._cache[old]
             self._cache[full_key] = compute()
         return self._cache[full_key]
@@ -49,18 +53,39 @@ class SharedPasses:
 
     def run_with_cache(self, tokens: torch.Tensor, *args: Any, **kwargs: Any) -> Any:
         names = kwargs.get("names_filter")
-        if (not args and isinstance(names, list) and len(names) == 1 and kwargs.get("stop_at_layer") is not None
-                and set(kwargs) <= {"names_filter", "stop_at_layer", "prepend_bos"}):
-            key = ("residual", _digest(tokens), names[0], kwargs["stop_at_layer"], kwargs.get("prepend_bos"))
+        if (
+            not args
+            and isinstance(names, list)
+            and len(names) == 1
+            and kwargs.get("stop_at_layer") is not None
+            and set(kwargs) <= {"names_filter", "stop_at_layer", "prepend_bos"}
+        ):
+            key = (
+                "residual",
+                _digest(tokens),
+                names[0],
+                kwargs["stop_at_layer"],
+                kwargs.get("prepend_bos"),
+            )
             # residuals at the hook are small (a few MB a batch): keep every batch
-            return self._remember(key, lambda: self._model.run_with_cache(tokens, **kwargs), keep_one=False)
+            return self._remember(
+                key, lambda: self._model.run_with_cache(tokens, **kwargs), keep_one=False
+            )
         return self._model.run_with_cache(tokens, *args, **kwargs)
 
-    def run_with_hooks(self, tokens: torch.Tensor, *args: Any, fwd_hooks: Any = (), **kwargs: Any) -> Any:
+    def run_with_hooks(
+        self, tokens: torch.Tensor, *args: Any, fwd_hooks: Any = (), **kwargs: Any
+    ) -> Any:
         hooks = list(fwd_hooks)
-        if (not args and len(hooks) == 1 and getattr(hooks[0][1], "__name__", "") in ZERO_ABLATE_HOOKS
-                and kwargs == {"return_type": "both", "loss_per_token": True}):
+        if (
+            not args
+            and len(hooks) == 1
+            and getattr(hooks[0][1], "__name__", "") in ZERO_ABLATE_HOOKS
+            and kwargs == {"return_type": "both", "loss_per_token": True}
+        ):
             hook_name = hooks[0][0]
-            return self._remember(("zero_ablated", _digest(tokens), hook_name),
-                                  lambda: self._model.run_with_hooks(tokens, fwd_hooks=hooks, **kwargs))
+            return self._remember(
+                ("zero_ablated", _digest(tokens), hook_name),
+                lambda: self._model.run_with_hooks(tokens, fwd_hooks=hooks, **kwargs),
+            )
         return self._model.run_with_hooks(tokens, *args, fwd_hooks=hooks, **kwargs)

@@ -11,19 +11,29 @@ def _make_config(ctx, overrides: dict) -> NCESEvalConfig:
     return NCESEvalConfig(**{**base, **overrides})
 
 
-SPEC = register_eval(EvalSpec(
-    eval_type_id=EVAL_TYPE_ID_NCES,
-    config_cls=NCESEvalConfig,
-    output_cls=NCESEvalOutput,
-    run=run,
-    headline={
-        "nces.nces_freq_weighted_mean": "higher",
-        "nces.nces_mean": "higher",
-        "nces.frac_causally_verified": "higher",
-        "attribution.attribution_spearman": "higher",
-    },
-    make_config=_make_config,
-    description="Normalized causal effect score: feature interventions vs random directions of equal norm.",
-))
+SPEC = register_eval(
+    EvalSpec(
+        eval_type_id=EVAL_TYPE_ID_NCES,
+        config_cls=NCESEvalConfig,
+        output_cls=NCESEvalOutput,
+        run=run,
+        headline={
+            "nces.nces_freq_weighted_mean": "higher",
+            "nces.nces_mean": "higher",
+            "nces.frac_causally_verified": "higher",
+            "attribution.attribution_spearman": "higher",
+        },
+        make_config=_make_config,
+        description="Normalized causal effect score: feature interventions vs random directions of equal norm.",
+    )
+)
 
-__all__ = ["EVAL_TYPE_ID_NCES", "NCESEvalConfig", "NCESEvalOutput", "SPEC", "evaluate_sae", "run", "run_nces_eval"]
+__all__ = [
+    "EVAL_TYPE_ID_NCES",
+    "NCESEvalConfig",
+    "NCESEvalOutput",
+    "SPEC",
+    "evaluate_sae",
+    "run",
+    "run_nces_eval",
+]

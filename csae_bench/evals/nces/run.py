@@ -42,17 +42,32 @@ logger = logging.getLogger(__name__)
 
 
 def engine_config(config: NCESEvalConfig) -> EngineConfig:
-    return EngineConfig(window=config.effect_window, vocab_chunk=config.vocab_chunk,
-                        memory_budget_mb=config.memory_budget_mb, max_span=config.max_span,
-                        reuse_kv=config.reuse_kv)
+    return EngineConfig(
+        window=config.effect_window,
+        vocab_chunk=config.vocab_chunk,
+        memory_budget_mb=config.memory_budget_mb,
+        max_span=config.max_span,
+        reuse_kv=config.reuse_kv,
+    )
 
 
-def build_engine(model, hook_name: str, tokens: Tensor, config: NCESEvalConfig,
-                 cache: dict | None = None) -> EffectEngine:
+def build_engine(
+    model, hook_name: str, tokens: Tensor, config: NCESEvalConfig, cache: dict | None = None
+) -> EffectEngine:
     """The engine (clean pass) for these tokens and settings; reused across SAEs through ``cache``."""
     tokens = tokens[: config.n_contexts] if config.n_contexts else tokens
-    key = ("nces_engine", id(model), hook_name, tokens.shape, config.effect_window, config.vocab_chunk,
-           config.memory_budget_mb, config.max_span, config.reuse_kv, int(tokens.sum()))
+    key = (
+        "nces_engine",
+        id(model),
+        hook_name,
+        tokens.shape,
+        config.effect_window,
+        config.vocab_chunk,
+        config.memory_budget_mb,
+        config.max_span,
+        config.reuse_kv,
+        int(tokens.sum()),
+    )
     if cache is not None and key in cache:
         return cache[key]
     engine = EffectEngine(model, hook_name, tokens, engine_config(config))
@@ -63,8 +78,15 @@ def build_engine(model, hook_name: str, tokens: Tensor, config: NCESEvalConfig,
     return engine
 
 
-def evaluate_sae(model, sae, tokens: Tensor, hook_name: str, config: NCESEvalConfig,
-                 sae_id: str = "sae", engine: EffectEngine | None = None) -> NCESEvalOutput:
+def evaluate_sae(
+    model,
+    sae,
+    tokens: Tensor,
+    hook_name: str,
+    config: NCESEvalConfig,
+    sae_id: str = "sae",
+    engine: EffectEngine | None = None,
+) -> NCESEvalOutput:
     """NCES of one SAE at ``hook_name`` on eval ``tokens`` ``[n_ctx, ctx]`` (BOS first)."""
     t_start = time.perf_counter()
     check_sae_matches(sae, model, hook_name)
@@ -88,27 +110,48 @@ def evaluate_sae(model, sae, tokens: Tensor, hook_name: str, config: NCESEvalCon
     intervention = make_intervention(config.intervention).fit_stats(stats)
     frequency = stats.frequency_F.cpu()
     sample = stratified_features(frequency, config.n_features, config.n_frequency_strata, gen)
-    feat_M, ctx_M, pos_M, owner_M = sample_tokens(active, sample.feature_idx, config.tokens_per_feature, gen)
+    feat_M, ctx_M, pos_M, owner_M = sample_tokens(
+        active, sample.feature_idx, config.tokens_per_feature, gen
+    )
     M = len(feat_M)
     with torch.no_grad():
         h_M1D = engine.h_clean_NTD[ctx_M, pos_M][:, None]
         f_M1F = sae.encode(h_M1D.to(sae.W_dec.dtype))
-        delta_MD = feature_edit_BTD(sae, h_M1D, feat_M[:, None, None].to(h_M1D.device), intervention,
-                                    feature_acts=f_M1F, generator=gen)[:, 0]
-        control_MD = make_control(config.control, sae, delta_MD, feat_M, f_M1F[:, 0], gen,
-                                  alive_F=stats.count_active_F > 0)
+        delta_MD = feature_edit_BTD(
+            sae,
+            h_M1D,
+            feat_M[:, None, None].to(h_M1D.device),
+            intervention,
+            feature_acts=f_M1F,
+            generator=gen,
+        )[:, 0]
+        control_MD = make_control(
+            config.control,
+            sae,
+            delta_MD,
+            feat_M,
+            f_M1F[:, 0],
+            gen,
+            alive_F=stats.count_active_F > 0,
+        )
     t_clean = time.perf_counter() - t_start
 
     t0 = time.perf_counter()
-    eff = engine.effects(torch.cat([ctx_M, ctx_M]), torch.cat([pos_M, pos_M]),
-                         torch.cat([delta_MD, control_MD]), record_dx=True)
+    eff = engine.effects(
+        torch.cat([ctx_M, ctx_M]),
+        torch.cat([pos_M, pos_M]),
+        torch.cat([delta_MD, control_MD]),
+        record_dx=True,
+    )
     t_exact = time.perf_counter() - t0
     kl, kl_ctrl = eff.kl[:M].cpu().numpy(), eff.kl[M:].cpu().numpy()
     dloss, dloss_ctrl = eff.dloss[:M].cpu().numpy(), eff.dloss[M:].cpu().numpy()
     dx, dx_ctrl = eff.dx_first[:M], eff.dx_first[M:]
 
     t0 = time.perf_counter()
-    attr_metrics = NCESAttributionMetrics(attribution_spearman=None, attribution_spearman_abs_vs_kl=None)
+    attr_metrics = NCESAttributionMetrics(
+        attribution_spearman=None, attribution_spearman_abs_vs_kl=None
+    )
     if config.compute_attribution and M:
         attr = engine.attribution(ctx_M, pos_M, delta_MD).cpu()
         attr_metrics = NCESAttributionMetrics(
@@ -122,48 +165,99 @@ def evaluate_sae(model, sae, tokens: Tensor, hook_name: str, config: NCESEvalCon
     owner = owner_M.numpy()
     for j, f in enumerate(sample.feature_idx.tolist()):
         rows = np.nonzero(owner == j)[0]
-        base = dict(feature_idx=f, frequency=float(frequency[f]), stratum=int(sample.stratum[j]),
-                    sampling_weight=float(sample.weight[j]), n_tokens=len(rows))
-        score = score_feature(kl[rows], kl_ctrl[rows], config.n_bootstrap, config.confidence_level, rng) if len(rows) else None
+        base = dict(
+            feature_idx=f,
+            frequency=float(frequency[f]),
+            stratum=int(sample.stratum[j]),
+            sampling_weight=float(sample.weight[j]),
+            n_tokens=len(rows),
+        )
+        score = (
+            score_feature(kl[rows], kl_ctrl[rows], config.n_bootstrap, config.confidence_level, rng)
+            if len(rows)
+            else None
+        )
         if score is None:
-            details.append(NCESFeatureDetail(
-                **base, status="no_eligible_tokens" if not len(rows) else "no_effect", effect=None,
-                control_effect=None, nces=None, nces_ci_low=None, nces_ci_high=None,
-                causally_verified=False, delta_loss=None, control_delta_loss=None, consistency=None,
-                control_consistency=None))
+            details.append(
+                NCESFeatureDetail(
+                    **base,
+                    status="no_eligible_tokens" if not len(rows) else "no_effect",
+                    effect=None,
+                    control_effect=None,
+                    nces=None,
+                    nces_ci_low=None,
+                    nces_ci_high=None,
+                    causally_verified=False,
+                    delta_loss=None,
+                    control_delta_loss=None,
+                    consistency=None,
+                    control_consistency=None,
+                )
+            )
             continue
         rows_t = torch.as_tensor(rows)
-        details.append(NCESFeatureDetail(
-            **base, status="ok", effect=score.effect, control_effect=score.control_effect, nces=score.nces,
-            nces_ci_low=_finite(score.ci_low), nces_ci_high=_finite(score.ci_high),
-            causally_verified=bool(len(rows) >= config.min_tokens_for_verification and score.ci_low > config.tau),
-            delta_loss=float(dloss[rows].mean()), control_delta_loss=float(dloss_ctrl[rows].mean()),
-            consistency=mean_pairwise_cosine(dx[rows_t], G), control_consistency=mean_pairwise_cosine(dx_ctrl[rows_t], G)))
+        details.append(
+            NCESFeatureDetail(
+                **base,
+                status="ok",
+                effect=score.effect,
+                control_effect=score.control_effect,
+                nces=score.nces,
+                nces_ci_low=_finite(score.ci_low),
+                nces_ci_high=_finite(score.ci_high),
+                causally_verified=bool(
+                    len(rows) >= config.min_tokens_for_verification and score.ci_low > config.tau
+                ),
+                delta_loss=float(dloss[rows].mean()),
+                control_delta_loss=float(dloss_ctrl[rows].mean()),
+                consistency=mean_pairwise_cosine(dx[rows_t], G),
+                control_consistency=mean_pairwise_cosine(dx_ctrl[rows_t], G),
+            )
+        )
 
-    nces_metrics = _aggregate(details, sample.n_alive, stats.frequency_F.numel() - sample.n_alive, config, rng)
+    nces_metrics = _aggregate(
+        details, sample.n_alive, stats.frequency_F.numel() - sample.n_alive, config, rng
+    )
     cost = NCESCostMetrics(
-        n_interventions=2 * M, n_eval_tokens=int(toks.numel()), seconds_total=time.perf_counter() - t_start,
-        seconds_clean_pass=t_clean, seconds_exact=t_exact, seconds_attribution=t_attr,
+        n_interventions=2 * M,
+        n_eval_tokens=int(toks.numel()),
+        seconds_total=time.perf_counter() - t_start,
+        seconds_clean_pass=t_clean,
+        seconds_exact=t_exact,
+        seconds_attribution=t_attr,
         interventions_per_second=2 * M / t_exact if t_exact > 0 else 0.0,
-        positions_run=int(eff.stats["positions_run"]), positions_full_rerun=int(eff.stats["positions_full_rerun"]))
+        positions_run=int(eff.stats["positions_run"]),
+        positions_full_rerun=int(eff.stats["positions_full_rerun"]),
+    )
     return NCESEvalOutput(
         eval_config=config,
         eval_id=str(uuid.uuid4()),
         datetime_epoch_millis=int(time.time() * 1000),
-        eval_result_metrics=NCESMetricCategories(nces=nces_metrics, attribution=attr_metrics, cost=cost),
+        eval_result_metrics=NCESMetricCategories(
+            nces=nces_metrics, attribution=attr_metrics, cost=cost
+        ),
         eval_result_details=details,
         sae_bench_commit_hash=_pkg("sae-bench"),
         sae_lens_id=sae_id,
         sae_lens_release_id="csae_bench",
         sae_lens_version=_pkg("sae-lens"),
         sae_cfg_dict=_sae_cfg(sae),
-        eval_result_unstructured={"intervention": intervention.name, "control": config.control, "engine_stats": eff.stats,
-                                  "hook_name": hook_name},
+        eval_result_unstructured={
+            "intervention": intervention.name,
+            "control": config.control,
+            "engine_stats": eff.stats,
+            "hook_name": hook_name,
+        },
     )
 
 
-def _aggregate(details: list[NCESFeatureDetail], n_alive: int, n_dead: int, config: NCESEvalConfig,
-               rng: np.random.Generator) -> NCESMetrics:
+def _aggregate(
+    details: list[NCESFeatureDetail],
+    n_alive: int,
+    n_dead: int,
+    config: NCESEvalConfig,
+    rng: np.random.Generator,
+) -> NCESMetrics:
     ok = [d for d in details if d.status == "ok"]
     vals = np.array([d.nces for d in ok], dtype=np.float64)
     w = np.array([d.sampling_weight for d in ok], dtype=np.float64)
@@ -172,17 +266,27 @@ def _aggregate(details: list[NCESFeatureDetail], n_alive: int, n_dead: int, conf
     verified = np.array([d.causally_verified for d in ok], dtype=np.float64)
     wm = weighted_mean_ci(vals, w * freq, strata, config.n_bootstrap, config.confidence_level, rng)
     um = weighted_mean_ci(vals, w, strata, config.n_bootstrap, config.confidence_level, rng)
-    cons = [d.consistency - d.control_consistency for d in ok
-            if d.consistency is not None and d.control_consistency is not None]
+    cons = [
+        d.consistency - d.control_consistency
+        for d in ok
+        if d.consistency is not None and d.control_consistency is not None
+    ]
     med = lambda xs: float(np.median(xs)) if len(xs) else None  # noqa: E731
     return NCESMetrics(
-        nces_freq_weighted_mean=wm[0], nces_freq_weighted_mean_ci_low=wm[1], nces_freq_weighted_mean_ci_high=wm[2],
-        nces_mean=um[0], nces_mean_ci_low=um[1], nces_mean_ci_high=um[2],
+        nces_freq_weighted_mean=wm[0],
+        nces_freq_weighted_mean_ci_low=wm[1],
+        nces_freq_weighted_mean_ci_high=wm[2],
+        nces_mean=um[0],
+        nces_mean_ci_low=um[1],
+        nces_mean_ci_high=um[2],
         frac_causally_verified=float((verified * w).sum() / w.sum()) if len(ok) else None,
-        median_effect=med([d.effect for d in ok]), median_control_effect=med([d.control_effect for d in ok]),
+        median_effect=med([d.effect for d in ok]),
+        median_control_effect=med([d.control_effect for d in ok]),
         mean_delta_loss=float(np.mean([d.delta_loss for d in ok])) if ok else None,
         effect_consistency=float(np.mean(cons)) if cons else None,
-        n_alive_features=n_alive, n_dead_features=n_dead, n_features_sampled=len(details),
+        n_alive_features=n_alive,
+        n_dead_features=n_dead,
+        n_features_sampled=len(details),
         n_features_evaluated=len(ok),
         n_features_no_eligible_tokens=sum(d.status == "no_eligible_tokens" for d in details),
         n_features_no_effect=sum(d.status == "no_effect" for d in details),
@@ -205,7 +309,10 @@ def _sae_cfg(sae) -> dict | None:
     if cfg is None:
         return None
     d = cfg.to_dict() if hasattr(cfg, "to_dict") else dict(vars(cfg))
-    return {k: (v if isinstance(v, (int, float, str, bool, type(None), list)) else str(v)) for k, v in d.items()}
+    return {
+        k: (v if isinstance(v, (int, float, str, bool, type(None), list)) else str(v))
+        for k, v in d.items()
+    }
 
 
 # ---------------------------------------------------------------------- entry points
@@ -218,9 +325,15 @@ def run(ctx, sae, sae_id: str, config: NCESEvalConfig) -> NCESEvalOutput:
     return evaluate_sae(ctx.model, sae, ctx.eval_tokens, ctx.hook_name, config, sae_id, engine)
 
 
-def run_nces_eval(model, saes: Mapping[str, object], tokens: Tensor, config: NCESEvalConfig | None = None,
-                  hook_name: str | None = None, output_dir: str | Path | None = None,
-                  force_rerun: bool = False) -> dict[str, NCESEvalOutput]:
+def run_nces_eval(
+    model,
+    saes: Mapping[str, object],
+    tokens: Tensor,
+    config: NCESEvalConfig | None = None,
+    hook_name: str | None = None,
+    output_dir: str | Path | None = None,
+    force_rerun: bool = False,
+) -> dict[str, NCESEvalOutput]:
     """NCES of several SAEs (``{sae_id: BaseSAE}``) on a model object and eval tokens.
 
     ``hook_name`` defaults to each SAE's ``cfg.hook_name``; SAEs at one hook share one clean pass.

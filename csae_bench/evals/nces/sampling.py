@@ -36,8 +36,9 @@ class ActiveTokens:
 
 
 @torch.no_grad()
-def collect_active(sae, h_NTD: Tensor, eligible_NT: Tensor, counted_NT: Tensor, seed: int,
-                   batch_contexts: int = 8) -> tuple[ActiveTokens, FeatureStats]:
+def collect_active(
+    sae, h_NTD: Tensor, eligible_NT: Tensor, counted_NT: Tensor, seed: int, batch_contexts: int = 8
+) -> tuple[ActiveTokens, FeatureStats]:
     """Encode every eval token once: feature statistics over ``counted_NT`` tokens (non-BOS) and
     the sparse list of active tokens where ``eligible_NT``."""
     d_sae = sae.W_dec.shape[0]
@@ -65,7 +66,9 @@ class FeatureSample:
     n_alive: int
 
 
-def stratified_features(frequency_F: Tensor, n_features: int, n_strata: int, gen: torch.Generator) -> FeatureSample:
+def stratified_features(
+    frequency_F: Tensor, n_features: int, n_strata: int, gen: torch.Generator
+) -> FeatureSample:
     """Sample up to ``n_features`` alive features equally from ``n_strata`` equal-width strata of
     log frequency (leftover quota goes to strata with features to spare)."""
     alive = (frequency_F > 0).nonzero(as_tuple=True)[0]
@@ -94,8 +97,9 @@ def stratified_features(frequency_F: Tensor, n_features: int, n_strata: int, gen
     return FeatureSample(torch.cat(idx), torch.cat(stratum), torch.cat(weight).float(), n_alive)
 
 
-def sample_tokens(active: ActiveTokens, features: Tensor, n_per_feature: int,
-                  gen: torch.Generator) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+def sample_tokens(
+    active: ActiveTokens, features: Tensor, n_per_feature: int, gen: torch.Generator
+) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     """Up to ``n_per_feature`` eligible active tokens per feature, without replacement.
     Returns ``feature_M, ctx_M, pos_M`` and ``owner_M`` (index into ``features``)."""
     feat, ctx, pos, owner = [], [], [], []

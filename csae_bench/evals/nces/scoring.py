@@ -28,8 +28,9 @@ class FeatureScore:
     ci_high: float
 
 
-def score_feature(kl_n: np.ndarray, kl_ctrl_n: np.ndarray, n_boot: int, level: float,
-                  rng: np.random.Generator) -> FeatureScore | None:
+def score_feature(
+    kl_n: np.ndarray, kl_ctrl_n: np.ndarray, n_boot: int, level: float, rng: np.random.Generator
+) -> FeatureScore | None:
     """NCES of one feature from its paired per-token effects, with a percentile bootstrap CI over
     tokens. ``None`` when intervention and control both have zero effect."""
     E, R = float(kl_n.mean()), float(kl_ctrl_n.mean())
@@ -44,8 +45,14 @@ def score_feature(kl_n: np.ndarray, kl_ctrl_n: np.ndarray, n_boot: int, level: f
     return FeatureScore(E, R, float(nces(E, R)), float(lo), float(hi))
 
 
-def weighted_mean_ci(values: np.ndarray, weights: np.ndarray, strata: np.ndarray, n_boot: int,
-                     level: float, rng: np.random.Generator) -> tuple[float | None, float | None, float | None]:
+def weighted_mean_ci(
+    values: np.ndarray,
+    weights: np.ndarray,
+    strata: np.ndarray,
+    n_boot: int,
+    level: float,
+    rng: np.random.Generator,
+) -> tuple[float | None, float | None, float | None]:
     """Weighted mean with a stratified bootstrap CI (features resampled within their stratum)."""
     if len(values) == 0 or weights.sum() <= 0:
         return None, None, None

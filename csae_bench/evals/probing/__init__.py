@@ -17,19 +17,28 @@ def make_config(ctx: EvalContext, overrides: dict[str, Any]) -> ProbingEvalConfi
     return ProbingEvalConfig(**{"random_seed": ctx.seed, **overrides})
 
 
-SPEC = register_eval(EvalSpec(
-    eval_type_id=EVAL_TYPE_ID_CSAE_PROBING,
-    config_cls=ProbingEvalConfig,
-    output_cls=ProbingEvalOutput,
-    run=run,
-    headline={
-        "probing.sae_top_1_test_accuracy": "higher",
-        "probing.sae_top_5_test_accuracy": "higher",
-        "causal.fraction_tasks_verified": "higher",
-        "causal.mean_causal_effect_size": "higher",
-    },
-    make_config=make_config,
-    description="Targeted probing with causal verification of the selected latents.",
-))
+SPEC = register_eval(
+    EvalSpec(
+        eval_type_id=EVAL_TYPE_ID_CSAE_PROBING,
+        config_cls=ProbingEvalConfig,
+        output_cls=ProbingEvalOutput,
+        run=run,
+        headline={
+            "probing.sae_top_1_test_accuracy": "higher",
+            "probing.sae_top_5_test_accuracy": "higher",
+            "causal.fraction_tasks_verified": "higher",
+            "causal.mean_causal_effect_size": "higher",
+        },
+        make_config=make_config,
+        description="Targeted probing with causal verification of the selected latents.",
+    )
+)
 
-__all__ = ["EVAL_TYPE_ID_CSAE_PROBING", "ProbingEvalConfig", "ProbingEvalOutput", "SPEC", "make_config", "run"]
+__all__ = [
+    "EVAL_TYPE_ID_CSAE_PROBING",
+    "ProbingEvalConfig",
+    "ProbingEvalOutput",
+    "SPEC",
+    "make_config",
+    "run",
+]

@@ -122,7 +122,9 @@ class ProbingEvalConfig(BaseEvalConfig):
         if self.verify_k < 1:
             raise ValueError(f"verify_k={self.verify_k} must be at least 1.")
         if self.n_random_sets < 2:
-            raise ValueError(f"n_random_sets={self.n_random_sets}: use at least 2 random sets for a confidence interval.")
+            raise ValueError(
+                f"n_random_sets={self.n_random_sets}: use at least 2 random sets for a confidence interval."
+            )
         if not 0 < self.test_fraction < 1:
             raise ValueError(f"test_fraction={self.test_fraction} must be in (0, 1).")
         if not 0 < self.confidence < 1:

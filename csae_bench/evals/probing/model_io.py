@@ -47,13 +47,19 @@ def tokenize(model, texts: list[str] | tuple[str, ...], max_tokens: int = 64) ->
     """BOS + each text's tokens (cut to ``max_tokens`` including BOS), right-padded."""
     tok = model.tokenizer
     if tok is None:
-        raise ActivationError("The model has no tokenizer; pass a model loaded with csae_bench.models.load_model.")
+        raise ActivationError(
+            "The model has no tokenizer; pass a model loaded with csae_bench.models.load_model."
+        )
     bos = tok.bos_token_id
     pad = tok.pad_token_id if tok.pad_token_id is not None else (tok.eos_token_id or 0)
-    ids = [([bos] if bos is not None else []) + tok.encode(t, add_special_tokens=False) for t in texts]
+    ids = [
+        ([bos] if bos is not None else []) + tok.encode(t, add_special_tokens=False) for t in texts
+    ]
     ids = [x[:max_tokens] for x in ids]
     if any(len(x) < 2 for x in ids):
-        raise DataError("A task text is empty after tokenization; remove empty texts from the task.")
+        raise DataError(
+            "A task text is empty after tokenization; remove empty texts from the task."
+        )
     width = max(len(x) for x in ids)
     tokens = torch.full((len(ids), width), pad, dtype=torch.long)
     for i, x in enumerate(ids):
@@ -64,7 +70,9 @@ def tokenize(model, texts: list[str] | tuple[str, ...], max_tokens: int = 64) ->
 def single_token_id(model, text: str) -> int:
     ids = model.tokenizer.encode(text, add_special_tokens=False)
     if len(ids) != 1:
-        raise DataError(f"Answer {text!r} is {len(ids)} tokens for this tokenizer; a logit-difference task needs single-token answers.")
+        raise DataError(
+            f"Answer {text!r} is {len(ids)} tokens for this tokenizer; a logit-difference task needs single-token answers."
+        )
     return ids[0]
 
 
@@ -72,11 +80,19 @@ def hook_layer(model, hook_name: str) -> tuple[int, int]:
     """``(layer, start)``: the block of ``hook_name`` and the block to resume from after it.
     Only residual-stream hooks can be resumed from."""
     parts = hook_name.split(".")
-    if len(parts) != 3 or parts[0] != "blocks" or parts[2] not in ("hook_resid_pre", "hook_resid_post"):
-        raise ActivationError(f"The probing eval needs a residual-stream hook (blocks.L.hook_resid_pre/post), got {hook_name!r}.")
+    if (
+        len(parts) != 3
+        or parts[0] != "blocks"
+        or parts[2] not in ("hook_resid_pre", "hook_resid_post")
+    ):
+        raise ActivationError(
+            f"The probing eval needs a residual-stream hook (blocks.L.hook_resid_pre/post), got {hook_name!r}."
+        )
     layer = int(parts[1])
     if not 0 <= layer < model.cfg.n_layers:
-        raise ActivationError(f"Hook {hook_name} is out of range: the model has layers 0..{model.cfg.n_layers - 1}.")
+        raise ActivationError(
+            f"Hook {hook_name} is out of range: the model has layers 0..{model.cfg.n_layers - 1}."
+        )
     return layer, layer + (parts[2] == "hook_resid_post")
 
 
@@ -85,7 +101,9 @@ def residual_at(model, hook_name: str, batch: Batch) -> Tensor:
     """The residual ``[B, T, D]`` at ``hook_name`` (layers after it are not run)."""
     layer, _ = hook_layer(model, hook_name)
     device = next(model.parameters()).device
-    _, cache = model.run_with_cache(batch.tokens_BT.to(device), names_filter=[hook_name], stop_at_layer=layer + 1)
+    _, cache = model.run_with_cache(
+        batch.tokens_BT.to(device), names_filter=[hook_name], stop_at_layer=layer + 1
+    )
     return cache[hook_name]
 
 
@@ -97,7 +115,9 @@ def resume(model, hook_name: str, resid_BTD: Tensor, stop_at_layer: int | None =
     _, start = hook_layer(model, hook_name)
     stop = model.cfg.n_layers if stop_at_layer is None else stop_at_layer
     if stop < start:
-        raise ActivationError(f"Cannot read layer {stop} from hook {hook_name}: it comes before the hook.")
+        raise ActivationError(
+            f"Cannot read layer {stop} from hook {hook_name}: it comes before the hook."
+        )
     if stop == start:
         return resid_BTD
     return model(resid_BTD, start_at_layer=start, stop_at_layer=stop)
@@ -106,7 +126,11 @@ def resume(model, hook_name: str, resid_BTD: Tensor, stop_at_layer: int | None =
 def answer_logits(model, final_resid_ND: Tensor, token_ids: Tensor) -> Tensor:
     """Logits ``[N, len(token_ids)]`` of a few vocabulary entries, from final residuals
     ``[N, D]`` (final norm, those unembedding columns, the model's logit softcap)."""
-    normed = model.ln_final(final_resid_ND[:, None, :])[:, 0] if model.cfg.normalization_type is not None else final_resid_ND
+    normed = (
+        model.ln_final(final_resid_ND[:, None, :])[:, 0]
+        if model.cfg.normalization_type is not None
+        else final_resid_ND
+    )
     logits = normed @ model.W_U[:, token_ids] + model.b_U[token_ids]
     cap = getattr(model.cfg, "output_logits_soft_cap", -1.0) or -1.0
     if cap > 0:
@@ -125,4 +149,3 @@ def pool(x_BTF: Tensor, batch: Batch, read: str) -> Tensor:
 
 def batched(n: int, size: int) -> list[slice]:
     return [slice(i, min(i + size, n)) for i in range(0, n, size)]
-

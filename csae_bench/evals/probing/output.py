@@ -18,7 +18,11 @@ _JUDGED = " Mean over the tasks the model solves."
 
 
 def _acc(who: str, k: int | None, display: bool = False, judged: bool = True):
-    what = f"the top {k} {'SAE latents' if who == 'sae' else 'residual-stream dimensions'} by class-mean difference" if k else "the full residual stream"
+    what = (
+        f"the top {k} {'SAE latents' if who == 'sae' else 'residual-stream dimensions'} by class-mean difference"
+        if k
+        else "the full residual stream"
+    )
     return Field(
         default=None,
         title=f"{'SAE' if who == 'sae' else 'LLM'} {'Top ' + str(k) + ' ' if k else ''}Test Accuracy",
@@ -97,49 +101,117 @@ class ProbingMetricCategories(BaseMetricCategories):
 
 @dataclass
 class ProbeAccuracyDetail:
-    k: int | None = Field(title="k", description="Probe size; null for the full residual-stream probe.")
-    sae_test_accuracy: float | None = Field(title="SAE Test Accuracy", description="Probe on the top-k SAE latents.")
-    llm_test_accuracy: float | None = Field(title="LLM Test Accuracy", description="Probe on the top-k residual dimensions (all of them when k is null).")
-    sae_features: list[int] = Field(default_factory=list, title="SAE Latents", description="Selected latents, largest |mean difference| first.")
+    k: int | None = Field(
+        title="k", description="Probe size; null for the full residual-stream probe."
+    )
+    sae_test_accuracy: float | None = Field(
+        title="SAE Test Accuracy", description="Probe on the top-k SAE latents."
+    )
+    llm_test_accuracy: float | None = Field(
+        title="LLM Test Accuracy",
+        description="Probe on the top-k residual dimensions (all of them when k is null).",
+    )
+    sae_features: list[int] = Field(
+        default_factory=list,
+        title="SAE Latents",
+        description="Selected latents, largest |mean difference| first.",
+    )
 
 
 @dataclass
 class InterventionVerificationDetail:
     intervention: str = Field(title="Intervention", description="Intervention spec.")
-    effect_selected: float = Field(title="Effect of Selected Features", description="Mean over examples of clean − edited signed margin.")
-    effect_random: float = Field(title="Effect of Random Features", description="Same, averaged over the random active sets.")
-    effect_random_per_set: list[float] = Field(title="Effect per Random Set", description="One value per random seed.")
-    difference: float = Field(title="Selected − Random", description="effect_selected − effect_random.")
-    ci_low: float = Field(title="CI Low", description="Lower end of the bootstrap confidence interval of the difference.")
-    ci_high: float = Field(title="CI High", description="Upper end of the bootstrap confidence interval of the difference.")
-    relative_effect: float = Field(title="Relative Effect", description="difference / mean |clean margin|.")
-    cohens_dz: float = Field(title="Cohen's d_z", description="Mean / sd of the per-example differences.")
-    passed: bool = Field(title="Passed", description="ci_low > min_relative_effect · mean |clean margin|.")
+    effect_selected: float = Field(
+        title="Effect of Selected Features",
+        description="Mean over examples of clean − edited signed margin.",
+    )
+    effect_random: float = Field(
+        title="Effect of Random Features", description="Same, averaged over the random active sets."
+    )
+    effect_random_per_set: list[float] = Field(
+        title="Effect per Random Set", description="One value per random seed."
+    )
+    difference: float = Field(
+        title="Selected − Random", description="effect_selected − effect_random."
+    )
+    ci_low: float = Field(
+        title="CI Low",
+        description="Lower end of the bootstrap confidence interval of the difference.",
+    )
+    ci_high: float = Field(
+        title="CI High",
+        description="Upper end of the bootstrap confidence interval of the difference.",
+    )
+    relative_effect: float = Field(
+        title="Relative Effect", description="difference / mean |clean margin|."
+    )
+    cohens_dz: float = Field(
+        title="Cohen's d_z", description="Mean / sd of the per-example differences."
+    )
+    passed: bool = Field(
+        title="Passed", description="ci_low > min_relative_effect · mean |clean margin|."
+    )
     n_examples: int = Field(title="Examples", description="Test examples the interventions ran on.")
 
 
 @dataclass
 class ProbingResultDetail(BaseResultDetail):
     task_name: str = Field(title="Task", description="Task name.")
-    source: str = Field(title="Source", description="templated, or the labelled set the task comes from.")
+    source: str = Field(
+        title="Source", description="templated, or the labelled set the task comes from."
+    )
     label_names: list[str] = Field(title="Labels", description="Names of labels 0 and 1.")
     read: str = Field(title="Read Position", description="'last' token or 'mean' over tokens.")
-    behaviour: str = Field(title="Behaviour", description="logit_diff (correct − incorrect next token) or later_probe (probe logit at a later layer).")
-    behaviour_detail: str = Field(title="Behaviour Detail", description="Answer tokens or the probe's layer.")
+    behaviour: str = Field(
+        title="Behaviour",
+        description="logit_diff (correct − incorrect next token) or later_probe (probe logit at a later layer).",
+    )
+    behaviour_detail: str = Field(
+        title="Behaviour Detail", description="Answer tokens or the probe's layer."
+    )
     n_train: int = Field(title="Train Examples", description="Examples the probes were fitted on.")
     n_test: int = Field(title="Test Examples", description="Examples the probes were scored on.")
-    model_clean_accuracy: float = Field(title="Model Clean Accuracy", description="How often the clean behaviour sides with the label (test split).")
-    model_mean_clean_margin: float = Field(title="Mean Clean Margin", description="Mean signed clean margin on the verification examples.")
-    judged: bool = Field(title="Judged", description="Model clean accuracy ≥ min_clean_accuracy; otherwise the task is reported but not used.")
-    probes: list[ProbeAccuracyDetail] = Field(default_factory=list, title="Probes", description="One entry per k (and the full residual probe).")
-    n_active_features: int = Field(default=0, title="Active Latents", description="Latents active on ≥ min_active_fraction of train examples (the random control's pool).")
-    verification: list[InterventionVerificationDetail] = Field(default_factory=list, title="Verification", description="One entry per intervention; empty when the task is not judged.")
-    verified: bool | None = Field(default=None, title="Verified", description="Passed every intervention; null when not judged.")
-    note: str = Field(default="", title="Note", description="Why a task was not judged or verified, if so.")
+    model_clean_accuracy: float = Field(
+        title="Model Clean Accuracy",
+        description="How often the clean behaviour sides with the label (test split).",
+    )
+    model_mean_clean_margin: float = Field(
+        title="Mean Clean Margin",
+        description="Mean signed clean margin on the verification examples.",
+    )
+    judged: bool = Field(
+        title="Judged",
+        description="Model clean accuracy ≥ min_clean_accuracy; otherwise the task is reported but not used.",
+    )
+    probes: list[ProbeAccuracyDetail] = Field(
+        default_factory=list,
+        title="Probes",
+        description="One entry per k (and the full residual probe).",
+    )
+    n_active_features: int = Field(
+        default=0,
+        title="Active Latents",
+        description="Latents active on ≥ min_active_fraction of train examples (the random control's pool).",
+    )
+    verification: list[InterventionVerificationDetail] = Field(
+        default_factory=list,
+        title="Verification",
+        description="One entry per intervention; empty when the task is not judged.",
+    )
+    verified: bool | None = Field(
+        default=None,
+        title="Verified",
+        description="Passed every intervention; null when not judged.",
+    )
+    note: str = Field(
+        default="", title="Note", description="Why a task was not judged or verified, if so."
+    )
 
 
 @dataclass(config=ConfigDict(title="Causal Probing"))
-class ProbingEvalOutput(BaseEvalOutput[ProbingEvalConfig, ProbingMetricCategories, ProbingResultDetail]):
+class ProbingEvalOutput(
+    BaseEvalOutput[ProbingEvalConfig, ProbingMetricCategories, ProbingResultDetail]
+):
     """
     Targeted probing that checks causality: k-sparse probes find the SAE latents that predict a
     label (templated tasks whose label decides the next token, VADER sentiment and domain), then

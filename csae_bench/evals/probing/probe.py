@@ -47,11 +47,18 @@ def fit_probe(train_X: Tensor, train_y: Tensor, test_X: Tensor, test_y: Tensor):
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", ConvergenceWarning)
         warnings.simplefilter("ignore", FutureWarning)  # sklearn ≥1.8 on SAEBench's penalty="l2"
-        return train_sklearn_probe(train_X.float(), train_y.to(torch.int64), test_X.float(), test_y.to(torch.int64))
+        return train_sklearn_probe(
+            train_X.float(), train_y.to(torch.int64), test_X.float(), test_y.to(torch.int64)
+        )
 
 
 def k_sparse_probes(
-    train_X: Tensor, train_y: Tensor, test_X: Tensor, test_y: Tensor, ks: list[int], full: bool = False
+    train_X: Tensor,
+    train_y: Tensor,
+    test_X: Tensor,
+    test_y: Tensor,
+    ks: list[int],
+    full: bool = False,
 ) -> list[ProbeResult]:
     """One probe per ``k`` (skipping ``k`` larger than the width), plus one on every dimension
     when ``full``."""

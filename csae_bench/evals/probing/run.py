@@ -86,7 +86,11 @@ def prepare_task(model, hook_name: str, task: ProbingTask, cfg: ProbingEvalConfi
         chunks.append((resid, batch, rows))
         pooled.append(io.pool(resid, batch, task.read).float().cpu())
         if not task.has_logit_behaviour:
-            later.append(io.pool(io.resume(model, hook_name, resid, later_stop), batch, task.read).float().cpu())
+            later.append(
+                io.pool(io.resume(model, hook_name, resid, later_stop), batch, task.read)
+                .float()
+                .cpu()
+            )
     resid_pooled = torch.cat(pooled)
     train, test = list(split.train), list(split.test)
     if task.has_logit_behaviour:
@@ -95,13 +99,24 @@ def prepare_task(model, hook_name: str, task: ProbingTask, cfg: ProbingEvalConfi
         clean = torch.cat([behaviour.signed(model, r, b, labels[rows]) for r, b, rows in chunks])
     else:
         later_ND = torch.cat(later)
-        behaviour = fit_later_probe_behaviour(model, hook_name, task.read, later_stop, later_ND[train], labels[train])
+        behaviour = fit_later_probe_behaviour(
+            model, hook_name, task.read, later_stop, later_ND[train], labels[train]
+        )
         raw = behaviour.probe_logit(later_ND)
         clean = torch.where(labels == 1, raw, -raw)
-    llm_probes = k_sparse_probes(resid_pooled[train], labels[train], resid_pooled[test], labels[test], cfg.ks, full=True)
+    llm_probes = k_sparse_probes(
+        resid_pooled[train], labels[train], resid_pooled[test], labels[test], cfg.ks, full=True
+    )
     return PreparedTask(
-        task, split, labels, chunks, resid_pooled, behaviour, clean,
-        float((clean[test] > 0).float().mean()), llm_probes,
+        task,
+        split,
+        labels,
+        chunks,
+        resid_pooled,
+        behaviour,
+        clean,
+        float((clean[test] > 0).float().mean()),
+        llm_probes,
         _verify_rows(task, split, cfg.max_verify_examples, cfg.random_seed),
     )
 
@@ -122,8 +137,18 @@ def prepared_task(model, hook_name: str, name: str, cfg: ProbingEvalConfig) -> P
     if not _PREPARED_FOR or _PREPARED_FOR[0]() is not model:
         clear_cache()
         _PREPARED_FOR.append(weakref.ref(model))
-    key = (name, hook_name, cfg.examples_per_class, cfg.test_fraction, cfg.random_seed, cfg.max_tokens,
-           cfg.max_verify_examples, cfg.behaviour_layer_offset, tuple(cfg.ks), cfg.batch_size)
+    key = (
+        name,
+        hook_name,
+        cfg.examples_per_class,
+        cfg.test_fraction,
+        cfg.random_seed,
+        cfg.max_tokens,
+        cfg.max_verify_examples,
+        cfg.behaviour_layer_offset,
+        tuple(cfg.ks),
+        cfg.batch_size,
+    )
     if key not in _PREPARED:
         task = load_task(name, cfg.examples_per_class, cfg.random_seed)
         _PREPARED[key] = prepare_task(model, hook_name, task, cfg)
@@ -139,7 +164,9 @@ def _sae_pooled(sae, prep: PreparedTask) -> Tensor:
     return torch.cat(out)
 
 
-def _verify_subset(prep: PreparedTask, rows: tuple[int, ...], batch_size: int) -> list[tuple[Tensor, io.Batch, Tensor]]:
+def _verify_subset(
+    prep: PreparedTask, rows: tuple[int, ...], batch_size: int
+) -> list[tuple[Tensor, io.Batch, Tensor]]:
     """Residuals of the verification examples, re-batched and right-padded (``[b, T, D]``, tokens,
     labels)."""
     by_row = {}
@@ -152,7 +179,9 @@ def _verify_subset(prep: PreparedTask, rows: tuple[int, ...], batch_size: int) -
         chosen = rows[sl]
         lengths = torch.tensor([len(by_row[r][1]) for r in chosen])
         width = int(lengths.max())
-        resid = torch.zeros(len(chosen), width, by_row[chosen[0]][0].shape[-1], dtype=by_row[chosen[0]][0].dtype)
+        resid = torch.zeros(
+            len(chosen), width, by_row[chosen[0]][0].shape[-1], dtype=by_row[chosen[0]][0].dtype
+        )
         tokens = torch.zeros(len(chosen), width, dtype=torch.long)
         for i, r in enumerate(chosen):
             resid[i, : lengths[i]] = by_row[r][0]
@@ -162,8 +191,14 @@ def _verify_subset(prep: PreparedTask, rows: tuple[int, ...], batch_size: int) -
 
 
 def verify_features(
-    model, sae, prep: PreparedTask, selected: Tensor, sign_K: Tensor, random_sets: list[Tensor],
-    random_signs: list[Tensor], cfg: ProbingEvalConfig,
+    model,
+    sae,
+    prep: PreparedTask,
+    selected: Tensor,
+    sign_K: Tensor,
+    random_sets: list[Tensor],
+    random_signs: list[Tensor],
+    cfg: ProbingEvalConfig,
 ) -> list[InterventionVerificationDetail]:
     """Causal verification of ``selected`` against ``random_sets`` under each intervention."""
     rows = prep.verify_rows
@@ -178,21 +213,43 @@ def verify_features(
 
         def effect(idx: Tensor, sign: Tensor, intervention=intervention) -> Tensor:
             edited = [
-                prep.behaviour.signed(model, edit_residual(sae, r, b, y, prep.task.read, idx, sign, intervention), b, y)
+                prep.behaviour.signed(
+                    model,
+                    edit_residual(sae, r, b, y, prep.task.read, idx, sign, intervention),
+                    b,
+                    y,
+                )
                 for r, b, y in subset
             ]
             return clean - torch.cat(edited)
 
         delta_sel = effect(selected, sign_K)
         delta_rand = torch.stack([effect(idx, s) for idx, s in zip(random_sets, random_signs)])
-        stats = compare_effects(spec, delta_sel, delta_rand, clean, cfg.n_bootstrap, cfg.confidence, cfg.random_seed, cfg.min_relative_effect)
-        details.append(InterventionVerificationDetail(
-            intervention=stats.intervention, effect_selected=stats.effect_selected,
-            effect_random=stats.effect_random, effect_random_per_set=list(stats.effect_random_per_set),
-            difference=stats.difference, ci_low=stats.ci_low, ci_high=stats.ci_high,
-            relative_effect=stats.relative_effect, cohens_dz=stats.cohens_dz, passed=stats.passed,
-            n_examples=stats.n_examples,
-        ))
+        stats = compare_effects(
+            spec,
+            delta_sel,
+            delta_rand,
+            clean,
+            cfg.n_bootstrap,
+            cfg.confidence,
+            cfg.random_seed,
+            cfg.min_relative_effect,
+        )
+        details.append(
+            InterventionVerificationDetail(
+                intervention=stats.intervention,
+                effect_selected=stats.effect_selected,
+                effect_random=stats.effect_random,
+                effect_random_per_set=list(stats.effect_random_per_set),
+                difference=stats.difference,
+                ci_low=stats.ci_low,
+                ci_high=stats.ci_high,
+                relative_effect=stats.relative_effect,
+                cohens_dz=stats.cohens_dz,
+                passed=stats.passed,
+                n_examples=stats.n_examples,
+            )
+        )
     return details
 
 
@@ -203,19 +260,40 @@ def evaluate_task(model, sae, prep: PreparedTask, cfg: ProbingEvalConfig) -> Pro
     feats = _sae_pooled(sae, prep)
     sae_probes = k_sparse_probes(feats[train], labels[train], feats[test], labels[test], cfg.ks)
     llm_by_k = {p.k: p for p in prep.llm_probes}
-    probes = [ProbeAccuracyDetail(k=p.k, sae_test_accuracy=p.test_accuracy,
-                                  llm_test_accuracy=llm_by_k[p.k].test_accuracy if p.k in llm_by_k else None,
-                                  sae_features=list(p.indices)) for p in sae_probes]
-    probes.append(ProbeAccuracyDetail(k=None, sae_test_accuracy=None, llm_test_accuracy=llm_by_k[None].test_accuracy))
+    probes = [
+        ProbeAccuracyDetail(
+            k=p.k,
+            sae_test_accuracy=p.test_accuracy,
+            llm_test_accuracy=llm_by_k[p.k].test_accuracy if p.k in llm_by_k else None,
+            sae_features=list(p.indices),
+        )
+        for p in sae_probes
+    ]
+    probes.append(
+        ProbeAccuracyDetail(
+            k=None, sae_test_accuracy=None, llm_test_accuracy=llm_by_k[None].test_accuracy
+        )
+    )
     judged = prep.clean_accuracy >= cfg.min_clean_accuracy
     active_F = (feats[train] > 0).float().mean(0) >= cfg.min_active_fraction
     detail = dict(
-        task_name=task.name, source=task.source, label_names=list(task.label_names), read=task.read,
+        task_name=task.name,
+        source=task.source,
+        label_names=list(task.label_names),
+        read=task.read,
         behaviour=prep.behaviour.kind,
-        behaviour_detail=(f"answers {list(task.answers)}" if task.answers else f"probe on the residual before block {prep.behaviour.stop_at_layer}"),
-        n_train=len(train), n_test=len(test), model_clean_accuracy=prep.clean_accuracy,
+        behaviour_detail=(
+            f"answers {list(task.answers)}"
+            if task.answers
+            else f"probe on the residual before block {prep.behaviour.stop_at_layer}"
+        ),
+        n_train=len(train),
+        n_test=len(test),
+        model_clean_accuracy=prep.clean_accuracy,
         model_mean_clean_margin=float(prep.clean_margin_N[list(prep.verify_rows)].mean()),
-        judged=judged, probes=probes, n_active_features=int(active_F.sum()),
+        judged=judged,
+        probes=probes,
+        n_active_features=int(active_F.sum()),
     )
     if not judged:
         note = f"model clean accuracy {prep.clean_accuracy:.2f} < min_clean_accuracy {cfg.min_clean_accuracy}: the model does not do this task"
@@ -223,13 +301,18 @@ def evaluate_task(model, sae, prep: PreparedTask, cfg: ProbingEvalConfig) -> Pro
     diff_F = mean_diff(feats[train], labels[train])
     selected = select_top_k(feats[train], labels[train], min(cfg.verify_k, feats.shape[1]))
     try:
-        random_sets = random_active_sets(active_F, selected, len(selected), cfg.n_random_sets, cfg.random_seed)
+        random_sets = random_active_sets(
+            active_F, selected, len(selected), cfg.n_random_sets, cfg.random_seed
+        )
     except VerificationError as err:
         return ProbingResultDetail(**detail, note=str(err))
     sign = lambda idx: torch.sign(diff_F[idx]).long()  # noqa: E731
-    verification = verify_features(model, sae, prep, selected, sign(selected), random_sets,
-                                   [sign(s) for s in random_sets], cfg)
-    return ProbingResultDetail(**detail, verification=verification, verified=all(v.passed for v in verification))
+    verification = verify_features(
+        model, sae, prep, selected, sign(selected), random_sets, [sign(s) for s in random_sets], cfg
+    )
+    return ProbingResultDetail(
+        **detail, verification=verification, verified=all(v.passed for v in verification)
+    )
 
 
 def _mean(xs: list[float]) -> float | None:
@@ -257,12 +340,15 @@ def aggregate(details: list[ProbingResultDetail]) -> ProbingMetricCategories:
             llm_test_accuracy=acc("llm", None),
         ),
         causal=CausalVerificationMetrics(
-            fraction_tasks_verified=_mean([float(bool(d.verified)) for d in judged]) if judged else None,
+            fraction_tasks_verified=_mean([float(bool(d.verified)) for d in judged])
+            if judged
+            else None,
             mean_causal_effect_size=_mean([v.relative_effect for v in effects]),
             mean_cohens_dz=_mean([v.cohens_dz for v in effects]),
         ),
         tasks=TaskCountMetrics(
-            n_tasks=len(details), n_tasks_judged=len(judged),
+            n_tasks=len(details),
+            n_tasks_judged=len(judged),
             mean_model_clean_accuracy=_mean([d.model_clean_accuracy for d in details]) or 0.0,
         ),
     )
@@ -274,14 +360,26 @@ def run(ctx, sae, sae_id: str, config: ProbingEvalConfig) -> ProbingEvalOutput:
 
     hook_name = getattr(getattr(sae, "cfg", None), "hook_name", None) or ctx.hook_name
     if ctx.hook_name and hook_name != ctx.hook_name:
-        raise ValueError(f"SAE {sae_id} reads {hook_name} but the eval context is for {ctx.hook_name}; evaluate it with a context for its own hook.")
+        raise ValueError(
+            f"SAE {sae_id} reads {hook_name} but the eval context is for {ctx.hook_name}; evaluate it with a context for its own hook."
+        )
     t0 = time.time()
     details = []
     for name in config.tasks:
         prep = prepared_task(ctx.model, hook_name, name, config)
         details.append(evaluate_task(ctx.model, sae, prep, config))
-        logger.info("csae_probing %s on %s: clean acc %.2f, verified %s", sae_id, name, details[-1].model_clean_accuracy, details[-1].verified)
-    cfg_dict = sae.cfg.to_dict() if hasattr(getattr(sae, "cfg", None), "to_dict") else dict(vars(getattr(sae, "cfg", object())))
+        logger.info(
+            "csae_probing %s on %s: clean acc %.2f, verified %s",
+            sae_id,
+            name,
+            details[-1].model_clean_accuracy,
+            details[-1].verified,
+        )
+    cfg_dict = (
+        sae.cfg.to_dict()
+        if hasattr(getattr(sae, "cfg", None), "to_dict")
+        else dict(vars(getattr(sae, "cfg", object())))
+    )
     return ProbingEvalOutput(
         eval_config=config,
         eval_id=str(uuid.uuid4()),
@@ -292,7 +390,10 @@ def run(ctx, sae, sae_id: str, config: ProbingEvalConfig) -> ProbingEvalOutput:
         sae_lens_id=sae_id,
         sae_lens_release_id=None,
         sae_lens_version=sae_lens_version,
-        sae_cfg_dict={k: (v if isinstance(v, (int, float, str, bool, type(None), list)) else str(v)) for k, v in cfg_dict.items()},
+        sae_cfg_dict={
+            k: (v if isinstance(v, (int, float, str, bool, type(None), list)) else str(v))
+            for k, v in cfg_dict.items()
+        },
         eval_result_unstructured={"seconds": time.time() - t0, "hook_name": hook_name},
     )
 

@@ -53,7 +53,9 @@ class ProbingTask:
 
     def __post_init__(self) -> None:
         if len(self.texts) != len(self.labels):
-            raise DataError(f"Task {self.name!r}: {len(self.texts)} texts but {len(self.labels)} labels.")
+            raise DataError(
+                f"Task {self.name!r}: {len(self.texts)} texts but {len(self.labels)} labels."
+            )
         present = set(self.labels)
         if not present <= {0, 1}:
             raise DataError(f"Task {self.name!r}: labels must be 0/1, got {sorted(present)}.")
@@ -63,7 +65,9 @@ class ProbingTask:
                 "a probing task needs examples of both classes."
             )
         if self.read not in ("last", "mean"):
-            raise DataError(f"Task {self.name!r}: read must be 'last' or 'mean', got {self.read!r}.")
+            raise DataError(
+                f"Task {self.name!r}: read must be 'last' or 'mean', got {self.read!r}."
+            )
 
     @property
     def has_logit_behaviour(self) -> bool:
@@ -82,7 +86,9 @@ class TaskSplit:
     test: tuple[int, ...]
 
 
-def split_task(task: ProbingTask, test_fraction: float, seed: int, min_per_class: int = 4) -> TaskSplit:
+def split_task(
+    task: ProbingTask, test_fraction: float, seed: int, min_per_class: int = 4
+) -> TaskSplit:
     """A stratified train/test split; each class needs ``min_per_class`` examples on each side."""
     if not 0 < test_fraction < 1:
         raise DataError(f"test_fraction must be in (0, 1), got {test_fraction}.")
@@ -108,47 +114,189 @@ def split_task(task: ProbingTask, test_fraction: float, seed: int, min_per_class
 # ---------------------------------------------------------------- templated generators
 
 _SINGULAR_PLURAL = [
-    ("key", "keys"), ("dog", "dogs"), ("teacher", "teachers"), ("book", "books"), ("car", "cars"),
-    ("girl", "girls"), ("boy", "boys"), ("doctor", "doctors"), ("house", "houses"), ("bird", "birds"),
-    ("student", "students"), ("table", "tables"), ("window", "windows"), ("farmer", "farmers"),
-    ("painting", "paintings"), ("computer", "computers"), ("song", "songs"), ("tree", "trees"),
-    ("letter", "letters"), ("player", "players"), ("road", "roads"), ("friend", "friends"),
-    ("picture", "pictures"), ("river", "rivers"), ("writer", "writers"), ("phone", "phones"),
-    ("horse", "horses"), ("officer", "officers"), ("building", "buildings"), ("lamp", "lamps"),
+    ("key", "keys"),
+    ("dog", "dogs"),
+    ("teacher", "teachers"),
+    ("book", "books"),
+    ("car", "cars"),
+    ("girl", "girls"),
+    ("boy", "boys"),
+    ("doctor", "doctors"),
+    ("house", "houses"),
+    ("bird", "birds"),
+    ("student", "students"),
+    ("table", "tables"),
+    ("window", "windows"),
+    ("farmer", "farmers"),
+    ("painting", "paintings"),
+    ("computer", "computers"),
+    ("song", "songs"),
+    ("tree", "trees"),
+    ("letter", "letters"),
+    ("player", "players"),
+    ("road", "roads"),
+    ("friend", "friends"),
+    ("picture", "pictures"),
+    ("river", "rivers"),
+    ("writer", "writers"),
+    ("phone", "phones"),
+    ("horse", "horses"),
+    ("officer", "officers"),
+    ("building", "buildings"),
+    ("lamp", "lamps"),
 ]
-_ATTRACTOR_FRAMES = ["near the {}", "next to the {}", "behind the {}", "on the {}", "of the {}", "with the {}"]
-_SV_TEMPLATES = ["The {subj}", "The {subj} {pp}", "I think that the {subj}", "I think that the {subj} {pp}"]
+_ATTRACTOR_FRAMES = [
+    "near the {}",
+    "next to the {}",
+    "behind the {}",
+    "on the {}",
+    "of the {}",
+    "with the {}",
+]
+_SV_TEMPLATES = [
+    "The {subj}",
+    "The {subj} {pp}",
+    "I think that the {subj}",
+    "I think that the {subj} {pp}",
+]
 
-_MALE_NAMES = ["John", "Michael", "David", "James", "Robert", "William", "Thomas", "Daniel", "Paul",
-               "Mark", "George", "Peter", "Richard", "Charles", "Steven", "Kevin", "Brian", "Edward",
-               "Jason", "Matthew", "Anthony", "Frank", "Henry", "Jack", "Samuel"]
-_FEMALE_NAMES = ["Mary", "Sarah", "Emily", "Jennifer", "Elizabeth", "Susan", "Lisa", "Anna", "Laura",
-                 "Jessica", "Rachel", "Linda", "Karen", "Emma", "Olivia", "Sophie", "Alice", "Helen",
-                 "Julia", "Rebecca", "Kate", "Nancy", "Grace", "Amy", "Claire"]
+_MALE_NAMES = [
+    "John",
+    "Michael",
+    "David",
+    "James",
+    "Robert",
+    "William",
+    "Thomas",
+    "Daniel",
+    "Paul",
+    "Mark",
+    "George",
+    "Peter",
+    "Richard",
+    "Charles",
+    "Steven",
+    "Kevin",
+    "Brian",
+    "Edward",
+    "Jason",
+    "Matthew",
+    "Anthony",
+    "Frank",
+    "Henry",
+    "Jack",
+    "Samuel",
+]
+_FEMALE_NAMES = [
+    "Mary",
+    "Sarah",
+    "Emily",
+    "Jennifer",
+    "Elizabeth",
+    "Susan",
+    "Lisa",
+    "Anna",
+    "Laura",
+    "Jessica",
+    "Rachel",
+    "Linda",
+    "Karen",
+    "Emma",
+    "Olivia",
+    "Sophie",
+    "Alice",
+    "Helen",
+    "Julia",
+    "Rebecca",
+    "Kate",
+    "Nancy",
+    "Grace",
+    "Amy",
+    "Claire",
+]
 _PRONOUN_TEMPLATES = [
-    "{name} went to the market because", "{name} was tired, so", "When {name} came home,",
-    "{name} called the office and said that", "After dinner, {name} said that",
-    "{name} loves music, and every morning", "{name} missed the bus, so",
+    "{name} went to the market because",
+    "{name} was tired, so",
+    "When {name} came home,",
+    "{name} called the office and said that",
+    "After dinner, {name} said that",
+    "{name} loves music, and every morning",
+    "{name} missed the bus, so",
     "{name} opened the letter and then",
 ]
 
-_FRENCH_CITIES = ["Paris", "Lyon", "Marseille", "Toulouse", "Nice", "Bordeaux", "Lille", "Nantes",
-                  "Strasbourg", "Montpellier", "Rennes", "Grenoble", "Dijon", "Reims", "Toulon",
-                  "Angers", "Brest", "Limoges", "Tours", "Amiens", "Metz", "Rouen", "Caen", "Nancy",
-                  "Avignon"]
-_ITALIAN_CITIES = ["Rome", "Milan", "Naples", "Turin", "Palermo", "Genoa", "Bologna", "Florence",
-                   "Bari", "Catania", "Venice", "Verona", "Messina", "Padua", "Trieste", "Brescia",
-                   "Parma", "Modena", "Pisa", "Siena", "Perugia", "Cagliari", "Salerno", "Ravenna",
-                   "Bergamo"]
-_CITY_TEMPLATES = ["{city} is a city in", "The city of {city} is located in", "I flew to {city}, which is in",
-                   "{city} is one of the largest cities in", "We spent a week in {city}, a beautiful city in",
-                   "My cousin lives in {city}, in the north of"]
+_FRENCH_CITIES = [
+    "Paris",
+    "Lyon",
+    "Marseille",
+    "Toulouse",
+    "Nice",
+    "Bordeaux",
+    "Lille",
+    "Nantes",
+    "Strasbourg",
+    "Montpellier",
+    "Rennes",
+    "Grenoble",
+    "Dijon",
+    "Reims",
+    "Toulon",
+    "Angers",
+    "Brest",
+    "Limoges",
+    "Tours",
+    "Amiens",
+    "Metz",
+    "Rouen",
+    "Caen",
+    "Nancy",
+    "Avignon",
+]
+_ITALIAN_CITIES = [
+    "Rome",
+    "Milan",
+    "Naples",
+    "Turin",
+    "Palermo",
+    "Genoa",
+    "Bologna",
+    "Florence",
+    "Bari",
+    "Catania",
+    "Venice",
+    "Verona",
+    "Messina",
+    "Padua",
+    "Trieste",
+    "Brescia",
+    "Parma",
+    "Modena",
+    "Pisa",
+    "Siena",
+    "Perugia",
+    "Cagliari",
+    "Salerno",
+    "Ravenna",
+    "Bergamo",
+]
+_CITY_TEMPLATES = [
+    "{city} is a city in",
+    "The city of {city} is located in",
+    "I flew to {city}, which is in",
+    "{city} is one of the largest cities in",
+    "We spent a week in {city}, a beautiful city in",
+    "My cousin lives in {city}, in the north of",
+]
 
 
 def _sv_examples() -> tuple[list[str], list[int]]:
     examples: dict[str, int] = {}  # ordered, de-duplicated
     for (sg, pl), tpl in itertools.product(_SINGULAR_PLURAL, _SV_TEMPLATES):
-        attractors = [(asg, apl) for asg, apl in _SINGULAR_PLURAL[::7] if asg != sg] if "{pp}" in tpl else [("", "")]
+        attractors = (
+            [(asg, apl) for asg, apl in _SINGULAR_PLURAL[::7] if asg != sg]
+            if "{pp}" in tpl
+            else [("", "")]
+        )
         for (asg, apl), frame in itertools.product(attractors, _ATTRACTOR_FRAMES[:2]):
             # the attractor noun has the other number than the subject
             examples[tpl.format(subj=sg, pp=frame.format(apl))] = 0
@@ -185,22 +333,38 @@ class _TemplatedSpec:
 
 
 TEMPLATED: dict[str, _TemplatedSpec] = {
-    "sv_agreement": _TemplatedSpec(_sv_examples, ("singular", "plural"), (" is", " are"),
-                                   "subject–verb number: 'The keys near the table' -> ' are' / ' is'"),
-    "pronoun_gender": _TemplatedSpec(_pronoun_examples, ("male", "female"), (" he", " she"),
-                                     "pronoun after a first name: 'Mary was tired, so' -> ' she' / ' he'"),
-    "city_country": _TemplatedSpec(_city_examples, ("France", "Italy"), (" France", " Italy"),
-                                   "a city's country: 'Lyon is a city in' -> ' France' / ' Italy'"),
+    "sv_agreement": _TemplatedSpec(
+        _sv_examples,
+        ("singular", "plural"),
+        (" is", " are"),
+        "subject–verb number: 'The keys near the table' -> ' are' / ' is'",
+    ),
+    "pronoun_gender": _TemplatedSpec(
+        _pronoun_examples,
+        ("male", "female"),
+        (" he", " she"),
+        "pronoun after a first name: 'Mary was tired, so' -> ' she' / ' he'",
+    ),
+    "city_country": _TemplatedSpec(
+        _city_examples,
+        ("France", "Italy"),
+        (" France", " Italy"),
+        "a city's country: 'Lyon is a city in' -> ' France' / ' Italy'",
+    ),
 }
 TEXT_TASKS = ("vader_sentiment", "vader_domain:<movie|tweet|amazon|nyt>", "<path>.jsonl")
 
 
-def _sample_per_class(texts: list[str], labels: list[int], n_per_class: int | None, seed: int) -> tuple[list[str], list[int]]:
+def _sample_per_class(
+    texts: list[str], labels: list[int], n_per_class: int | None, seed: int
+) -> tuple[list[str], list[int]]:
     rng = random.Random(seed)
     keep: list[int] = []
     for cls in (0, 1):
         idx = [i for i, y in enumerate(labels) if y == cls]
-        keep += idx if n_per_class is None or len(idx) <= n_per_class else rng.sample(idx, n_per_class)
+        keep += (
+            idx if n_per_class is None or len(idx) <= n_per_class else rng.sample(idx, n_per_class)
+        )
     keep.sort()
     return [texts[i] for i in keep], [labels[i] for i in keep]
 
@@ -208,36 +372,56 @@ def _sample_per_class(texts: list[str], labels: list[int], n_per_class: int | No
 def templated_task(name: str, n_per_class: int | None = 150, seed: int = 0) -> ProbingTask:
     spec = TEMPLATED[name]
     texts, labels = _sample_per_class(*spec.generate(), n_per_class, seed)
-    return ProbingTask(name, tuple(texts), tuple(labels), spec.label_names, "last", spec.answers,
-                       "templated", {"description": spec.description})
+    return ProbingTask(
+        name,
+        tuple(texts),
+        tuple(labels),
+        spec.label_names,
+        "last",
+        spec.answers,
+        "templated",
+        {"description": spec.description},
+    )
 
 
-def _binary_from_labelled(name: str, ls: LabelledSet, positive: int | None, n_per_class: int | None, seed: int) -> ProbingTask:
+def _binary_from_labelled(
+    name: str, ls: LabelledSet, positive: int | None, n_per_class: int | None, seed: int
+) -> ProbingTask:
     if positive is None:
         if len(ls.label_names) != 2:
             raise DataError(
                 f"{name}: {len(ls.label_names)} labels {ls.label_names}; a probing task is binary. "
                 f"Name one label to probe against the rest as '{name}:<label>'."
             )
-        texts, labels, names = list(ls.texts), list(ls.labels), (ls.label_names[0], ls.label_names[1])
+        texts, labels, names = (
+            list(ls.texts),
+            list(ls.labels),
+            (ls.label_names[0], ls.label_names[1]),
+        )
     else:
         rng = random.Random(seed)
         pos = [t for t, y in zip(ls.texts, ls.labels) if y == positive]
         neg = [t for t, y in zip(ls.texts, ls.labels) if y != positive]
         if not pos or not neg:
-            raise DataError(f"{name}: one class only after splitting {ls.label_names[positive]!r} from the rest.")
+            raise DataError(
+                f"{name}: one class only after splitting {ls.label_names[positive]!r} from the rest."
+            )
         neg = rng.sample(neg, min(len(neg), len(pos)))  # balanced, as SAEBench's prepare_probe_data
         texts, labels = pos + neg, [1] * len(pos) + [0] * len(neg)
         names = (f"not_{ls.label_names[positive]}", ls.label_names[positive])
     texts, labels = _sample_per_class(texts, labels, n_per_class, seed)
-    return ProbingTask(name, tuple(texts), tuple(labels), names, "mean", None, ls.name, dict(ls.meta))
+    return ProbingTask(
+        name, tuple(texts), tuple(labels), names, "mean", None, ls.name, dict(ls.meta)
+    )
 
 
 def text_task(name: str, n_per_class: int | None = 150, seed: int = 0) -> ProbingTask:
     """``vader_sentiment``, ``vader_domain:<source>``, or ``<file>.jsonl[:<label>]``."""
     base, _, positive_name = name.partition(":")
     if base == "vader_sentiment":
-        return _binary_from_labelled(name, load_labelled(base, max_per_class=n_per_class, seed=seed), None, None, seed)
+        return _binary_from_labelled(
+            name, load_labelled(base, max_per_class=n_per_class, seed=seed), None, None, seed
+        )
     if base == "vader_domain":
         # enough of every source that the balanced negatives can be drawn from all three others
         ls = load_labelled(base, max_per_class=n_per_class, seed=seed)
@@ -246,7 +430,9 @@ def text_task(name: str, n_per_class: int | None = 150, seed: int = 0) -> Probin
             raise DataError(f"Label file {base} does not exist.")
         ls = load_labelled(base, seed=seed)
     else:
-        raise DataError(f"Unknown probing task {name!r}; valid: {', '.join([*TEMPLATED, *TEXT_TASKS, *CUSTOM_TASKS])}.")
+        raise DataError(
+            f"Unknown probing task {name!r}; valid: {', '.join([*TEMPLATED, *TEXT_TASKS, *CUSTOM_TASKS])}."
+        )
     if not positive_name:
         return _binary_from_labelled(name, ls, None, n_per_class, seed)
     if positive_name not in ls.label_names:
@@ -261,7 +447,11 @@ CUSTOM_TASKS: dict[str, TaskBuilder] = {}
 
 def register_task(name: str, builder: TaskBuilder) -> None:
     """Make ``name`` loadable by :func:`load_task` (and so usable in the eval's ``tasks``)."""
-    if name in TEMPLATED or name in CUSTOM_TASKS or name.split(":")[0] in ("vader_sentiment", "vader_domain"):
+    if (
+        name in TEMPLATED
+        or name in CUSTOM_TASKS
+        or name.split(":")[0] in ("vader_sentiment", "vader_domain")
+    ):
         raise ValueError(f"Probing task {name!r} is already defined.")
     CUSTOM_TASKS[name] = builder
 
@@ -276,5 +466,13 @@ def load_task(name: str, n_per_class: int | None = 150, seed: int = 0) -> Probin
     return text_task(name, n_per_class, seed)
 
 
-DEFAULT_TASKS = ("sv_agreement", "pronoun_gender", "city_country", "vader_sentiment",
-                 "vader_domain:movie", "vader_domain:tweet", "vader_domain:amazon", "vader_domain:nyt")
+DEFAULT_TASKS = (
+    "sv_agreement",
+    "pronoun_gender",
+    "city_country",
+    "vader_sentiment",
+    "vader_domain:movie",
+    "vader_domain:tweet",
+    "vader_domain:amazon",
+    "vader_domain:nyt",
+)

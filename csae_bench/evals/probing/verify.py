@@ -87,7 +87,12 @@ def logit_diff_behaviour(model, hook_name: str, answers: tuple[str, str]) -> Beh
 
 
 def fit_later_probe_behaviour(
-    model, hook_name: str, read: str, stop_at_layer: int, later_BD_train: Tensor, labels_train: Tensor
+    model,
+    hook_name: str,
+    read: str,
+    stop_at_layer: int,
+    later_BD_train: Tensor,
+    labels_train: Tensor,
 ) -> Behaviour:
     """A logistic probe on standardized later-layer activations, folded into one ``w, b``."""
     from csae_bench.evals.probing.probe import fit_probe
@@ -114,7 +119,9 @@ def positions_mask(batch: io.Batch, read: str) -> Tensor:
 
 
 @torch.no_grad()
-def fit_intervention(spec: str, sae, resid_chunks: list[tuple[Tensor, io.Batch, Tensor]], read: str) -> Intervention:
+def fit_intervention(
+    spec: str, sae, resid_chunks: list[tuple[Tensor, io.Batch, Tensor]], read: str
+) -> Intervention:
     """``make_intervention(spec)`` fitted on the SAE features at the task's read positions of the
     examples each chunk's boolean ``keep_B`` marks (the training examples)."""
     intervention = make_intervention(spec)
@@ -131,8 +138,14 @@ def fit_intervention(spec: str, sae, resid_chunks: list[tuple[Tensor, io.Batch, 
 
 @torch.no_grad()
 def edit_residual(
-    sae, resid_BTD: Tensor, batch: io.Batch, labels_B: Tensor, read: str,
-    feature_idx_K: Tensor, sign_K: Tensor, intervention: Intervention,
+    sae,
+    resid_BTD: Tensor,
+    batch: io.Batch,
+    labels_B: Tensor,
+    read: str,
+    feature_idx_K: Tensor,
+    sign_K: Tensor,
+    intervention: Intervention,
 ) -> Tensor:
     """The residual with ``feature_idx_K`` edited at the task's positions, error term kept.
 
@@ -142,8 +155,12 @@ def edit_residual(
     idx = feature_idx_K.to(feats.device)
     if intervention.name.startswith("clamp"):
         cur_BTK = feats[..., idx]
-        target_BTK = intervention.target(cur_BTK.reshape(-1), idx.expand_as(cur_BTK).reshape(-1)).reshape(cur_BTK.shape)
-        wrong_BK = sign_K.to(feats.device)[None, :] == (1 - 2 * labels_B.to(feats.device))[:, None]  # points to 1 − y
+        target_BTK = intervention.target(
+            cur_BTK.reshape(-1), idx.expand_as(cur_BTK).reshape(-1)
+        ).reshape(cur_BTK.shape)
+        wrong_BK = (
+            sign_K.to(feats.device)[None, :] == (1 - 2 * labels_B.to(feats.device))[:, None]
+        )  # points to 1 − y
         new = torch.where(wrong_BK[:, None, :], target_BTK, cur_BTK)
     else:
         new = intervention
@@ -174,8 +191,14 @@ class VerificationStats:
 
 
 def compare_effects(
-    intervention: str, delta_sel_N: Tensor, delta_rand_RN: Tensor, clean_margin_N: Tensor,
-    n_bootstrap: int, confidence: float, seed: int, min_relative_effect: float = 0.0,
+    intervention: str,
+    delta_sel_N: Tensor,
+    delta_rand_RN: Tensor,
+    clean_margin_N: Tensor,
+    n_bootstrap: int,
+    confidence: float,
+    seed: int,
+    min_relative_effect: float = 0.0,
 ) -> VerificationStats:
     """Selected-vs-random statistic with a two-level bootstrap CI (sets, then examples)."""
     sel = delta_sel_N.double().numpy()
@@ -184,7 +207,9 @@ def compare_effects(
     rng = np.random.default_rng(seed)
     set_idx = rng.integers(0, n_sets, size=(n_bootstrap, n_sets))
     ex_idx = rng.integers(0, n, size=(n_bootstrap, n))
-    boot = sel[ex_idx].mean(1) - np.stack([rand[set_idx[b]][:, ex_idx[b]].mean() for b in range(n_bootstrap)])
+    boot = sel[ex_idx].mean(1) - np.stack(
+        [rand[set_idx[b]][:, ex_idx[b]].mean() for b in range(n_bootstrap)]
+    )
     alpha = (1 - confidence) / 2
     lo, hi = np.quantile(boot, [alpha, 1 - alpha])
     diff = float(sel.mean() - rand.mean())
