@@ -49,7 +49,7 @@ class NCESEvalConfig(BaseEvalConfig):
         description="Equal-width strata of log activation frequency (empty ones dropped); features are sampled equally from each so rare features are represented, and reweighted in the means.",
     )
     tokens_per_feature: int = Field(
-        default=6,
+        default=5,  # CPU default run budget; the GPU suites use 16
         title="Tokens per Feature",
         description="Active tokens sampled per feature (fewer when the feature has fewer eligible active tokens).",
     )

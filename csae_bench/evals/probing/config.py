@@ -21,7 +21,7 @@ class ProbingEvalConfig(BaseEvalConfig):
         "a JSONL file with 'text' and 'label' fields (two labels, or '<file>.jsonl:<label>').",
     )
     examples_per_class: int = Field(
-        default=100,
+        default=80,  # CPU default run budget (10 minutes for everything); the GPU suites use 100
         title="Examples per Class",
         description="At most this many examples of each label per task (sampled with random_seed).",
     )
@@ -50,7 +50,7 @@ class ProbingEvalConfig(BaseEvalConfig):
         "a times their maximum on the task (steering against the label).",
     )
     n_random_sets: int = Field(
-        default=4,
+        default=3,  # CPU default run budget; the GPU suites use 8
         title="Random Feature Sets",
         description="Random sets of verify_k active features (one per seed) that the selected set "
         "is compared with.",
