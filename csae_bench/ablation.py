@@ -33,7 +33,7 @@ from typing import Any
 
 import numpy as np
 
-from csae_bench.utils import atomic_path, atomic_write_json, atomic_write_text
+from csae_bench.utils import atomic_write_json, atomic_write_text
 
 logger = logging.getLogger(__name__)
 
@@ -524,6 +524,8 @@ def summarize(records: dict[str, list[dict[str, Any]]], cfg: AblationConfig) -> 
 def _plots(summary: dict[str, Any], cfg: AblationConfig, img: Path) -> list[Path]:
     import matplotlib
 
+    from csae_bench.leaderboard import save_figure
+
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
@@ -544,7 +546,7 @@ def _plots(summary: dict[str, Any], cfg: AblationConfig, img: Path) -> list[Path
         ax.set_ylabel("mean NCES (± sd over seeds)")
         ax.set_title("NCES by intervention type")
         ax.legend(fontsize=8)
-        made.append(_save(fig, img / "ablation_intervention_types.png"))
+        made.append(save_figure(fig, img / "ablation_intervention_types.png", dpi=80))
     parts = [p for p in summary["parts"] if p["nces_mean"][2] and p["ce_loss_score"][2]]
     if parts:
         fig, ax = plt.subplots(figsize=(6, 4))
@@ -563,18 +565,8 @@ def _plots(summary: dict[str, Any], cfg: AblationConfig, img: Path) -> list[Path
         ax.set_title("CSAE causal parts vs TopK at matched L0")
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)
-        made.append(_save(fig, img / "ablation_causal_parts.png"))
+        made.append(save_figure(fig, img / "ablation_causal_parts.png", dpi=80))
     return made
-
-
-def _save(fig, path: Path) -> Path:
-    import matplotlib.pyplot as plt
-
-    fig.tight_layout()
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, format="png", dpi=80)
-    plt.close(fig)
-    return path
 
 
 def render_report(

@@ -30,7 +30,7 @@ from typing import Any
 
 import numpy as np
 
-from csae_bench.utils import atomic_path, atomic_write_json, atomic_write_text
+from csae_bench.utils import atomic_write_json, atomic_write_text
 
 logger = logging.getLogger(__name__)
 
@@ -255,6 +255,8 @@ def _pm(stat: tuple[float, float], digits: int = 3, pct: bool = False) -> str:
 def _plot(rows: list[dict[str, Any]], path: Path) -> Path:
     import matplotlib
 
+    from csae_bench.leaderboard import save_figure
+
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
@@ -287,12 +289,8 @@ def _plot(rows: list[dict[str, Any]], path: Path) -> Path:
     ax.set_ylabel("spliced-in KL, nats/token (lower is better)")
     ax.set_title("CSAE causal term vs TopK at L0 = 32 (embedded Gemma-3-270M, layer 6)", fontsize=9)
     ax.grid(alpha=0.3)
-    fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, dpi=120, format="png")
-    plt.close(fig)
-    return path
+    return save_figure(fig, path, dpi=120)
 
 
 def write_report(out: str | Path, docs: str | Path) -> Path:

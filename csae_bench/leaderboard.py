@@ -290,15 +290,16 @@ def _scatter(rows, x_of, y_of, path: Path, xlabel: str, ylabel: str, title: str)
         ax.set_xscale("log")
     ax.grid(alpha=0.3)
     ax.legend()
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
-def _save(fig, path: Path) -> Path:
+def save_figure(fig, path: Path, dpi: int = 110) -> Path:
+    """Lay out ``fig``, write it as a PNG atomically, close it (shared by every report's plots)."""
     import matplotlib.pyplot as plt
 
     fig.tight_layout()
     with atomic_path(path) as tmp:
-        fig.savefig(tmp, format="png", dpi=110)
+        fig.savefig(tmp, format="png", dpi=dpi)
     plt.close(fig)
     return path
 
@@ -379,7 +380,7 @@ def make_plots(
         ax.set_ylabel("features")
         ax.set_title("NCES distribution per architecture")
         ax.legend()
-        made.append(_save(fig, plots_dir / "nces_distribution.png"))
+        made.append(save_figure(fig, plots_dir / "nces_distribution.png"))
     curves: dict[str, dict[int, list[float]]] = defaultdict(lambda: defaultdict(list))
     for f in results:
         if f.eval_type == "csae_probing" and f.key in arch_of:
@@ -410,7 +411,7 @@ def make_plots(
         ax.set_title("Probing accuracy vs k")
         ax.grid(alpha=0.3)
         ax.legend()
-        made.append(_save(fig, plots_dir / "probing_accuracy_vs_k.png"))
+        made.append(save_figure(fig, plots_dir / "probing_accuracy_vs_k.png"))
     return [p for p in made if p is not None]
 
 
