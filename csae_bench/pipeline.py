@@ -172,7 +172,7 @@ class Resources:
     callables are the seams tests (and other backends) replace."""
 
     cfg: RunConfig
-    model_loader: Callable[[str, str], Any] | None = None
+    model_loader: Callable[[str, str, str | None], Any] | None = None
     token_loader: Callable[[Any, RunConfig, str, int, int], torch.Tensor] = _default_tokens
     train_fn: Callable[..., dict[str, Path]] = _default_train
     gradient_fn: Callable[..., Any] = _default_gradients
@@ -189,7 +189,7 @@ class Resources:
             if loader is None:
                 from csae_bench.models import load_model as loader
             logger.info("Loading model %s on %s", self.cfg.model, self.cfg.device)
-            self._model = loader(self.cfg.model, self.cfg.device)
+            self._model = loader(self.cfg.model, self.cfg.device, self.cfg.dtype)
         return self._model
 
     def tokens(self, split: str, n_contexts: int, seed: int) -> torch.Tensor:

@@ -19,7 +19,13 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
-from csae_bench.suite import DEFAULT_ARCHITECTURES, DEFAULT_EVALS, RunConfig, SuiteError
+from csae_bench.suite import (
+    DEFAULT_ARCHITECTURES,
+    DEFAULT_EVALS,
+    MODEL_DTYPES,
+    RunConfig,
+    SuiteError,
+)
 
 logger = logging.getLogger("csae_bench")
 
@@ -99,6 +105,19 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--device", default=None, help=f"torch device [default: {d.device}]")
     parser.add_argument(
+        "--dtype",
+        default=None,
+        choices=MODEL_DTYPES,
+        help="model weights' dtype [default: float32 on the CPU, the model's own on a GPU]",
+    )
+    parser.add_argument(
+        "--threads",
+        type=int,
+        default=None,
+        metavar="N",
+        help="torch CPU threads for the run [default: one per core]",
+    )
+    parser.add_argument(
         "--out", default=None, metavar="DIR", help=f"results folder [default: {d.out}/]"
     )
     parser.add_argument(
@@ -176,6 +195,8 @@ def config_from_args(args: argparse.Namespace) -> RunConfig:
         seeds=args.seeds,
         corpus=args.corpus,
         device=args.device,
+        dtype=args.dtype,
+        threads=args.threads,
         out=args.out,
         saes=args.saes,
         force=args.force,
@@ -189,7 +210,21 @@ def config_from_args(args: argparse.Namespace) -> RunConfig:
 
 
 def execute(cfg: RunConfig, resources=None, plots: bool = True, console=None) -> dict:
-    """Run every job of ``cfg`` (resuming), then write the leaderboard and plots; returns the board."""
+    """Run every job of ``cfg`` (resuming), then write the leaderboard and plots; returns the board.
+    ``cfg.threads``, when set, holds for the run and is restored after it."""
+    if cfg.threads is None:
+        return _execute(cfg, resources, plots, console)
+    import torch
+
+    previous = torch.get_num_threads()
+    torch.set_num_threads(cfg.threads)
+    try:
+        return _execute(cfg, resources, plots, console)
+    finally:
+        torch.set_num_threads(previous)
+
+
+def _execute(cfg: RunConfig, resources, plots: bool, console) -> dict:
     from rich.console import Console
 
     from csae_bench.leaderboard import render_table, write_leaderboard

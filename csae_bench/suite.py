@@ -29,6 +29,7 @@ from typing import Any
 EVAL_ALIASES: dict[str, str] = {"probing": "csae_probing"}
 DEFAULT_ARCHITECTURES: tuple[str, ...] = ("relu", "topk", "jumprelu", "csae", "random-decoder")
 DEFAULT_EVALS: tuple[str, ...] = ("core", "nces", "probing")
+MODEL_DTYPES: tuple[str, ...] = ("float32", "bfloat16", "float16")
 
 
 class SuiteError(ValueError):
@@ -65,6 +66,13 @@ class RunConfig:
     """Contexts of the corpus's held-out eval split given to every eval."""
     device: str = "cpu"
     """Torch device for the model, training and evals (``cpu``, ``cuda``, ``cuda:1``...)."""
+    dtype: str | None = None
+    """Model weights' dtype: ``float32``, ``bfloat16`` or ``float16``. ``None``: float32 on the CPU,
+    the model's own default on a GPU."""
+    threads: int | None = None
+    """torch CPU threads for the whole run (``torch.set_num_threads``). ``None``: torch's default
+    (one per core). A suite whose numbers are compared across machines pins it (the CI smoke suite
+    does): the thread count sets the order of float reductions, and so the rounding."""
     out: str = "results"
     """Results folder: trained SAEs, one SAEBench JSON per (SAE, eval), leaderboard, plots."""
     saes: str | None = None
@@ -92,6 +100,12 @@ class RunConfig:
                 raise SuiteError(
                     f"{name} must be {'≥ 0' if name == 'layer' else 'positive'}, got {value}."
                 )
+        if self.dtype is not None and self.dtype not in MODEL_DTYPES:
+            raise SuiteError(f"dtype must be one of {', '.join(MODEL_DTYPES)}, got {self.dtype!r}.")
+        if self.threads is not None and (
+            not isinstance(self.threads, int) or isinstance(self.threads, bool) or self.threads < 1
+        ):
+            raise SuiteError(f"threads must be a positive integer, got {self.threads!r}.")
         if self.context_size < 2:
             raise SuiteError(f"context_size must be at least 2, got {self.context_size}.")
         if not self.seeds or not all(

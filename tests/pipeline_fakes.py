@@ -77,7 +77,8 @@ def tiny_run_config(out: Path, **overrides):
 
     settings = dict(model="tiny", layer=2, architectures=list(FAKE_ARCHS), evals=["core"], seeds=[0],
                     d_sae=128, train_tokens=2048, batch_size=256, context_size=32, eval_contexts=16,
-                    out=str(out), eval_settings={"core": {"batch_size_prompts": 8}})
+                    out=str(out), eval_settings={"core": {"batch_size_prompts": 8}},
+                    threads=1)  # one thread in every process, so resumed and straight runs compare bit for bit
     settings.update(overrides)
     return RunConfig(**settings)
 
@@ -85,7 +86,7 @@ def tiny_run_config(out: Path, **overrides):
 def tiny_resources(cfg):
     from csae_bench.pipeline import Resources
 
-    return Resources(cfg, model_loader=lambda name, device: tiny_model(), token_loader=tiny_tokens,
+    return Resources(cfg, model_loader=lambda name, device, dtype: tiny_model(), token_loader=tiny_tokens,
                      train_fn=fast_train)
 
 

@@ -93,7 +93,9 @@ def test_training_reduces_loss_and_saves(trained, heldout, arch):
     assert len(steps) >= 4 and steps[0] == 0 and steps[-1] == STEPS - 1
     # ReLU/JumpReLU's total loss includes a penalty whose coefficient the L0 controller moves, so
     # the reconstruction loss is what every architecture must improve
-    # (the random-decoder control can only move its encoder, so it improves least)
+    # (the random-decoder control can only move its encoder, so it improves least).
+    # Margins (measured, 1 and 2 threads alike): last-3 / first MSE 0.50 (jumprelu) .. 0.74 (relu)
+    # against 0.9, random-decoder 0.89 against 0.97 -- far more than rounding can move 24 steps.
     factor = 0.97 if arch == "random-decoder" else 0.9
     assert sum(mse[-3:]) / 3 < factor * mse[0], f"{arch}: reconstruction loss did not go down: {mse}"
     if arch in TOPK_FAMILY:
@@ -138,6 +140,8 @@ def test_finished_sae_is_skipped(trained, tiny_model, source, pool):
 
 
 def test_resume_continues_the_same_run(tiny_model, source, pool, heldout, tmp_path):
+    """Bit for bit: the straight and the resumed run happen in this process, on one thread (the
+    module's ``one_thread`` fixture), so the comparison holds on any CPU kind."""
     cfg = config(train_tokens=BATCH * 12, checkpoint_every=4)
     straight = train_alongside(tiny_model, source, cfg, tmp_path / "straight", gradient_pool=pool,
                                heldout_acts=heldout)
