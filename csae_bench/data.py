@@ -24,6 +24,7 @@ from pathlib import Path
 
 import torch
 
+from csae_bench.errors import BadInputError
 from csae_bench.models import cache_dir
 
 logger = logging.getLogger(__name__)
@@ -40,7 +41,7 @@ VADER_SOURCES = {
 EVAL_FRACTION = 0.1  # documents (by stable hash) held out of SAE training for evals
 
 
-class DataError(RuntimeError):
+class DataError(BadInputError, RuntimeError):
     """Data could not be loaded or is unusable; the message says what to do."""
 
 

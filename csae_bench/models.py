@@ -20,6 +20,8 @@ from pathlib import Path
 
 import torch
 
+from csae_bench.errors import BadInputError
+
 logger = logging.getLogger(__name__)
 
 EMBEDDED = "embedded"
@@ -34,7 +36,7 @@ HUB_ALIASES: dict[str, tuple[str, str]] = {
 _CACHE_FORMAT_VERSION = 1
 
 
-class ModelLoadError(RuntimeError):
+class ModelLoadError(BadInputError, RuntimeError):
     """A model could not be loaded; the message says what to do."""
 
 

@@ -1,0 +1,35 @@
+"""The one error base of csae_bench and the two kinds a run can end with.
+
+Every exception the project raises on purpose derives from :class:`CsaeBenchError` through one of:
+
+* :class:`BadInputError` — the user's input (a flag, suite key, SAE folder, corpus, results
+  folder) cannot work; the message says what to change. The CLI exits 2 with that one line, no
+  traceback, wherever it is detected (before any work or inside a job).
+* :class:`JobFailedError` — the input was fine but a job failed (diverged training, a crash in an
+  eval); the CLI exits 1 with the traceback, and re-running resumes from the finished work.
+
+The concrete classes keep their historical ``ValueError`` / ``RuntimeError`` bases too, so
+callers that caught those keep working.
+"""
+
+from __future__ import annotations
+
+
+class CsaeBenchError(Exception):
+    """Base of every error csae_bench raises on purpose."""
+
+
+class BadInputError(CsaeBenchError):
+    """Input that cannot work; the message names it and what to do (CLI exit code 2)."""
+
+
+class JobFailedError(CsaeBenchError):
+    """A job failed on valid input (CLI exit code 1; finished work is kept)."""
+
+
+class SaeMismatchError(BadInputError, ValueError):
+    """An SAE cannot be evaluated as given (wrong model, width, hook, normalization, duplicate
+    id); the message names the SAE."""
+
+
+__all__ = ["BadInputError", "CsaeBenchError", "JobFailedError", "SaeMismatchError"]
