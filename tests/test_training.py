@@ -13,7 +13,7 @@ from sae_lens import SAE
 
 from csae_bench.architectures import ARCHITECTURES, TOPK_FAMILY, UnknownArchitectureError
 from csae_bench.training.activations import ActivationSource
-from csae_bench.training.checkpoint import CheckpointMismatchError, NonFiniteError
+from csae_bench.training.checkpoint import CheckpointMismatchError, NonFiniteError, read_checkpoint
 from csae_bench.training.gradients import GradientPool
 from csae_bench.training.sparsity import L0Controller
 from csae_bench.training.trainer import (
@@ -189,7 +189,7 @@ def test_non_finite_input_or_loss_is_reported_and_never_checkpointed(tiny_model,
     cfg = config(architectures=("relu", "topk"), checkpoint_every=1, train_tokens=BATCH * 8)
     with pytest.raises(NonFiniteError, match=match):
         train_alongside(tiny_model, src, cfg, tmp_path)
-    state = torch.load(tmp_path / CHECKPOINT_NAME, weights_only=False)
+    state = read_checkpoint(tmp_path / CHECKPOINT_NAME)
     assert state["step"] == 3
     for arch_state in state["archs"].values():
         assert all(torch.isfinite(t).all() for t in arch_state["sae"].values() if t.is_floating_point())
