@@ -33,6 +33,7 @@ from typing import Any
 
 import torch
 
+from csae_bench.errors import BadInputError, JobFailedError, SaeMismatchError
 from csae_bench.suite import RunConfig, SuiteError, eval_type_id
 from csae_bench.utils import atomic_path, atomic_write_json, seed_everything
 
@@ -42,7 +43,7 @@ SAE_FILES = ("cfg.json", "sae_weights.safetensors")
 """Files every finished SAELens-format SAE folder holds."""
 
 
-class PipelineError(RuntimeError):
+class PipelineError(JobFailedError, RuntimeError):
     """A job could not run; the message says which one and what to do."""
 
 
@@ -155,15 +156,10 @@ def check_train_settings(cfg: RunConfig, hook_name: str) -> None:
 
 
 def load_sae(folder: Path, device: str = "cpu"):
-    """A SAEBench ``BaseSAE`` for one of our architectures, else SAELens's own ``SAE`` class."""
-    from csae_bench.architectures.export import ExportError, load_base_sae
+    """The SAE in ``folder`` for the evals (see :func:`csae_bench.architectures.loading.load_sae`)."""
+    from csae_bench.architectures.loading import load_sae as _load
 
-    try:
-        return load_base_sae(folder, device=device)
-    except ExportError:
-        from sae_lens import SAE
-
-        return SAE.load_from_disk(str(folder), device=device)
+    return _load(folder, device=device)
 
 
 @dataclass
@@ -498,32 +494,58 @@ def resolve_sae_folders(jobs: list[Job]) -> None:
 
 
 def find_saes(root: Path) -> list[tuple[str, Path, str]]:
-    """``(sae_id, folder, hook_name)`` for every SAELens-format folder under ``root``."""
+    """``(sae_id, folder, hook_name)`` for every SAELens-format folder under ``root``.
+
+    Configs of every SAELens era are read as SAELens reads them (a pre-6.0 ``hook_point`` is the
+    hook). The id is the folder's path under ``root`` with ``/`` -> ``_``; two folders with one id
+    (``a/b`` and ``a_b``) would share a result file, so they are refused.
+    Raises :class:`SuiteError` (no folders) or :class:`SaeMismatchError` (unreadable config,
+    duplicate id), both exit 2."""
+    from csae_bench.architectures.loading import read_sae_config
+
     root = Path(root)
     if not root.is_dir():
-        raise PipelineError(f"--saes {root} is not a folder of SAELens-format SAE folders.")
+        raise SuiteError(f"--saes {root} is not a folder of SAELens-format SAE folders.")
     found = []
+    by_id: dict[str, Path] = {}
     for cfg_file in sorted(root.rglob("cfg.json")):
         folder = cfg_file.parent
         if not is_sae_folder(folder):
             logger.warning("Skipping %s: it has cfg.json but no sae_weights.safetensors.", folder)
             continue
-        try:
-            raw = json.loads(cfg_file.read_text())
-        except ValueError:
-            logger.warning("Skipping %s: cfg.json is not valid JSON.", folder)
-            continue
-        hook = raw.get("hook_name") or (raw.get("metadata") or {}).get("hook_name")
+        hook = read_sae_config(folder).metadata.hook_name
         if not hook:
-            logger.warning("Skipping %s: its cfg.json names no hook_name.", folder)
-            continue
+            raise SaeMismatchError(
+                f"SAE {folder}: its cfg.json names no hook (hook_name, or hook_point before "
+                "SAELens 6); add the hook it was trained at."
+            )
         rel = folder.relative_to(root)
-        found.append((str(rel).replace("/", "_") if str(rel) != "." else folder.name, folder, hook))
+        sid = str(rel).replace("/", "_") if str(rel) != "." else folder.name
+        if sid in by_id:
+            raise SaeMismatchError(
+                f"SAE folders {by_id[sid]} and {folder} both get the id {sid!r} and would share "
+                "one result file; rename one of them."
+            )
+        by_id[sid] = folder
+        found.append((sid, folder, hook))
     if not found:
-        raise PipelineError(
+        raise SuiteError(
             f"No SAELens-format SAE folders (cfg.json + sae_weights.safetensors) under {root}."
         )
     return found
+
+
+def check_unique_outputs(jobs: list[Job]) -> None:
+    """Refuse a plan in which two jobs write one file: the second would be skipped as done."""
+    seen: dict[Path, Job] = {}
+    for job in jobs:
+        for path in job.outputs():
+            if path in seen:
+                raise SuiteError(
+                    f"{seen[path].describe()} and {job.describe()} would both write {path}; "
+                    "give the SAEs distinct ids (folder names) or use separate --out folders."
+                )
+            seen[path] = job
 
 
 def run_jobs(
@@ -534,6 +556,7 @@ def run_jobs(
 ) -> dict[str, int]:
     """Run ``jobs`` in order, skipping finished ones unless ``force``. Any failure raises."""
     counts = {"run": 0, "skipped": 0}
+    check_unique_outputs(jobs)
     resolve_sae_folders(jobs)
     for job in jobs:
         if job.done() and not force:
@@ -544,8 +567,8 @@ def run_jobs(
         start = time.perf_counter()
         try:
             job.run(res)
-        except (KeyboardInterrupt, PipelineError):
-            raise
+        except (KeyboardInterrupt, PipelineError, BadInputError):
+            raise  # bad input found inside a job is still bad input: exit 2, no resume advice
         except Exception as err:
             raise PipelineError(
                 f"{job.describe()} failed: {type(err).__name__}: {err}. Finished work "

@@ -25,13 +25,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from csae_bench.errors import BadInputError
+
 # The user-facing eval names that differ from their SAEBench eval_type_id.
 EVAL_ALIASES: dict[str, str] = {"probing": "csae_probing"}
 DEFAULT_ARCHITECTURES: tuple[str, ...] = ("relu", "topk", "jumprelu", "csae", "random-decoder")
 DEFAULT_EVALS: tuple[str, ...] = ("core", "nces", "probing")
 
 
-class SuiteError(ValueError):
+class SuiteError(BadInputError, ValueError):
     """A suite file or a run setting is invalid; the message names the key and what is allowed."""
 
 
@@ -178,6 +180,11 @@ def _check_eval_overrides(name: str, overrides: dict[str, Any]) -> None:
                 f"[evals.{name}] has unknown key {key!r}; {spec.config_cls.__name__} fields: "
                 f"{', '.join(sorted(allowed))}."
             )
+    if spec.check_overrides is not None:
+        try:
+            spec.check_overrides(overrides)
+        except ValueError as err:
+            raise SuiteError(str(err)) from None
 
 
 RUN_FIELDS = {f.name for f in dataclasses.fields(RunConfig)} - {"train", "eval_settings"}
