@@ -115,8 +115,10 @@ def _extract_vader(sdist: Path, out: Path) -> None:
             assert fh is not None
             with tarfile.open(fileobj=fh) as tar:
                 for member in tar.getmembers():
+                    # Only regular files, written under their base name: no link is followed and
+                    # no member path (``../``, absolute) can place a file outside ``out``.
                     name = Path(member.name).name
-                    if name in VADER_SOURCES.values():
+                    if member.isfile() and name in VADER_SOURCES.values():
                         data = tar.extractfile(member)
                         assert data is not None
                         (out / name).write_bytes(data.read())
