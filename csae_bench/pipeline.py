@@ -292,7 +292,14 @@ class TrainJob(Job):
         if not is_valid_json(self.manifest):
             return {}
         rel = json.loads(self.manifest.read_text()).get("saes", {})
-        return {a: self.saes_dir / p for a, p in rel.items() if is_sae_folder(self.saes_dir / p)}
+        root = self.saes_dir.resolve()
+        # A manifest entry may only name a folder under saes_dir (no ../ or absolute path).
+        return {
+            a: self.saes_dir / p
+            for a, p in rel.items()
+            if (self.saes_dir / p).resolve().is_relative_to(root)
+            and is_sae_folder(self.saes_dir / p)
+        }
 
     def done(self) -> bool:
         return set(self.architectures) <= set(self.finished())
@@ -436,7 +443,7 @@ def plan(
     ] = []  # release, id, folder, hook, seed, tokens
     external = list(external_saes)
     if external:
-        release = f"csae_bench-{model_slug(cfg.model)}-{Path(cfg.saes or 'saes').name}"
+        release = external_release(cfg)
         targets = [
             (release, sid, folder, hook, cfg.seeds[0], None) for sid, folder, hook in external
         ]
@@ -533,6 +540,33 @@ def find_saes(root: Path) -> list[tuple[str, Path, str]]:
             f"No SAELens-format SAE folders (cfg.json + sae_weights.safetensors) under {root}."
         )
     return found
+
+
+def external_release(cfg: RunConfig) -> str:
+    """SAEBench ``sae_lens_release_id`` of the ``--saes`` folders of a run."""
+    return f"csae_bench-{model_slug(cfg.model)}-{Path(cfg.saes or 'saes').name}"
+
+
+SOURCES_NAME = "sae_sources.json"
+"""``<out>/eval_results/sae_sources.json``: which ``--saes`` folder each release came from."""
+
+
+def claim_release(out: Path, release: str, root: Path, force: bool = False) -> None:
+    """Record that ``release`` in ``out`` holds the SAEs of ``root``. Two ``--saes`` folders with
+    one base name (``x/saes``, ``y/saes``) get one release id: without this the second run's
+    results would be "already done" from the first's. Raises :class:`SuiteError` (exit 2)
+    unless ``force``."""
+    path = out / "eval_results" / SOURCES_NAME
+    sources = json.loads(path.read_text()) if is_valid_json(path) else {}
+    mine = str(Path(root).resolve())
+    theirs = sources.get(release)
+    if theirs is not None and theirs != mine and not force:
+        raise SuiteError(
+            f"--out {out} already holds results of release {release} from --saes {theirs}, not "
+            f"{mine}; use another --out (or --force to replace them)."
+        )
+    if theirs != mine:
+        atomic_write_json(path, {**sources, release: mine})
 
 
 def check_unique_outputs(jobs: list[Job]) -> None:

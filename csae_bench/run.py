@@ -209,6 +209,10 @@ def execute(cfg: RunConfig, resources=None, plots: bool = True, console=None) ->
 
             hook_name = hook_name_for_layer(res.model, cfg.layer)
     jobs = plan(cfg, hook_name, external)
+    if external:
+        from csae_bench.pipeline import claim_release, external_release
+
+        claim_release(out, external_release(cfg), Path(cfg.saes), force=cfg.force)
     if external and (cfg.force or not all(j.done() for j in jobs)):
         check_external_saes(external, res, cfg)
     started = time.perf_counter()

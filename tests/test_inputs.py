@@ -377,3 +377,32 @@ def test_corpus_archive_cannot_write_outside_its_folder_or_follow_links(tmp_path
     names = list(VADER_SOURCES.values())
     assert sorted(p.name for p in out.iterdir()) == sorted(names[1:])  # the link was not followed
     assert not list(tmp_path.rglob("escape"))  # the ../ member landed inside out, by base name
+
+
+def test_second_saes_folder_with_the_same_name_is_not_skipped_as_done(tmp_path, caplog):
+    """x/saes and y/saes share a release id: the second run into the same --out is refused, not
+    answered with the first one's results."""
+    for parent in ("x", "y"):
+        write_sae(tmp_path / parent / "saes" / "s", **TINY, seed=parent == "y")
+    assert run_tiny(tmp_path, caplog, saes=tmp_path / "x" / "saes") == 0
+    first = sorted((tmp_path / "out").rglob("*_eval_results.json"))
+    assert len(first) == 1
+    caplog.clear()
+    assert run_tiny(tmp_path, caplog, saes=tmp_path / "y" / "saes") == EXIT_USAGE
+    (err,) = error_lines(caplog)
+    assert str(tmp_path / "x" / "saes") in err.getMessage() and "use another --out" in err.getMessage()
+    assert "skip" not in caplog.text
+
+
+def test_trained_manifest_cannot_point_outside_its_folder(tmp_path):
+    from csae_bench.pipeline import HarvestJob, TrainJob
+
+    write_sae(tmp_path / "elsewhere" / "relu", **TINY)
+    saes = tmp_path / "run" / "saes"
+    saes.mkdir(parents=True)
+    (saes / "trained.json").write_text(json.dumps({"saes": {"relu": "../../elsewhere/relu"}}))
+    job = TrainJob(HarvestJob(TINY["hook"], 0, tmp_path / "a.safetensors"), None, ["relu"], {}, saes)
+    assert job.finished() == {} and not job.done()
+    write_sae(saes / "relu", **TINY)
+    (saes / "trained.json").write_text(json.dumps({"saes": {"relu": "relu"}}))
+    assert job.finished() == {"relu": saes / "relu"} and job.done()
