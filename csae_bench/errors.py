@@ -32,4 +32,19 @@ class SaeMismatchError(BadInputError, ValueError):
     id); the message names the SAE."""
 
 
-__all__ = ["BadInputError", "CsaeBenchError", "JobFailedError", "SaeMismatchError"]
+def one_line(err: Exception) -> str:
+    """``err`` as one line: a pydantic ``ValidationError`` as ``field: message; ...`` (its own
+    text spans several lines and links to pydantic's docs), anything else its first line."""
+    errors = getattr(err, "errors", None)
+    if callable(errors) and type(err).__name__ == "ValidationError":
+        parts = []
+        for e in errors():
+            loc = ".".join(str(x) for x in e.get("loc", ()))
+            msg = str(e.get("msg", "")).removeprefix("Value error, ")
+            parts.append(f"{loc}: {msg}" if loc else msg)
+        return "; ".join(parts)
+    text = str(err).strip()
+    return text.splitlines()[0] if text else type(err).__name__
+
+
+__all__ = ["BadInputError", "CsaeBenchError", "JobFailedError", "SaeMismatchError", "one_line"]

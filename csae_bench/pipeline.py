@@ -33,7 +33,7 @@ from typing import Any
 
 import torch
 
-from csae_bench.errors import BadInputError, JobFailedError, SaeMismatchError
+from csae_bench.errors import BadInputError, JobFailedError, SaeMismatchError, one_line
 from csae_bench.suite import RunConfig, SuiteError, eval_type_id
 from csae_bench.utils import atomic_path, atomic_write_json, seed_everything
 
@@ -384,11 +384,14 @@ class EvalJob(Job):
             },
             cache=res.eval_cache,
         )
-        config = (
-            spec.make_config(ctx, dict(self.overrides))
-            if spec.make_config is not None
-            else spec.config_cls(**self.overrides)
-        )
+        try:
+            config = (
+                spec.make_config(ctx, dict(self.overrides))
+                if spec.make_config is not None
+                else spec.config_cls(**self.overrides)
+            )
+        except (TypeError, ValueError) as err:  # a config class refusing a suite value
+            raise SuiteError(f"[evals.{self.eval_name}] is invalid: {one_line(err)}") from None
         output = spec.run(ctx, sae, self.sae_id, config)
         if not isinstance(output, spec.output_cls):
             raise PipelineError(

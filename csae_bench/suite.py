@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from csae_bench.errors import BadInputError
+from csae_bench.errors import BadInputError, one_line
 
 # The user-facing eval names that differ from their SAEBench eval_type_id.
 EVAL_ALIASES: dict[str, str] = {"probing": "csae_probing"}
@@ -185,6 +185,12 @@ def _check_eval_overrides(name: str, overrides: dict[str, Any]) -> None:
             spec.check_overrides(overrides)
         except ValueError as err:
             raise SuiteError(str(err)) from None
+    try:  # the config class's own checks, before any work (the run fills the other fields later)
+        spec.config_cls(**overrides)
+    except ValueError as err:
+        raise SuiteError(f"[evals.{name}] is invalid: {one_line(err)}") from None
+    except TypeError:
+        pass  # a required field the run fills in; checked when the eval's config is built
 
 
 RUN_FIELDS = {f.name for f in dataclasses.fields(RunConfig)} - {"train", "eval_settings"}

@@ -406,3 +406,21 @@ def test_trained_manifest_cannot_point_outside_its_folder(tmp_path):
     write_sae(saes / "relu", **TINY)
     (saes / "trained.json").write_text(json.dumps({"saes": {"relu": "relu"}}))
     assert job.finished() == {"relu": saes / "relu"} and job.done()
+
+
+def test_invalid_eval_setting_is_refused_before_any_work(tmp_path, caplog):
+    suite = tmp_path / "suite.toml"
+    suite.write_text('[run]\nevals = ["nces"]\n\n[evals.nces]\nn_bootstrap = 3\n')
+    assert main(["--suite", str(suite), "--out", str(tmp_path / "out")]) == EXIT_USAGE
+    (err,) = error_lines(caplog)
+    assert err.getMessage() == "[evals.nces] is invalid: n_bootstrap=3 is too few; use at least 10."
+    assert not (tmp_path / "out").exists()
+
+
+def test_invalid_eval_setting_found_inside_a_job_exits_2(tmp_path, caplog):
+    """The config a job builds (run values + suite values) is checked again; a refusal there is
+    bad input too (exit 2, no resume advice), not a job failure. (``execute`` is called without
+    the CLI's up-front suite checks, so the job is where it is found.)"""
+    code = run_tiny(tmp_path, caplog, evals=["nces"], eval_settings={"nces": {"n_bootstrap": 3}})
+    assert code == EXIT_USAGE
+    assert_refused(caplog, tmp_path, "[evals.nces] is invalid: n_bootstrap=3 is too few")

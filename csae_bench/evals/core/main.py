@@ -17,6 +17,7 @@ from sae_bench.evals.core.eval_config import CoreEvalConfig
 from sae_bench.sae_bench_utils import get_eval_uuid, get_sae_bench_version, get_sae_lens_version
 from sae_bench.sae_bench_utils.general_utils import load_and_format_sae
 
+from csae_bench.errors import SaeMismatchError
 from csae_bench.evals.core.output import (
     CsaeCoreEvalOutput,
     CsaeCoreMetricCategories,
@@ -106,7 +107,7 @@ def run_core_eval(ctx: EvalContext, sae, sae_id: str, config: CoreEvalConfig) ->
     if sae.cfg.context_size is None:
         sae.cfg.context_size = sae.cfg.metadata.context_size = config.context_size
     if sae.cfg.hook_name != ctx.hook_name:
-        raise ValueError(
+        raise SaeMismatchError(
             f"SAE {sae_id} reads {sae.cfg.hook_name}, but this run evaluates {ctx.hook_name}; "
             "pass SAEs trained on the run's hook (--layer)."
         )
