@@ -212,9 +212,10 @@ def execute(cfg: RunConfig, resources=None, plots: bool = True, console=None) ->
     if external:
         from csae_bench.pipeline import claim_release, external_release
 
+        if cfg.force or not all(j.done() for j in jobs):
+            check_external_saes(external, res, cfg)
+        # After the checks, so that a refused SAE leaves no claim behind.
         claim_release(out, external_release(cfg), Path(cfg.saes), force=cfg.force)
-    if external and (cfg.force or not all(j.done() for j in jobs)):
-        check_external_saes(external, res, cfg)
     started = time.perf_counter()
 
     def report(job, status: str, seconds: float) -> None:
