@@ -24,6 +24,7 @@ from pathlib import Path
 
 import torch
 
+from csae_bench.errors import BadInputError
 from csae_bench.models import cache_dir
 
 logger = logging.getLogger(__name__)
@@ -40,7 +41,7 @@ VADER_SOURCES = {
 EVAL_FRACTION = 0.1  # documents (by stable hash) held out of SAE training for evals
 
 
-class DataError(RuntimeError):
+class DataError(BadInputError, RuntimeError):
     """Data could not be loaded or is unusable; the message says what to do."""
 
 
@@ -114,8 +115,10 @@ def _extract_vader(sdist: Path, out: Path) -> None:
             assert fh is not None
             with tarfile.open(fileobj=fh) as tar:
                 for member in tar.getmembers():
+                    # Only regular files, written under their base name: no link is followed and
+                    # no member path (``../``, absolute) can place a file outside ``out``.
                     name = Path(member.name).name
-                    if name in VADER_SOURCES.values():
+                    if member.isfile() and name in VADER_SOURCES.values():
                         data = tar.extractfile(member)
                         assert data is not None
                         (out / name).write_bytes(data.read())

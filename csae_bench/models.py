@@ -20,6 +20,8 @@ from pathlib import Path
 
 import torch
 
+from csae_bench.errors import BadInputError
+
 logger = logging.getLogger(__name__)
 
 EMBEDDED = "embedded"
@@ -34,7 +36,7 @@ HUB_ALIASES: dict[str, tuple[str, str]] = {
 _CACHE_FORMAT_VERSION = 1
 
 
-class ModelLoadError(RuntimeError):
+class ModelLoadError(BadInputError, RuntimeError):
     """A model could not be loaded; the message says what to do."""
 
 
@@ -172,7 +174,9 @@ def _hooked_from_hf_dir(hf_dir: Path, official: str, device: str, dtype: torch.d
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     try:
-        hf_model = AutoModelForCausalLM.from_pretrained(hf_dir, dtype=torch.float32)
+        # The embedded cache holds safetensors only: never let a planted pickle (.bin) be read.
+        safe_only = {"use_safetensors": True} if hf_dir == cache_dir() / "gemma-3-270m" else {}
+        hf_model = AutoModelForCausalLM.from_pretrained(hf_dir, dtype=torch.float32, **safe_only)
         tokenizer = AutoTokenizer.from_pretrained(hf_dir)
     except (OSError, ValueError) as err:
         raise ModelLoadError(

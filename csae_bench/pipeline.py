@@ -33,6 +33,7 @@ from typing import Any
 
 import torch
 
+from csae_bench.errors import BadInputError, JobFailedError, SaeMismatchError, one_line
 from csae_bench.suite import RunConfig, SuiteError, eval_type_id
 from csae_bench.utils import atomic_path, atomic_write_json, seed_everything
 
@@ -42,7 +43,7 @@ SAE_FILES = ("cfg.json", "sae_weights.safetensors")
 """Files every finished SAELens-format SAE folder holds."""
 
 
-class PipelineError(RuntimeError):
+class PipelineError(JobFailedError, RuntimeError):
     """A job could not run; the message says which one and what to do."""
 
 
@@ -155,15 +156,10 @@ def check_train_settings(cfg: RunConfig, hook_name: str) -> None:
 
 
 def load_sae(folder: Path, device: str = "cpu"):
-    """A SAEBench ``BaseSAE`` for one of our architectures, else SAELens's own ``SAE`` class."""
-    from csae_bench.architectures.export import ExportError, load_base_sae
+    """The SAE in ``folder`` for the evals (see :func:`csae_bench.architectures.loading.load_sae`)."""
+    from csae_bench.architectures.loading import load_sae as _load
 
-    try:
-        return load_base_sae(folder, device=device)
-    except ExportError:
-        from sae_lens import SAE
-
-        return SAE.load_from_disk(str(folder), device=device)
+    return _load(folder, device=device)
 
 
 @dataclass
@@ -296,7 +292,14 @@ class TrainJob(Job):
         if not is_valid_json(self.manifest):
             return {}
         rel = json.loads(self.manifest.read_text()).get("saes", {})
-        return {a: self.saes_dir / p for a, p in rel.items() if is_sae_folder(self.saes_dir / p)}
+        root = self.saes_dir.resolve()
+        # A manifest entry may only name a folder under saes_dir (no ../ or absolute path).
+        return {
+            a: self.saes_dir / p
+            for a, p in rel.items()
+            if (self.saes_dir / p).resolve().is_relative_to(root)
+            and is_sae_folder(self.saes_dir / p)
+        }
 
     def done(self) -> bool:
         return set(self.architectures) <= set(self.finished())
@@ -381,11 +384,14 @@ class EvalJob(Job):
             },
             cache=res.eval_cache,
         )
-        config = (
-            spec.make_config(ctx, dict(self.overrides))
-            if spec.make_config is not None
-            else spec.config_cls(**self.overrides)
-        )
+        try:
+            config = (
+                spec.make_config(ctx, dict(self.overrides))
+                if spec.make_config is not None
+                else spec.config_cls(**self.overrides)
+            )
+        except (TypeError, ValueError) as err:  # a config class refusing a suite value
+            raise SuiteError(f"[evals.{self.eval_name}] is invalid: {one_line(err)}") from None
         output = spec.run(ctx, sae, self.sae_id, config)
         if not isinstance(output, spec.output_cls):
             raise PipelineError(
@@ -440,7 +446,7 @@ def plan(
     ] = []  # release, id, folder, hook, seed, tokens
     external = list(external_saes)
     if external:
-        release = f"csae_bench-{model_slug(cfg.model)}-{Path(cfg.saes or 'saes').name}"
+        release = external_release(cfg)
         targets = [
             (release, sid, folder, hook, cfg.seeds[0], None) for sid, folder, hook in external
         ]
@@ -498,32 +504,85 @@ def resolve_sae_folders(jobs: list[Job]) -> None:
 
 
 def find_saes(root: Path) -> list[tuple[str, Path, str]]:
-    """``(sae_id, folder, hook_name)`` for every SAELens-format folder under ``root``."""
+    """``(sae_id, folder, hook_name)`` for every SAELens-format folder under ``root``.
+
+    Configs of every SAELens era are read as SAELens reads them (a pre-6.0 ``hook_point`` is the
+    hook). The id is the folder's path under ``root`` with ``/`` -> ``_``; two folders with one id
+    (``a/b`` and ``a_b``) would share a result file, so they are refused.
+    Raises :class:`SuiteError` (no folders) or :class:`SaeMismatchError` (unreadable config,
+    duplicate id), both exit 2."""
+    from csae_bench.architectures.loading import read_sae_config
+
     root = Path(root)
     if not root.is_dir():
-        raise PipelineError(f"--saes {root} is not a folder of SAELens-format SAE folders.")
+        raise SuiteError(f"--saes {root} is not a folder of SAELens-format SAE folders.")
     found = []
+    by_id: dict[str, Path] = {}
     for cfg_file in sorted(root.rglob("cfg.json")):
         folder = cfg_file.parent
         if not is_sae_folder(folder):
             logger.warning("Skipping %s: it has cfg.json but no sae_weights.safetensors.", folder)
             continue
-        try:
-            raw = json.loads(cfg_file.read_text())
-        except ValueError:
-            logger.warning("Skipping %s: cfg.json is not valid JSON.", folder)
-            continue
-        hook = raw.get("hook_name") or (raw.get("metadata") or {}).get("hook_name")
+        hook = read_sae_config(folder).metadata.hook_name
         if not hook:
-            logger.warning("Skipping %s: its cfg.json names no hook_name.", folder)
-            continue
+            raise SaeMismatchError(
+                f"SAE {folder}: its cfg.json names no hook (hook_name, or hook_point before "
+                "SAELens 6); add the hook it was trained at."
+            )
         rel = folder.relative_to(root)
-        found.append((str(rel).replace("/", "_") if str(rel) != "." else folder.name, folder, hook))
+        sid = str(rel).replace("/", "_") if str(rel) != "." else folder.name
+        if sid in by_id:
+            raise SaeMismatchError(
+                f"SAE folders {by_id[sid]} and {folder} both get the id {sid!r} and would share "
+                "one result file; rename one of them."
+            )
+        by_id[sid] = folder
+        found.append((sid, folder, hook))
     if not found:
-        raise PipelineError(
+        raise SuiteError(
             f"No SAELens-format SAE folders (cfg.json + sae_weights.safetensors) under {root}."
         )
     return found
+
+
+def external_release(cfg: RunConfig) -> str:
+    """SAEBench ``sae_lens_release_id`` of the ``--saes`` folders of a run."""
+    return f"csae_bench-{model_slug(cfg.model)}-{Path(cfg.saes or 'saes').name}"
+
+
+SOURCES_NAME = "sae_sources.json"
+"""``<out>/eval_results/sae_sources.json``: which ``--saes`` folder each release came from."""
+
+
+def claim_release(out: Path, release: str, root: Path, force: bool = False) -> None:
+    """Record that ``release`` in ``out`` holds the SAEs of ``root``. Two ``--saes`` folders with
+    one base name (``x/saes``, ``y/saes``) get one release id: without this the second run's
+    results would be "already done" from the first's. Raises :class:`SuiteError` (exit 2)
+    unless ``force``."""
+    path = out / "eval_results" / SOURCES_NAME
+    sources = json.loads(path.read_text()) if is_valid_json(path) else {}
+    mine = str(Path(root).resolve())
+    theirs = sources.get(release)
+    if theirs is not None and theirs != mine and not force:
+        raise SuiteError(
+            f"--out {out} already holds results of release {release} from --saes {theirs}, not "
+            f"{mine}; use another --out (or --force to replace them)."
+        )
+    if theirs != mine:
+        atomic_write_json(path, {**sources, release: mine})
+
+
+def check_unique_outputs(jobs: list[Job]) -> None:
+    """Refuse a plan in which two jobs write one file: the second would be skipped as done."""
+    seen: dict[Path, Job] = {}
+    for job in jobs:
+        for path in job.outputs():
+            if path in seen:
+                raise SuiteError(
+                    f"{seen[path].describe()} and {job.describe()} would both write {path}; "
+                    "give the SAEs distinct ids (folder names) or use separate --out folders."
+                )
+            seen[path] = job
 
 
 def run_jobs(
@@ -534,6 +593,7 @@ def run_jobs(
 ) -> dict[str, int]:
     """Run ``jobs`` in order, skipping finished ones unless ``force``. Any failure raises."""
     counts = {"run": 0, "skipped": 0}
+    check_unique_outputs(jobs)
     resolve_sae_folders(jobs)
     for job in jobs:
         if job.done() and not force:
@@ -544,8 +604,8 @@ def run_jobs(
         start = time.perf_counter()
         try:
             job.run(res)
-        except (KeyboardInterrupt, PipelineError):
-            raise
+        except (KeyboardInterrupt, PipelineError, BadInputError):
+            raise  # bad input found inside a job is still bad input: exit 2, no resume advice
         except Exception as err:
             raise PipelineError(
                 f"{job.describe()} failed: {type(err).__name__}: {err}. Finished work "

@@ -244,6 +244,13 @@ def _execute(cfg: RunConfig, resources, plots: bool, console) -> dict:
 
             hook_name = hook_name_for_layer(res.model, cfg.layer)
     jobs = plan(cfg, hook_name, external)
+    if external:
+        from csae_bench.pipeline import claim_release, external_release
+
+        if cfg.force or not all(j.done() for j in jobs):
+            check_external_saes(external, res, cfg)
+        # After the checks, so that a refused SAE leaves no claim behind.
+        claim_release(out, external_release(cfg), Path(cfg.saes), force=cfg.force)
     started = time.perf_counter()
 
     def report(job, status: str, seconds: float) -> None:
@@ -266,6 +273,18 @@ def _execute(cfg: RunConfig, resources, plots: bool, console) -> dict:
         f"; plots: {', '.join(str(p) for p in made)}" if made else "",
     )
     return board
+
+
+def check_external_saes(external, res, cfg: RunConfig) -> None:
+    """Check every ``--saes`` SAE against the run's model (width, layer, hook kind per eval,
+    model name, normalization) before any eval; the first misfit raises (exit 2)."""
+    from csae_bench.architectures.loading import check_sae_folder_fits
+    from csae_bench.pipeline import model_display_name
+
+    run_model = model_display_name(cfg.model)
+    for sid, folder, _hook in external:
+        for warning in check_sae_folder_fits(sid, folder, res.model, run_model, cfg.eval_type_ids):
+            logger.warning("%s", warning)
 
 
 def _leaderboard_main(argv: Sequence[str]) -> int:
@@ -292,17 +311,14 @@ def _leaderboard_main(argv: Sequence[str]) -> int:
 def guarded(fn, *args, **kwargs) -> int:
     """Call ``fn`` and turn the ways a run ends into exit codes: 0 done, 2 bad input (the message
     says what to change), 1 a job failed (traceback kept), 130 interrupted (re-run resumes)."""
-    from csae_bench.data import DataError
-    from csae_bench.models import ModelLoadError
-    from csae_bench.pipeline import PipelineError
-    from csae_bench.training.activations import ActivationError
+    from csae_bench.errors import BadInputError, CsaeBenchError
 
     try:
         fn(*args, **kwargs)
-    except (SuiteError, ModelLoadError, DataError, ActivationError) as err:
+    except BadInputError as err:  # wherever found, before or inside a job: one line, no traceback
         logger.error("%s", err)
         return EXIT_USAGE
-    except PipelineError as err:
+    except CsaeBenchError as err:
         logger.exception("%s", err)
         return EXIT_FAILED
     except KeyboardInterrupt:

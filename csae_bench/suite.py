@@ -25,6 +25,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from csae_bench.errors import BadInputError, one_line
+
 # The user-facing eval names that differ from their SAEBench eval_type_id.
 EVAL_ALIASES: dict[str, str] = {"probing": "csae_probing"}
 DEFAULT_ARCHITECTURES: tuple[str, ...] = ("relu", "topk", "jumprelu", "csae", "random-decoder")
@@ -32,7 +34,7 @@ DEFAULT_EVALS: tuple[str, ...] = ("core", "nces", "probing")
 MODEL_DTYPES: tuple[str, ...] = ("float32", "bfloat16", "float16")
 
 
-class SuiteError(ValueError):
+class SuiteError(BadInputError, ValueError):
     """A suite file or a run setting is invalid; the message names the key and what is allowed."""
 
 
@@ -192,6 +194,17 @@ def _check_eval_overrides(name: str, overrides: dict[str, Any]) -> None:
                 f"[evals.{name}] has unknown key {key!r}; {spec.config_cls.__name__} fields: "
                 f"{', '.join(sorted(allowed))}."
             )
+    if spec.check_overrides is not None:
+        try:
+            spec.check_overrides(overrides)
+        except ValueError as err:
+            raise SuiteError(str(err)) from None
+    try:  # the config class's own checks, before any work (the run fills the other fields later)
+        spec.config_cls(**overrides)
+    except ValueError as err:
+        raise SuiteError(f"[evals.{name}] is invalid: {one_line(err)}") from None
+    except TypeError:
+        pass  # a required field the run fills in; checked when the eval's config is built
 
 
 RUN_FIELDS = {f.name for f in dataclasses.fields(RunConfig)} - {"train", "eval_settings"}

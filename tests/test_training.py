@@ -13,7 +13,7 @@ from sae_lens import SAE
 
 from csae_bench.architectures import ARCHITECTURES, TOPK_FAMILY, UnknownArchitectureError
 from csae_bench.training.activations import ActivationSource
-from csae_bench.training.checkpoint import CheckpointMismatchError, NonFiniteError
+from csae_bench.training.checkpoint import CheckpointMismatchError, NonFiniteError, read_checkpoint
 from csae_bench.training.gradients import GradientPool
 from csae_bench.training.sparsity import L0Controller
 from csae_bench.training.trainer import (
@@ -193,7 +193,7 @@ def test_non_finite_input_or_loss_is_reported_and_never_checkpointed(tiny_model,
     cfg = config(architectures=("relu", "topk"), checkpoint_every=1, train_tokens=BATCH * 8)
     with pytest.raises(NonFiniteError, match=match):
         train_alongside(tiny_model, src, cfg, tmp_path)
-    state = torch.load(tmp_path / CHECKPOINT_NAME, weights_only=False)
+    state = read_checkpoint(tmp_path / CHECKPOINT_NAME)
     assert state["step"] == 3
     for arch_state in state["archs"].values():
         assert all(torch.isfinite(t).all() for t in arch_state["sae"].values() if t.is_floating_point())
@@ -278,3 +278,68 @@ def test_live_display_runs(tiny_model, source, heldout, tmp_path, capsys):
     train_alongside(tiny_model, source, cfg, tmp_path, heldout_acts=heldout)
     shown = capsys.readouterr().out
     assert "relu" in shown and "dead %" in shown and "L0" in shown
+
+
+class _RunsCode:
+    """Unpickling this creates ``marker``: a stand-in for a planted checkpoint that runs code."""
+
+    def __init__(self, marker: Path):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (open, (str(self.marker), "w"))
+
+
+def test_planted_pickle_checkpoint_is_refused_and_never_run(tiny_model, source, tmp_path):
+    from csae_bench.training.trainer import LEGACY_CHECKPOINT_NAME
+
+    marker, out = tmp_path / "code_ran", tmp_path / "out"
+    out.mkdir()
+    cfg = config(architectures=("topk",), train_tokens=BATCH * 8)
+    torch.save({"format": 1, "payload": _RunsCode(marker)}, out / CHECKPOINT_NAME)
+    with pytest.raises(CheckpointMismatchError, match="not a csae_bench safetensors checkpoint and was not read"):
+        train_alongside(tiny_model, source, cfg, out)
+    assert not marker.exists()
+    # A pickled checkpoint of the old format is never opened: training starts over.
+    (out / CHECKPOINT_NAME).rename(out / LEGACY_CHECKPOINT_NAME)
+    assert set(train_alongside(tiny_model, source, cfg, out)) == {"topk"}
+    assert not marker.exists()
+    # Control: the planted file does run code when unpickled, so the checks above mean something.
+    torch.load(out / LEGACY_CHECKPOINT_NAME, weights_only=False)
+    assert marker.exists()
+
+
+def test_checkpoint_round_trips_every_value_kind_exactly(tmp_path):
+    from csae_bench.training.checkpoint import save_checkpoint
+
+    gen = torch.Generator().manual_seed(0)
+    state = {
+        "identity": {"hook_name": HOOK, "architectures": ("relu", "topk")},
+        "step": 7,
+        "activation_scale": 0.1 + 0.2,  # a float whose repr is not short: must come back exactly
+        "archs": {"relu": {
+            "optimizer": {"state": {0: {"step": torch.tensor(7.0), "exp_avg": torch.randn(3, 2, generator=gen)}},
+                          "param_groups": [{"params": [0], "betas": (0.9, 0.999), "foreach": None,
+                                            "maximize": False}]},
+            "generator": gen.get_state(),
+            "bf16": torch.randn(4, generator=gen).bfloat16(),
+            "counts": torch.arange(5),
+            "loss_curve": [(0, 1.5), (1, 1.25)],
+        }},
+    }
+    save_checkpoint(tmp_path / "c.safetensors", state)
+    back = read_checkpoint(tmp_path / "c.safetensors")
+    assert back.pop("format") == 2
+
+    def same(a, b):
+        assert type(a) is type(b)
+        if isinstance(a, torch.Tensor):
+            assert a.dtype == b.dtype and torch.equal(a, b)
+        elif isinstance(a, dict):
+            assert list(a) == list(b) and all(same(a[k], b[k]) is None for k in a)
+        elif isinstance(a, (list, tuple)):
+            assert len(a) == len(b) and all(same(x, y) is None for x, y in zip(a, b, strict=True))
+        else:
+            assert a == b
+
+    same(state, back)

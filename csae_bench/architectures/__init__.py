@@ -35,6 +35,7 @@ from csae_bench.architectures.random_decoder import (
     RandomDecoderTrainingSAE,
     RandomDecoderTrainingSAEConfig,
 )
+from csae_bench.errors import BadInputError
 
 ARCHITECTURES: tuple[str, ...] = ("relu", "topk", "jumprelu", "csae", "random-decoder")
 """Every architecture csae_bench trains, by its user-facing name."""
@@ -55,7 +56,7 @@ TOPK_FAMILY: frozenset[str] = frozenset({"topk", "csae", "random-decoder"})
 """Architectures whose sparsity is set exactly by k (matched L0 by construction)."""
 
 
-class UnknownArchitectureError(ValueError):
+class UnknownArchitectureError(BadInputError, ValueError):
     """An architecture name that csae_bench does not know."""
 
 

@@ -20,9 +20,10 @@ from sae_bench.custom_saes.relu_sae import ReluSAE
 from sae_bench.custom_saes.topk_sae import TopKSAE as SAEBenchTopKSAE
 
 from csae_bench.architectures import FROM_SAELENS, TOPK_FAMILY
+from csae_bench.errors import BadInputError
 
 
-class ExportError(ValueError):
+class ExportError(BadInputError, ValueError):
     """An SAE cannot be converted to a SAEBench ``BaseSAE``; the message says why."""
 
 

@@ -53,6 +53,12 @@ class EvalSpec:
     headline: dict[str, Direction]
     make_config: Callable[[EvalContext, dict[str, Any]], Any] | None = None
     description: str = ""
+    hook_kinds: tuple[str, ...] = ("hook_resid_post",)
+    """Hook kinds (the last part of ``blocks.L.<kind>``) this eval can evaluate an SAE at;
+    checked for every SAE before any work (:func:`csae_bench.architectures.loading.check_sae_fits`)."""
+    check_overrides: Callable[[dict[str, Any]], None] | None = None
+    """Rejects, before any work, suite overrides that would make the eval's output invalid; raises
+    ``ValueError`` naming the key."""
 
 
 EVALS: dict[str, EvalSpec] = {}

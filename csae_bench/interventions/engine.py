@@ -385,18 +385,22 @@ class EffectEngine:
         return (g[ctx_idx_M, pos_M] * delta_MD.to(g)).sum(-1)
 
 
-def check_sae_matches(sae, model, hook_name: str) -> None:
-    """Raise if the SAE was not made for this model's ``hook_name`` (width or hook)."""
-    d_in = int(sae.W_dec.shape[1])
-    if d_in != model.cfg.d_model:
-        raise InterventionError(
-            f"The SAE's d_in is {d_in} but the model's d_model is {model.cfg.d_model}: wrong SAE for this model."
-        )
+def check_sae_matches(sae, model, hook_name: str, name: str = "given") -> None:
+    """Raise :class:`InterventionError` if the SAE was not made for this model's ``hook_name``:
+    its own hook differs, or :func:`csae_bench.architectures.loading.check_sae_fits` (the one
+    SAE-vs-model check: width, layer, hook kind) refuses it."""
+    from csae_bench.architectures.loading import check_sae_fits
+    from csae_bench.errors import SaeMismatchError
+
     sae_hook = getattr(getattr(sae, "cfg", None), "hook_name", None)
     if sae_hook is not None and sae_hook != hook_name:
         raise InterventionError(
             f"The SAE was trained at {sae_hook!r} but the eval hook is {hook_name!r}; pass the matching hook."
         )
+    try:
+        check_sae_fits(name, int(sae.W_dec.shape[1]), hook_name, model)
+    except SaeMismatchError as err:
+        raise InterventionError(str(err)) from None
 
 
 def _layer_of(hook_name: str, n_layers: int) -> int:

@@ -21,8 +21,10 @@ from typing import Literal
 import torch
 from torch import Tensor
 
+from csae_bench.errors import BadInputError
 
-class InterventionError(ValueError):
+
+class InterventionError(BadInputError, ValueError):
     """An intervention was specified or used wrongly; the message says what to do."""
 
 

@@ -14,10 +14,12 @@ from pathlib import Path
 import torch
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
+from csae_bench.errors import BadInputError
+
 logger = logging.getLogger(__name__)
 
 
-class ActivationError(RuntimeError):
+class ActivationError(BadInputError, RuntimeError):
     """Activations could not be produced; the message says what to do."""
 
 

@@ -14,6 +14,8 @@ a default.
 
 from __future__ import annotations
 
+from csae_bench.errors import BadInputError
+
 try:
     import tomllib
 except ModuleNotFoundError:  # Python 3.10
@@ -27,7 +29,7 @@ from csae_bench.training.trainer import TrainConfig
 BASELINES_DIR = Path(__file__).resolve().parents[2] / "baselines"
 
 
-class RecipeError(ValueError):
+class RecipeError(BadInputError, ValueError):
     """A recipe file is malformed; the message names the file and the problem."""
 
 

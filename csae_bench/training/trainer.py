@@ -22,7 +22,7 @@ are SAELens's own (``TrainingSAE.training_forward_pass``); this module only owns
   inputs' residuals, optimizer state reset). CSAE additionally re-initializes causally failing
   features (its verification loop, every ``verify_every`` steps).
 * **Checkpoints.** Every ``checkpoint_every`` steps all SAEs, optimizers, controllers, dead
-  counters and generators go to ``out_dir/checkpoint.pt`` atomically; ``resume=True`` continues
+  counters and generators go to ``out_dir/checkpoint.safetensors`` (tensors + JSON, no pickle) atomically; ``resume=True`` continues
   the same run bit for bit. NaN/inf in activations or a loss stops training with the step and SAE
   named, before anything is written.
 * **Outputs.** ``out_dir/<architecture>/`` is a SAELens-format SAE (``SAE.load_from_disk`` works;
@@ -65,6 +65,7 @@ from csae_bench.architectures import (
     check_architecture,
 )
 from csae_bench.architectures.export import load_base_sae, to_base_sae
+from csae_bench.errors import BadInputError
 from csae_bench.training.activations import ActivationSource, layer_of_hook, progress
 from csae_bench.training.checkpoint import (
     RUN_DEFINING_FIELDS,
@@ -78,7 +79,8 @@ from csae_bench.utils import atomic_write_json, versions
 
 logger = logging.getLogger(__name__)
 
-CHECKPOINT_NAME = "checkpoint.pt"
+CHECKPOINT_NAME = "checkpoint.safetensors"
+LEGACY_CHECKPOINT_NAME = "checkpoint.pt"  # pickled (format 1): never read, see checkpoint.py
 SUMMARY_NAME = "training_summary.json"
 POOL_NAME = "gradient_pool.safetensors"
 
@@ -94,7 +96,7 @@ __all__ = [
 ]
 
 
-class TrainingError(RuntimeError):
+class TrainingError(BadInputError, RuntimeError):
     """Training cannot proceed; the message says what to do."""
 
 
@@ -629,6 +631,12 @@ def train_alongside(
 
     ckpt_path = out_dir / CHECKPOINT_NAME
     start = 0
+    if (out_dir / LEGACY_CHECKPOINT_NAME).exists():
+        logger.warning(
+            "Not reading %s: pickled checkpoints of older versions can run code when loaded. "
+            "Training starts over; delete the file to silence this.",
+            out_dir / LEGACY_CHECKPOINT_NAME,
+        )
     if ckpt_path.exists() and resume:
         state = load_checkpoint(ckpt_path, cfg.identity(d_in))
         missing = [a for a in todo if a not in state["archs"]]

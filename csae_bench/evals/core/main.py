@@ -17,6 +17,7 @@ from sae_bench.evals.core.eval_config import CoreEvalConfig
 from sae_bench.sae_bench_utils import get_eval_uuid, get_sae_bench_version, get_sae_lens_version
 from sae_bench.sae_bench_utils.general_utils import load_and_format_sae
 
+from csae_bench.errors import SaeMismatchError
 from csae_bench.evals.core.output import (
     CsaeCoreEvalOutput,
     CsaeCoreMetricCategories,
@@ -106,7 +107,7 @@ def run_core_eval(ctx: EvalContext, sae, sae_id: str, config: CoreEvalConfig) ->
     if sae.cfg.context_size is None:
         sae.cfg.context_size = sae.cfg.metadata.context_size = config.context_size
     if sae.cfg.hook_name != ctx.hook_name:
-        raise ValueError(
+        raise SaeMismatchError(
             f"SAE {sae_id} reads {sae.cfg.hook_name}, but this run evaluates {ctx.hook_name}; "
             "pass SAEs trained on the run's hook (--layer)."
         )
@@ -185,6 +186,39 @@ def run_core_eval(ctx: EvalContext, sae, sae_id: str, config: CoreEvalConfig) ->
     )
 
 
+# Which metric category each SAEBench ``compute_*`` flag fills.
+_FLAG_CATEGORY = {
+    "compute_kl": "model_behavior_preservation",
+    "compute_ce_loss": "model_performance_preservation",
+    "compute_l2_norms": "shrinkage",
+    "compute_sparsity_metrics": "sparsity",
+    "compute_variance_metrics": "reconstruction_quality",
+    "compute_featurewise_density_statistics": "misc_metrics",
+    "compute_featurewise_weight_based_metrics": "misc_metrics",
+}
+
+
+def check_core_overrides(overrides: dict[str, Any]) -> None:
+    """Reject a ``compute_*`` flag set false when the metrics it fills are required fields of
+    SAEBench's output classes (the result could not validate, after all the work). A flag this
+    table does not know is rejected too rather than trusted. Raises ``ValueError`` naming the key.
+    """
+    for key, value in overrides.items():
+        if not key.startswith("compute_") or value is not False:
+            continue
+        category = _FLAG_CATEGORY.get(key)
+        cls = _CATEGORY_CLASSES.get(category) if category else None
+        required = (
+            [n for n, f in cls.__pydantic_fields__.items() if f.is_required()] if cls else ["?"]
+        )
+        if required:
+            raise ValueError(
+                f"[evals.core] {key} = false cannot be used: SAEBench's core output requires "
+                f"the metrics it computes ({category or 'unknown category'}: "
+                f"{', '.join(required[:3])}...). Remove the key."
+            )
+
+
 _CATEGORY_CLASSES = {
     "model_behavior_preservation": sb_core.ModelBehaviorPreservationMetrics,
     "model_performance_preservation": sb_core.ModelPerformancePreservationMetrics,
@@ -211,5 +245,14 @@ CORE_SPEC = register_eval(
         },
         make_config=make_core_config,
         description="SAEBench core: reconstruction, sparsity, CE/KL preservation (+ mean-centred EV).",
+        # SAEBench's core eval splices any d_model-wide hook of a block.
+        hook_kinds=(
+            "hook_resid_pre",
+            "hook_resid_mid",
+            "hook_resid_post",
+            "hook_mlp_out",
+            "hook_attn_out",
+        ),
+        check_overrides=check_core_overrides,
     )
 )

@@ -89,7 +89,7 @@ def evaluate_sae(
 ) -> NCESEvalOutput:
     """NCES of one SAE at ``hook_name`` on eval ``tokens`` ``[n_ctx, ctx]`` (BOS first)."""
     t_start = time.perf_counter()
-    check_sae_matches(sae, model, hook_name)
+    check_sae_matches(sae, model, hook_name, sae_id)
     if engine is None:
         engine = build_engine(model, hook_name, tokens, config)
     elif engine.hook_name != hook_name:

@@ -31,6 +31,7 @@ SPEC = register_eval(
         },
         make_config=make_config,
         description="Targeted probing with causal verification of the selected latents.",
+        hook_kinds=("hook_resid_pre", "hook_resid_post"),  # model_io.resume reads both
     )
 )
 

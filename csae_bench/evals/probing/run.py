@@ -18,6 +18,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
+from csae_bench.errors import SaeMismatchError
 from csae_bench.evals.probing import model_io as io
 from csae_bench.evals.probing.config import ProbingEvalConfig
 from csae_bench.evals.probing.output import (
@@ -360,7 +361,7 @@ def run(ctx, sae, sae_id: str, config: ProbingEvalConfig) -> ProbingEvalOutput:
 
     hook_name = getattr(getattr(sae, "cfg", None), "hook_name", None) or ctx.hook_name
     if ctx.hook_name and hook_name != ctx.hook_name:
-        raise ValueError(
+        raise SaeMismatchError(
             f"SAE {sae_id} reads {hook_name} but the eval context is for {ctx.hook_name}; evaluate it with a context for its own hook."
         )
     t0 = time.time()

@@ -35,12 +35,13 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from csae_bench.errors import BadInputError
 from csae_bench.evals.probing import model_io as io
 from csae_bench.interventions import Intervention, make_intervention
 from csae_bench.interventions.types import FeatureStats, feature_edit_BTD
 
 
-class VerificationError(ValueError):
+class VerificationError(BadInputError, ValueError):
     """Verification cannot run as asked; the message says what to do."""
 
 
