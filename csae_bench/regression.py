@@ -38,6 +38,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from csae_bench.errors import BadInputError
 from csae_bench.utils import atomic_write_json
 
 logger = logging.getLogger(__name__)
@@ -62,7 +63,7 @@ ABS_FLOOR = 0.01
 """Smallest absolute tolerance."""
 
 
-class RegressionError(RuntimeError):
+class RegressionError(BadInputError, RuntimeError):
     """The results folder cannot be compared (missing files); the message says what to do."""
 
 
