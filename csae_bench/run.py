@@ -3,6 +3,7 @@
     python -m csae_bench.run                          # everything, embedded Gemma-3-270M, CPU
     python -m csae_bench.run --suite evals/smoke.toml # a declarative suite
     python -m csae_bench.run --evals core --saes path/to/saes --out results_other
+    python -m csae_bench.run --saes gemma-scope-2-270m-pt-res-all:layer_6_width_16k_l0_small
     python -m csae_bench.run leaderboard results/     # rebuild leaderboard + plots from any results folder
 
 Work already finished in ``--out`` is skipped, so a killed run resumes when re-run.
@@ -101,11 +102,21 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--out", default=None, metavar="DIR", help=f"results folder [default: {d.out}/]"
     )
-    parser.add_argument(
+    parser.add_argument(  # issue 16: also SAELens release ids, several, comma-separated or repeated
         "--saes",
         default=None,
-        metavar="DIR",
-        help="evaluate the SAELens-format SAE folders under DIR instead of training",
+        action="append",
+        metavar="DIR|RELEASE:SAE_ID",
+        help="evaluate these instead of training: the SAELens-format SAE folders under DIR and/or "
+        "SAELens pretrained SAEs as release:sae_id (e.g. "
+        "gemma-scope-2-270m-pt-res-all:layer_6_width_16k_l0_small); comma-separated or repeated",
+    )
+    parser.add_argument(
+        "--extra-saes",
+        default=None,
+        action="append",
+        metavar="RELEASE:SAE_ID",
+        help="SAELens pretrained SAEs (release:sae_id) evaluated next to the SAEs this run trains",
     )
     parser.add_argument(
         "--force", action="store_true", default=None, help="redo finished work instead of resuming"
@@ -178,10 +189,16 @@ def config_from_args(args: argparse.Namespace) -> RunConfig:
         device=args.device,
         out=args.out,
         saes=args.saes,
+        extra_saes=args.extra_saes,
         force=args.force,
     )
+    if cfg.release_saes or cfg.extra_saes:
+        # issue 16: unknown or unreachable SAELens releases fail here, before the slow imports.
+        from csae_bench.saes_pretrained import check_release_ids
+
+        check_release_ids([*cfg.release_saes, *cfg.extra_saes])
     validate_names(cfg)
-    if cfg.saes is None:
+    if cfg.trains:
         from csae_bench.pipeline import check_train_settings
 
         check_train_settings(cfg, f"blocks.{cfg.layer}.hook_resid_post")
@@ -199,16 +216,23 @@ def execute(cfg: RunConfig, resources=None, plots: bool = True, console=None) ->
     out = Path(cfg.out)
     check_writable(out)
     res = resources or Resources(cfg)
+    # issue 16: SAELens release ids are resolved, hub-checked and matched to the model here,
+    # before anything loads (a problem exits 2 within seconds).
+    releases = []
+    if cfg.release_saes or cfg.extra_saes:
+        from csae_bench.saes_pretrained import prepare_releases
+
+        releases = prepare_releases([*cfg.release_saes, *cfg.extra_saes], cfg.model)
     external = find_saes(Path(cfg.saes)) if cfg.saes else []
     hook_name = f"blocks.{cfg.layer}.hook_resid_post"
-    if not external:
+    if cfg.trains:
         # Fail on a layer the model lacks before any work, but only load the model if work remains.
         jobs = plan(cfg, hook_name)
         if not all(j.done() for j in jobs) or cfg.force:
             from csae_bench.training.activations import hook_name_for_layer
 
             hook_name = hook_name_for_layer(res.model, cfg.layer)
-    jobs = plan(cfg, hook_name, external)
+    jobs = plan(cfg, hook_name, external, releases)
     started = time.perf_counter()
 
     def report(job, status: str, seconds: float) -> None:
