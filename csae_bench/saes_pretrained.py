@@ -87,7 +87,9 @@ def is_release_spec(entry: str) -> bool:
     return SEP in entry and not Path(entry).expanduser().exists()
 
 
-def split_sae_entries(value: str | list[str] | tuple[str, ...] | None) -> tuple[list[str], list[str]]:
+def split_sae_entries(
+    value: str | list[str] | tuple[str, ...] | None,
+) -> tuple[list[str], list[str]]:
     """``--saes`` / suite ``saes`` -> ``(folders, release_specs)``. ``value`` is one string
     (comma-separated entries allowed) or a list of them; empty entries are dropped.
 
@@ -326,8 +328,8 @@ def equivalent_resid_post(hook_name: str) -> str:
 
 @functools.cache
 def release_config(spec: str) -> dict[str, Any]:
-    """SAELens's config for ``release:sae_id`` (``hook_name``, ``d_in``, ``d_sae``,
-    ``architecture``, ``normalize_activations``, ``model_name``...), fetched by
+    """SAELens's config for ``release:sae_id`` (``d_in``, ``d_sae``, ``architecture``,
+    ``normalize_activations``; ``hook_name`` / ``model_name`` top-level or under ``metadata``), by
     ``sae_lens.loading.pretrained_sae_loaders.load_sae_config_from_huggingface`` (config only,
     no weights). Raises :class:`ReleaseError` when the hub cannot serve it."""
     from sae_lens.loading.pretrained_sae_loaders import load_sae_config_from_huggingface
@@ -364,7 +366,10 @@ def check_release_config(rel: ReleaseSAE) -> str:
             f"(normalize_activations={norm!r}), which SAEBench's BaseSAE cannot express; "
             "pick another SAE."
         )
-    return equivalent_resid_post(str(cfg["hook_name"]))
+    hook = cfg.get("hook_name") or (cfg.get("metadata") or {}).get("hook_name")
+    if not hook:
+        raise ReleaseError(f"--saes {rel.spec}: SAELens's config for it names no hook_name.")
+    return equivalent_resid_post(str(hook))
 
 
 # ---------------------------------------------------------------- the up-front pass
