@@ -174,8 +174,11 @@ def check_writable(out: Path) -> None:
 
 
 def config_from_args(args: argparse.Namespace) -> RunConfig:
+    from csae_bench.saes_pretrained import check_release_ids, release_specs_requested
     from csae_bench.suite import build_config, validate_names
 
+    # issue 16: unknown or unreachable SAELens releases fail first, before any slow import.
+    check_release_ids(release_specs_requested(args.suite, args.saes, args.extra_saes))
     cfg = build_config(
         args.suite,
         model=args.model,
@@ -192,11 +195,6 @@ def config_from_args(args: argparse.Namespace) -> RunConfig:
         extra_saes=args.extra_saes,
         force=args.force,
     )
-    if cfg.release_saes or cfg.extra_saes:
-        # issue 16: unknown or unreachable SAELens releases fail here, before the slow imports.
-        from csae_bench.saes_pretrained import check_release_ids
-
-        check_release_ids([*cfg.release_saes, *cfg.extra_saes])
     validate_names(cfg)
     if cfg.trains:
         from csae_bench.pipeline import check_train_settings

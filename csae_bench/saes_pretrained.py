@@ -383,6 +383,32 @@ def check_release_ids(specs: list[str]) -> list[ReleaseSAE]:
     return rels
 
 
+def release_specs_requested(
+    suite: str | Path | None, saes: Any = None, extra_saes: Any = None
+) -> list[str]:
+    """The ``release:sae_id`` entries a command names, read from its flags and the raw ``[run]``
+    table of its suite (``saes``, ``extra_saes``) without building the run's config, whose suite
+    check imports the trainer (seconds). A suite that does not parse yields none here (building
+    the config reports it)."""
+    entries: list[Any] = [saes, extra_saes]
+    if suite is not None:
+        import tomllib
+
+        try:
+            run = tomllib.loads(Path(suite).read_text(encoding="utf-8")).get("run", {})
+        except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError):
+            run = {}
+        if isinstance(run, dict):
+            entries += [run.get("saes"), run.get("extra_saes")]
+    specs: list[str] = []
+    for value in entries:
+        try:
+            specs += split_sae_entries(value)[1]
+        except SuiteError:
+            continue  # malformed: building the config names it
+    return list(dict.fromkeys(specs))
+
+
 def prepare_releases(specs: list[str], run_model: str) -> list[tuple[ReleaseSAE, str]]:
     """Every up-front step for ``specs`` (see the module docstring), in order, before any model
     is loaded; logs the warnings. Returns ``(release, eval hook)`` per spec. Raises

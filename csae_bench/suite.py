@@ -261,6 +261,8 @@ def load_suite(path: str | Path) -> dict[str, Any]:
 
 
 def _check_train_keys(path: Path, train: dict[str, Any]) -> None:
+    if not train:
+        return  # nothing to check: skip importing the trainer (seconds)
     try:
         from csae_bench.training.trainer import TrainConfig  # type: ignore[import-not-found]
     except ImportError:
