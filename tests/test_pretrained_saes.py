@@ -187,12 +187,20 @@ def test_bad_release_ids_exit_2_with_one_line(tmp_path, caplog, spec, named):
     assert len(errors) == 1 and named in errors[0] and "\n" not in errors[0]
 
 
-def test_offline_release_fails_fast_before_any_model(tmp_path):
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["--saes", f"{GS2}:layer_6_width_16k_l0_small,{GS2}:layer_6_width_16k_l0_big"],
+        ["--suite", "evals/gemma-scope-2-270m.toml"],
+    ],
+    ids=["--saes", "--suite"],
+)
+def test_offline_release_fails_fast_before_any_model(tmp_path, args):
     """The command as a user runs it, offline: exit 2, one line naming the release and what to
     do, within 15 s of the start, with neither SAELens nor TransformerLens imported."""
     code = (
         "import sys, time; t = time.perf_counter(); from csae_bench.run import main; "
-        f"rc = main(['--saes', '{GS2}:layer_6_width_16k_l0_small', '--out', {str(tmp_path)!r}]); "
+        f"rc = main({args!r} + ['--out', {str(tmp_path)!r}]); "
         "print('RESULT', rc, round(time.perf_counter() - t, 2), 'sae_lens' in sys.modules, "
         "'transformer_lens' in sys.modules)"
     )
