@@ -220,7 +220,8 @@ def execute(cfg: RunConfig, resources=None, plots: bool = True, console=None) ->
     if cfg.release_saes or cfg.extra_saes:
         from csae_bench.saes_pretrained import prepare_releases
 
-        releases = prepare_releases([*cfg.release_saes, *cfg.extra_saes], cfg.model)
+        specs = list(dict.fromkeys([*cfg.release_saes, *cfg.extra_saes]))
+        releases = prepare_releases(specs, cfg.model)
     external = find_saes(Path(cfg.saes)) if cfg.saes else []
     hook_name = f"blocks.{cfg.layer}.hook_resid_post"
     if cfg.trains:
