@@ -424,9 +424,11 @@ def prepare_releases(specs: list[str], run_model: str) -> list[tuple[ReleaseSAE,
 
 
 def load_release_sae(spec: str, device: str = "cpu"):
-    """``release:sae_id`` as a SAEBench ``BaseSAE`` on ``device`` (float32).
+    """``release:sae_id`` as a SAEBench ``BaseSAE`` on ``device`` (float32; ``W_enc``
+    [d_in, d_sae], ``W_dec`` [d_sae, d_in] with unit-norm rows, activations in model units).
 
-    ``SAE.from_pretrained(release, sae_id)`` loads it as SAELens does (its converter, bf16 ->
+    ``SAE.from_pretrained(release, sae_id)`` (``sae_lens/saes/sae.py``; converters in
+    ``sae_lens/loading/pretrained_sae_loaders.py``) loads it as SAELens does (bf16 ->
     float32, norm-factor folding); ``to_base_sae`` adapts it (SAEBench's ``JumpReluSAE`` /
     ``TopKSAE`` / ``ReluSAE``, decoder rows unit-norm, JumpReLU threshold scaled alike). The
     ``hook_name`` is :func:`equivalent_resid_post` of the SAE's. Raises :class:`ReleaseError`

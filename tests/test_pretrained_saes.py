@@ -174,15 +174,16 @@ def test_resolve_release_reads_saelens_directory():
 
 
 @pytest.mark.parametrize(
-    "spec, named",
+    "flag, spec, named",
     [
-        ("gemma-scope-2-270m-pt-res-al:layer_6_width_16k_l0_small", "Did you mean " + GS2),
-        (f"{GS2}:layer_6_width_16k_l0_medium", "has no SAE id 'layer_6_width_16k_l0_medium'"),
-        (f"{GS2}:", "write a SAELens SAE as release:sae_id"),
+        ("--saes", "gemma-scope-2-270m-pt-res-al:layer_6_width_16k_l0_small", "Did you mean " + GS2),
+        ("--saes", f"{GS2}:layer_6_width_16k_l0_medium", "has no SAE id 'layer_6_width_16k_l0_medium'"),
+        ("--extra-saes", f"{GS2}:layer_6_width_16k", "has no SAE id 'layer_6_width_16k'"),
+        ("--saes", f"{GS2}:", "write a SAELens SAE as release:sae_id"),
     ],
 )
-def test_bad_release_ids_exit_2_with_one_line(tmp_path, caplog, spec, named):
-    assert main(["--saes", spec, "--out", str(tmp_path)]) == EXIT_USAGE
+def test_bad_release_ids_exit_2_with_one_line(tmp_path, caplog, flag, spec, named):
+    assert main([flag, spec, "--out", str(tmp_path)]) == EXIT_USAGE
     errors = [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR]
     assert len(errors) == 1 and named in errors[0] and "\n" not in errors[0]
 
