@@ -420,3 +420,29 @@ def test_suite_keys_for_releases(tmp_path):
     suite.write_text(f'[run]\nextra_saes = ["{tmp_path}"]\n')
     with pytest.raises(SuiteError, match="extra_saes takes SAELens release:sae_id"):
         build_config(suite)
+
+
+def test_resid_pre_release_runs_every_eval_at_the_previous_resid_post(hub, tmp_path):
+    """A ``blocks.L.hook_resid_pre`` release through core and NCES (whose engine patches only
+    ``hook_resid_post``): both read it at ``blocks.{L-1}.hook_resid_post``."""
+    from pipeline_fakes import tiny_resources, tiny_run_config
+
+    from csae_bench.run import execute
+
+    hub.put_saelens("gpt2-small-res-jb", "blocks.2.hook_resid_pre", "blocks.2.hook_resid_pre")
+    nces = {"n_features": 8, "tokens_per_feature": 2, "n_contexts": 4, "n_bootstrap": 50}
+    cfg = tiny_run_config(
+        tmp_path,
+        model="gpt2",
+        saes="gpt2-small-res-jb:blocks.2.hook_resid_pre",
+        evals=["core", "nces"],
+        eval_settings={"core": {"batch_size_prompts": 8}, "nces": nces},
+    )
+    board = execute(cfg, tiny_resources(cfg), plots=False)
+    (row,) = board["rows"]
+    assert (row["source"], row["sae_id"], row["hook"]) == (
+        "release",
+        "blocks.2.hook_resid_pre",
+        "blocks.1.hook_resid_post",
+    )
+    assert row["missing_evals"] == [] and set(row["metrics"]) == {"core", "nces"}
