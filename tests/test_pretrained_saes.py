@@ -446,3 +446,13 @@ def test_resid_pre_release_runs_every_eval_at_the_previous_resid_post(hub, tmp_p
         "blocks.1.hook_resid_post",
     )
     assert row["missing_evals"] == [] and set(row["metrics"]) == {"core", "nces"}
+
+
+def test_run_time_normalization_exits_2(hub, tmp_path, caplog):
+    """``layer_norm`` normalization happens per token at run time: no BaseSAE expresses it."""
+    spec = "gpt2-small-res-jb:blocks.3.hook_resid_pre"
+    hub.put_saelens("gpt2-small-res-jb", "blocks.3.hook_resid_pre", "blocks.3.hook_resid_pre",
+                    norm="layer_norm")
+    assert _cli(tmp_path, "--model", "gpt2", "--saes", spec) == 2
+    (error,) = [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR]
+    assert spec in error and "normalize_activations='layer_norm'" in error
