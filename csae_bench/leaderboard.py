@@ -136,9 +136,12 @@ def _sae_info(release: str, sae_id: str, files: list[ResultFile]) -> dict[str, A
     except ImportError:
         pass
     tokens = cfg.get("training_tokens") or meta.get("training_tokens")
+    from csae_bench.saes_pretrained import sae_source  # issue 16: trained / folder / release
+
     return {
         "sae_release": release,
         "sae_id": sae_id,
+        "source": sae_source(release, sae_id),
         "model": cfg.get("model_name") or meta.get("model_name"),
         "hook": cfg.get("hook_name") or meta.get("hook_name"),
         "architecture": str(arch),

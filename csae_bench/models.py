@@ -26,6 +26,10 @@ logger = logging.getLogger(__name__)
 
 EMBEDDED = "embedded"
 EMBEDDED_TL_NAME = "google/gemma-3-270m"
+EMBEDDED_MODEL_ID = "google/gemma-3-270m-q4_k_m-dequantized"
+"""The embedded model's id (recorded as SAEs' ``model_name``): Gemma-3-270M dequantized from a
+Q4_K_M GGUF, not the original bf16 weights. Its TransformerLens architecture stays
+``EMBEDDED_TL_NAME``."""
 # Hub aliases users type -> TransformerLens official names, with the dtype the published SAEs use.
 HUB_ALIASES: dict[str, tuple[str, str]] = {
     "gpt2": ("gpt2", "float32"),
@@ -57,6 +61,12 @@ class ModelSpec:
     name: str  # TransformerLens official name used for the architecture config
     path: Path | None = None
     dtype: str = "float32"
+
+    @property
+    def model_id(self) -> str:
+        """The id recorded for this model: ``EMBEDDED_MODEL_ID`` for the embedded one (which
+        says how its weights differ from the original), else ``name``."""
+        return EMBEDDED_MODEL_ID if self.kind == EMBEDDED else self.name
 
 
 def resolve_model(name: str) -> ModelSpec:

@@ -350,6 +350,8 @@ class EvalJob(Job):
     path: Path
     overrides: dict[str, Any] = field(default_factory=dict)
     training_tokens: int | None = None
+    pretrained: str | None = None
+    """issue 16: a SAELens ``release:sae_id`` loaded with ``SAE.from_pretrained`` (else: the folder)."""
 
     def outputs(self) -> list[Path]:
         return [self.path]
@@ -367,7 +369,12 @@ class EvalJob(Job):
 
         spec = get_eval(eval_type_id(self.eval_name))
         seed_everything(self.seed)
-        sae = res.sae_loader(self.sae_folder, res.cfg.device)
+        if self.pretrained:  # issue 16: SAELens release -> SAEBench BaseSAE
+            from csae_bench.saes_pretrained import load_release_sae
+
+            sae = load_release_sae(self.pretrained, res.cfg.device)
+        else:
+            sae = res.sae_loader(self.sae_folder, res.cfg.device)
         if self.training_tokens and getattr(sae.cfg, "training_tokens", 0) in (None, -100_000, 0):
             sae.cfg.training_tokens = self.training_tokens  # carried into sae_cfg_dict
         ctx = EvalContext(
@@ -380,7 +387,7 @@ class EvalJob(Job):
             extra={
                 "sae_release": self.release,
                 "corpus": res.cfg.corpus,
-                "sae_folder": str(self.sae_folder),
+                "sae_folder": self.pretrained or str(self.sae_folder),
             },
             cache=res.eval_cache,
         )
@@ -424,21 +431,27 @@ def train_settings(cfg: RunConfig, hook_name: str, seed: int) -> dict[str, Any]:
 
 
 def model_display_name(model: str) -> str:
-    """The model's TransformerLens name where it resolves offline (``embedded`` ->
-    ``google/gemma-3-270m``), else what the user typed."""
+    """The model's id where it resolves offline (``embedded`` ->
+    ``google/gemma-3-270m-q4_k_m-dequantized``, others their TransformerLens name), else what the
+    user typed."""
     from csae_bench.models import ModelLoadError, resolve_model
 
     try:
-        return resolve_model(model).name
+        return resolve_model(model).model_id  # issue 16: the embedded model says it is dequantized
     except ModelLoadError:
         return model
 
 
 def plan(
-    cfg: RunConfig, hook_name: str, external_saes: Iterable[tuple[str, Path, str]] = ()
+    cfg: RunConfig,
+    hook_name: str,
+    external_saes: Iterable[tuple[str, Path, str]] = (),
+    releases: Iterable[tuple[Any, str]] = (),
 ) -> list[Job]:
     """Every job of a run in dependency order. ``external_saes``: ``(sae_id, folder, hook)`` of
-    already-trained SAEs (``--saes``); when given, nothing is trained."""
+    already-trained SAEs (``--saes``); when given, nothing is trained. ``releases``:
+    ``(ReleaseSAE, hook)`` of SAELens pretrained SAEs (``saes_pretrained.prepare_releases``),
+    evaluated under their own release and id; they stop training only when ``--saes`` named them."""
     out = Path(cfg.out)
     jobs: list[Job] = []
     targets: list[
@@ -450,7 +463,7 @@ def plan(
         targets = [
             (release, sid, folder, hook, cfg.seeds[0], None) for sid, folder, hook in external
         ]
-    else:
+    elif cfg.trains:
         for seed in cfg.seeds:
             rd = run_dir(out, cfg.model, hook_name, seed)
             harvest = HarvestJob(hook_name, seed, rd / "activations.safetensors")
@@ -473,6 +486,12 @@ def plan(
                         cfg.train_tokens,
                     )
                 )
+    # issue 16: SAELens releases, named by their release and id (folder: where the hub keeps it).
+    targets += [
+        (rel.release, rel.sae_id, Path(rel.repo_id) / rel.path, hook, cfg.seeds[0], None)
+        for rel, hook in releases
+    ]
+    pretrained = {(rel.release, rel.sae_id): rel.spec for rel, _ in releases}
     for name in cfg.evals:
         for release, sid, folder, hook, seed, n_tok in targets:
             jobs.append(
@@ -486,6 +505,7 @@ def plan(
                     eval_result_path(out, eval_type_id(name), release, sid),
                     dict(cfg.eval_settings.get(name, {})),
                     n_tok,
+                    pretrained.get((release, sid)),
                 )
             )
     return jobs

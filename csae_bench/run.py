@@ -3,6 +3,7 @@
     python -m csae_bench.run                          # everything, embedded Gemma-3-270M, CPU
     python -m csae_bench.run --suite evals/smoke.toml # a declarative suite
     python -m csae_bench.run --evals core --saes path/to/saes --out results_other
+    python -m csae_bench.run --saes gemma-scope-2-270m-pt-res-all:layer_6_width_16k_l0_small
     python -m csae_bench.run leaderboard results/     # rebuild leaderboard + plots from any results folder
 
 Work already finished in ``--out`` is skipped, so a killed run resumes when re-run.
@@ -120,11 +121,21 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--out", default=None, metavar="DIR", help=f"results folder [default: {d.out}/]"
     )
-    parser.add_argument(
+    parser.add_argument(  # issue 16: also SAELens release ids, several, comma-separated or repeated
         "--saes",
         default=None,
-        metavar="DIR",
-        help="evaluate the SAELens-format SAE folders under DIR instead of training",
+        action="append",
+        metavar="DIR|RELEASE:SAE_ID",
+        help="evaluate these instead of training: the SAELens-format SAE folders under DIR and/or "
+        "SAELens pretrained SAEs as release:sae_id (e.g. "
+        "gemma-scope-2-270m-pt-res-all:layer_6_width_16k_l0_small); comma-separated or repeated",
+    )
+    parser.add_argument(
+        "--extra-saes",
+        default=None,
+        action="append",
+        metavar="RELEASE:SAE_ID",
+        help="SAELens pretrained SAEs (release:sae_id) evaluated next to the SAEs this run trains",
     )
     parser.add_argument(
         "--force", action="store_true", default=None, help="redo finished work instead of resuming"
@@ -182,8 +193,11 @@ def check_writable(out: Path) -> None:
 
 
 def config_from_args(args: argparse.Namespace) -> RunConfig:
+    from csae_bench.saes_pretrained import check_release_ids, release_specs_requested
     from csae_bench.suite import build_config, validate_names
 
+    # issue 16: unknown or unreachable SAELens releases fail first, before any slow import.
+    check_release_ids(release_specs_requested(args.suite, args.saes, args.extra_saes))
     cfg = build_config(
         args.suite,
         model=args.model,
@@ -199,10 +213,11 @@ def config_from_args(args: argparse.Namespace) -> RunConfig:
         threads=args.threads,
         out=args.out,
         saes=args.saes,
+        extra_saes=args.extra_saes,
         force=args.force,
     )
     validate_names(cfg)
-    if cfg.saes is None:
+    if cfg.trains:
         from csae_bench.pipeline import check_train_settings
 
         check_train_settings(cfg, f"blocks.{cfg.layer}.hook_resid_post")
@@ -234,16 +249,24 @@ def _execute(cfg: RunConfig, resources, plots: bool, console) -> dict:
     out = Path(cfg.out)
     check_writable(out)
     res = resources or Resources(cfg)
+    # issue 16: SAELens release ids are resolved, hub-checked and matched to the model here,
+    # before anything loads (a problem exits 2 within seconds).
+    releases = []
+    if cfg.release_saes or cfg.extra_saes:
+        from csae_bench.saes_pretrained import prepare_releases
+
+        specs = list(dict.fromkeys([*cfg.release_saes, *cfg.extra_saes]))
+        releases = prepare_releases(specs, cfg.model)
     external = find_saes(Path(cfg.saes)) if cfg.saes else []
     hook_name = f"blocks.{cfg.layer}.hook_resid_post"
-    if not external:
+    if cfg.trains:
         # Fail on a layer the model lacks before any work, but only load the model if work remains.
         jobs = plan(cfg, hook_name)
         if not all(j.done() for j in jobs) or cfg.force:
             from csae_bench.training.activations import hook_name_for_layer
 
             hook_name = hook_name_for_layer(res.model, cfg.layer)
-    jobs = plan(cfg, hook_name, external)
+    jobs = plan(cfg, hook_name, external, releases)
     if external:
         from csae_bench.pipeline import claim_release, external_release
 
@@ -251,6 +274,8 @@ def _execute(cfg: RunConfig, resources, plots: bool, console) -> dict:
             check_external_saes(external, res, cfg)
         # After the checks, so that a refused SAE leaves no claim behind.
         claim_release(out, external_release(cfg), Path(cfg.saes), force=cfg.force)
+    if releases and (cfg.force or not all(j.done() for j in jobs)):
+        check_release_saes(releases, res, cfg)
     started = time.perf_counter()
 
     def report(job, status: str, seconds: float) -> None:
@@ -284,6 +309,21 @@ def check_external_saes(external, res, cfg: RunConfig) -> None:
     run_model = model_display_name(cfg.model)
     for sid, folder, _hook in external:
         for warning in check_sae_folder_fits(sid, folder, res.model, run_model, cfg.eval_type_ids):
+            logger.warning("%s", warning)
+
+
+def check_release_saes(releases, res, cfg: RunConfig) -> None:
+    """The same SAE-vs-model check as for ``--saes`` folders (width, layer, hook kind per eval),
+    for SAELens release SAEs, from their configs alone (no weights downloaded). Their model-name
+    match was checked, and warned about, before the model loaded."""
+    from csae_bench.architectures.loading import check_sae_fits
+    from csae_bench.saes_pretrained import release_config
+
+    for rel, eval_hook in releases:
+        d_in = int(release_config(rel.spec)["d_in"])
+        for warning in check_sae_fits(
+            rel.spec, d_in, eval_hook, res.model, evals=cfg.eval_type_ids
+        ):
             logger.warning("%s", warning)
 
 

@@ -77,8 +77,14 @@ class RunConfig:
     does): the thread count sets the order of float reductions, and so the rounding."""
     out: str = "results"
     """Results folder: trained SAEs, one SAEBench JSON per (SAE, eval), leaderboard, plots."""
-    saes: str | None = None
-    """Evaluate the SAELens-format SAE folders under this path instead of training."""
+    saes: str | list[str] | None = None
+    """Evaluate these instead of training: the SAELens-format SAE folders under one path, and/or
+    SAELens pretrained SAEs as ``release:sae_id`` (a list, or one comma-separated string). After
+    construction this holds the folder only; release ids move to ``release_saes``."""
+    release_saes: list[str] = field(default_factory=list)
+    """SAELens ``release:sae_id`` entries of ``saes`` (filled from ``saes``; not a suite key)."""
+    extra_saes: list[str] = field(default_factory=list)
+    """SAELens ``release:sae_id`` SAEs evaluated next to the SAEs this run trains (issue 16)."""
     force: bool = False
     """Redo finished work (otherwise work whose output exists in ``out`` is skipped)."""
     train: dict[str, Any] = field(default_factory=dict)
@@ -118,6 +124,32 @@ class RunConfig:
             raise SuiteError(f"seeds has duplicates: {self.seeds}.")
         self.architectures = _as_name_list("architectures", self.architectures)
         self.evals = _as_name_list("evals", self.evals)
+        self._split_saes()
+
+    def _split_saes(self) -> None:
+        """issue 16: ``saes`` may mix one folder with ``release:sae_id`` entries; keep the folder in
+        ``saes`` (what the folder path expects) and the release ids in ``release_saes``."""
+        from csae_bench.saes_pretrained import split_sae_entries
+
+        folders, releases = split_sae_entries(self.saes)
+        if len(folders) > 1:
+            raise SuiteError(
+                f"saes names {len(folders)} folders ({', '.join(folders)}); give one folder "
+                "that holds all SAE folders (they are found recursively)."
+            )
+        self.saes = folders[0] if folders else None
+        self.release_saes = list(dict.fromkeys([*self.release_saes, *releases]))
+        extra_folders, extra = split_sae_entries(self.extra_saes)
+        if extra_folders:
+            raise SuiteError(
+                f"extra_saes takes SAELens release:sae_id entries, got {', '.join(extra_folders)}."
+            )
+        self.extra_saes = extra
+
+    @property
+    def trains(self) -> bool:
+        """True when this run trains SAEs (``saes`` names no folder and no release)."""
+        return self.saes is None and not self.release_saes
 
     @property
     def eval_type_ids(self) -> list[str]:
@@ -167,7 +199,7 @@ def validate_names(cfg: RunConfig) -> None:
 
     archs = known_architectures()
     bad = [a for a in cfg.architectures if a not in archs]
-    if bad and cfg.saes is None:
+    if bad and cfg.trains:
         raise SuiteError(
             f"Unknown architecture(s) {', '.join(bad)}; valid architectures: {', '.join(archs)}."
         )
@@ -207,7 +239,11 @@ def _check_eval_overrides(name: str, overrides: dict[str, Any]) -> None:
         pass  # a required field the run fills in; checked when the eval's config is built
 
 
-RUN_FIELDS = {f.name for f in dataclasses.fields(RunConfig)} - {"train", "eval_settings"}
+RUN_FIELDS = {f.name for f in dataclasses.fields(RunConfig)} - {
+    "train",
+    "eval_settings",
+    "release_saes",  # filled from saes
+}
 # Keys a suite may not set: they describe this invocation, not the experiment.
 _CLI_ONLY = {"force"}
 
@@ -252,6 +288,8 @@ def load_suite(path: str | Path) -> dict[str, Any]:
 
 
 def _check_train_keys(path: Path, train: dict[str, Any]) -> None:
+    if not train:
+        return  # nothing to check: skip importing the trainer (seconds)
     try:
         from csae_bench.training.trainer import TrainConfig  # type: ignore[import-not-found]
     except ImportError:

@@ -337,7 +337,7 @@ def test_bad_corpus_found_inside_a_job_exits_2_without_traceback(tmp_path, caplo
         return load_tokens(None, corpus=cfg.corpus, split=split, context_size=cfg.context_size,
                            n_contexts=n_contexts, seed=seed)
 
-    res = Resources(cfg, model_loader=lambda name, device: tiny_model(), token_loader=real_corpus)
+    res = Resources(cfg, model_loader=lambda name, device, dtype: tiny_model(), token_loader=real_corpus)
     caplog.set_level(logging.INFO)
     assert guarded(execute, cfg, res, plots=False) == EXIT_USAGE
     assert_refused(caplog, tmp_path, str(corpus), "is not UTF-8")
