@@ -110,6 +110,8 @@ def test_stratified_sampling_keeps_rare_features():
     assert ((s.feature_idx >= 1000) & (s.feature_idx < 1010)).sum() >= 5  # rare ones are in
     assert not (s.feature_idx >= 1010).any()  # dead ones are not
     assert s.weight.sum().item() == pytest.approx(1010)
+    few = stratified_features(freq, 3, 8, torch.Generator().manual_seed(0))  # fewer than strata
+    assert len(few.feature_idx) == 3 and few.weight.sum().item() == pytest.approx(1010)
 
 
 def test_feature_score_and_bootstrap():

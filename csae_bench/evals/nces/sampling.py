@@ -76,6 +76,9 @@ def stratified_features(
     if n_alive == 0:
         empty = torch.zeros(0, dtype=torch.long)
         return FeatureSample(empty, empty, torch.zeros(0), 0)
+    # fewer features than strata: fewer, wider strata, so every stratum gets a sample and the
+    # weights still cover every alive feature
+    n_strata = max(1, min(n_strata, n_features))
     log_f = frequency_F[alive].double().log10()
     lo, hi = float(log_f.min()), float(log_f.max())
     edges = torch.linspace(lo, hi, n_strata + 1, dtype=torch.float64)[1:-1]
