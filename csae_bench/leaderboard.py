@@ -428,60 +428,55 @@ def row_flags(row: dict[str, Any]) -> str:
 
 
 def render_table(board: dict[str, Any], console=None, wide: bool = False) -> None:
-    """Print the leaderboard as a rich table, one row per SAE, labelled by SAE id.
+    """Print the leaderboard as rich tables, one row per SAE, labelled by SAE id.
 
     Default: fits an 80-column console — L0, the headline metrics of :data:`COMPACT_COLUMNS`
-    present in the board, model/hook only when they differ between rows, and a flag column
-    (:func:`row_flags`); a legend follows. ``wide``: every headline metric of every eval type,
-    plus architecture, width and seed, printed at the width it needs (no folding)."""
-    from rich import box
+    present in the board and a flag column (:func:`row_flags`), one table per model and hook
+    (titled with them; metrics are comparable only within one), then a legend. ``wide``: one table
+    with model, hook, architecture, width, seed and every headline metric of every eval type,
+    printed at the width it needs (lines may exceed the console; nothing is folded)."""
     from rich.console import Console
-    from rich.table import Table
 
     console = console or Console()
     rows = board["rows"]
-    present = set(board["eval_types"])
     if wide:
         columns = [
             (e, m, f"{_short_eval(e)}\n{m.split('.')[-1]}{_arrow(d)}")
             for e, directions in board["metric_directions"].items()
             for m, d in directions.items()
         ]
+        info = [
+            ("model", lambda r: str(r["model"])),
+            ("hook", lambda r: str(r["hook"])),
+            ("arch", lambda r: str(r["architecture"])),
+            ("d_sae", lambda r: str(r["d_sae"])),
+            ("seed", lambda r: str(r["seed"])),
+        ]
+        table = _table(
+            rows, rows, columns, info, f"csae_bench leaderboard — {board['results_dir']}"
+        )
+        from rich.measure import Measurement
+
+        needed = Measurement.get(console, console.options.update_width(10**5), table).maximum
+        width = console.width
+        console.width = max(width, needed)
+        try:
+            console.print(table, crop=False)
+        finally:
+            console.width = width
     else:
+        present = set(board["eval_types"])
         columns = [
             (e, m, f"{h}{_arrow(board['metric_directions'].get(e, {}).get(m))}")
             for e, m, h in COMPACT_COLUMNS
             if e in present
         ]
-    info = [("model", lambda r: str(r["model"])), ("hook", lambda r: _short_hook(r["hook"]))]
-    info = [(n, f) for n, f in info if wide or len({f(r) for r in rows}) > 1]
-    if wide:
-        info += [
-            ("arch", lambda r: str(r["architecture"])),
-            ("d_sae", lambda r: str(r["d_sae"])),
-            ("seed", lambda r: str(r["seed"])),
-        ]
-    table = Table(
-        title=None if not wide else f"csae_bench leaderboard — {board['results_dir']}",
-        box=box.SIMPLE_HEAD,
-        pad_edge=False,
-    )
-    table.add_column("SAE", overflow="fold", min_width=12)
-    for name, _ in info:
-        table.add_column(name, overflow="fold")
-    table.add_column("L0", justify="right", no_wrap=True)
-    for _, _, header in columns:
-        table.add_column(header, justify="right", no_wrap=True)
-    table.add_column("flag", no_wrap=True)
-    for row in rows:
-        cells = [row_label(row, rows), *(f(row) for _, f in info), _fmt(row["l0"])]
-        cells += [_fmt(metric_value(row, e, m)) for e, m, _ in columns]
-        table.add_row(*cells, row_flags(row))
-    if wide:
-        console.print(table, width=max(console.width, console.measure(table).maximum))
-    else:
         console.print(f"csae_bench leaderboard — {board['results_dir']}")
-        console.print(table)
+        groups: dict[tuple[str, str], list[dict[str, Any]]] = defaultdict(list)
+        for row in rows:
+            groups[(str(row["model"]), str(row["hook"]))].append(row)
+        for (model, hook), group in groups.items():
+            console.print(_table(group, rows, columns, [], f"{model} · {hook}"))
         legend = [f"{h}: {_LEGEND[h]}" for e, _, h in COMPACT_COLUMNS if e in present]
         console.print(
             "; ".join(legend + ["↑ higher is better", "— none or null"])
@@ -497,18 +492,31 @@ def render_table(board: dict[str, Any], console=None, wide: bool = False) -> Non
         console.print(f"[yellow]skipped[/] {item['path']}: {item['reason']}")
 
 
+def _table(rows, all_rows, columns, info, title: str):
+    from rich import box
+    from rich.table import Table
+
+    table = Table(title=title, box=box.SIMPLE_HEAD, pad_edge=False, title_justify="left")
+    table.add_column("SAE", overflow="fold")
+    for name, _ in info:
+        table.add_column(name, overflow="fold")
+    table.add_column("L0", justify="right", no_wrap=True)
+    for _, _, header in columns:
+        table.add_column(header, justify="right", no_wrap=True)
+    table.add_column("flag", no_wrap=True)
+    for row in rows:
+        cells = [row_label(row, all_rows), *(f(row) for _, f in info), _fmt(row["l0"])]
+        cells += [_fmt(metric_value(row, e, m)) for e, m, _ in columns]
+        table.add_row(*cells, row_flags(row))
+    return table
+
+
 def _arrow(direction: str | None) -> str:
     return {"higher": "↑", "lower": "↓"}.get(direction or "", "")
 
 
 def _short_eval(eval_type: str) -> str:
     return {"csae_probing": "probing"}.get(eval_type, eval_type)
-
-
-def _short_hook(hook: Any) -> str:
-    """``blocks.6.hook_resid_post`` -> ``L6 resid_post``."""
-    m = re.fullmatch(r"blocks\.(\d+)\.hook_(.+)", str(hook))
-    return f"L{m[1]} {m[2]}" if m else str(hook)
 
 
 def _fmt(value: Any) -> str:
