@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import shutil
 
 import pytest
@@ -358,3 +359,41 @@ def test_l0_axis_has_plain_tick_labels():
         plt.close(fig)
         assert ax.get_xscale() == scale and labels
         assert all(label.replace(".", "").replace("−", "").isdigit() for label in labels), labels
+
+
+def write_saelens6_folder(folder, d_in: int, d_sae: int, hook: str, model_name: str, nan_row: int | None = None):
+    """An SAELens 6 SAE folder (cfg.json with metadata + sae_weights.safetensors) of random
+    weights; with ``nan_row``, that decoder row is NaN."""
+    import torch
+    from sae_lens import StandardSAE, StandardSAEConfig
+
+    torch.manual_seed(0)
+    cfg = StandardSAEConfig(d_in=d_in, d_sae=d_sae, dtype="float32", device="cpu")
+    cfg.metadata.model_name, cfg.metadata.hook_name = model_name, hook
+    sae = StandardSAE(cfg)
+    with torch.no_grad():
+        sae.W_dec.copy_(torch.nn.functional.normalize(torch.randn(d_sae, d_in), dim=1))
+        sae.W_enc.copy_(sae.W_dec.T)
+        if nan_row is not None:
+            sae.W_dec[nan_row] = float("nan")
+    sae.save_model(str(folder))
+    return folder
+
+
+def test_sae_with_a_nan_decoder_row_fails_its_eval_and_never_ranks(tmp_path, caplog):
+    """Issue 17.2 end to end (tiny model, --saes): the run fails (exit 1) with a message naming the
+    SAE and its NaN weights; no result file, so no leaderboard row, is written for it."""
+    from pipeline_fakes import tiny_resources, tiny_run_config
+
+    from csae_bench.run import execute, guarded
+
+    saes = tmp_path / "saes"
+    write_saelens6_folder(saes / "nanrow", 64, 256, "blocks.2.hook_resid_post", "tiny", nan_row=5)
+    out = tmp_path / "out"
+    cfg = tiny_run_config(out, saes=str(saes))
+    assert guarded(execute, cfg, tiny_resources(cfg), plots=False) == 1
+    # the loader's export rescales by decoder norms, so the NaN row reaches W_enc and b_enc too
+    assert re.search(r"SAE nanrow has NaN or infinite weights \([^)]*W_dec", caplog.text)
+    assert not list(out.rglob("*_eval_results.json"))
+    board, _ = write_leaderboard(out, plots=False)
+    assert board["rows"] == []
