@@ -218,3 +218,20 @@ def test_upstream_per_sae_user_warnings_are_silenced_only_there(ctx, monkeypatch
         warnings.simplefilter("always")
         warnings.warn("To copy construct from a tensor, elsewhere", UserWarning, stacklevel=1)
     assert len(caught) == 1
+
+
+@pytest.mark.slow
+def test_nan_row_gemma3_sae_folder_exits_1_naming_it(tmp_path, caplog):
+    """Issue 17.2 as reported: an SAELens 6 folder for google/gemma-3-270m blocks.6.hook_resid_post
+    (d_in 640, d_sae 256, random weights, one NaN decoder row) run through the CLI on the embedded
+    model: the job fails naming the SAE; no result file, no leaderboard row."""
+    from test_leaderboard import write_saelens6_folder
+
+    from csae_bench.run import main
+
+    saes = tmp_path / "saes"
+    write_saelens6_folder(saes / "gemma3-nan", 640, 256, "blocks.6.hook_resid_post", "google/gemma-3-270m", nan_row=0)
+    out = tmp_path / "out"
+    assert main(["--saes", str(saes), "--evals", "core", "--layer", "6", "--out", str(out), "--no-plots"]) == 1
+    assert "SAE gemma3-nan has NaN or infinite weights" in caplog.text
+    assert not list(out.rglob("*_eval_results.json"))
