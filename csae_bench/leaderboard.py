@@ -496,7 +496,15 @@ def _table(rows, all_rows, columns, info, title: str):
     from rich import box
     from rich.table import Table
 
-    table = Table(title=title, box=box.SIMPLE_HEAD, pad_edge=False, title_justify="left")
+    # one space of padding plus the box's blank divider: two spaces between columns
+    table = Table(
+        title=title,
+        box=box.SIMPLE_HEAD,
+        show_edge=False,
+        pad_edge=False,
+        title_justify="left",
+        padding=(0, 0, 0, 1),
+    )
     table.add_column("SAE", overflow="fold")
     for name, _ in info:
         table.add_column(name, overflow="fold")
@@ -523,7 +531,10 @@ def _fmt(value: Any) -> str:
     if value is None:
         return "—"
     if isinstance(value, float):
-        return f"{value:.3g}" if abs(value) < 1e4 else f"{value:.3e}"
+        if abs(value) < 100:
+            return f"{value:.3g}"
+        # plain integers up to 6 digits (an L0 of 1234 reads 1234, not 1.23e+03)
+        return f"{value:.0f}" if abs(value) < 1e6 else f"{value:.2e}"
     return str(value)
 
 
