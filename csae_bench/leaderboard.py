@@ -108,15 +108,19 @@ def read_results(results_dir: Path) -> tuple[list[ResultFile], list[dict[str, st
                 {"path": str(path), "reason": f"not valid JSON ({type(err).__name__}: {err})"}
             )
             continue
-        if (
-            not isinstance(data, dict)
-            or "eval_type_id" not in data
-            or not isinstance(data.get("eval_result_metrics"), dict)
-        ):
+        problems = []
+        if not isinstance(data, dict):
+            problems.append(f"a JSON {type(data).__name__}, not an object")
+        else:
+            if "eval_type_id" not in data:
+                problems.append("no eval_type_id")
+            if not isinstance(data.get("eval_result_metrics"), dict):
+                problems.append("eval_result_metrics missing or not an object")
+        if problems:
             skipped.append(
                 {
                     "path": str(path),
-                    "reason": "not a SAEBench eval result (no eval_type_id / eval_result_metrics)",
+                    "reason": f"not a SAEBench eval result ({', '.join(problems)})",
                 }
             )
             continue

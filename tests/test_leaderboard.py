@@ -78,7 +78,7 @@ def test_unknown_eval_types_and_corrupt_files(mixed_results):
     assert foreign["missing_evals"] == ["core"]
     reasons = {p.split("/")[-1]: why for p, why in ((s["path"], s["reason"]) for s in board["skipped_files"])}
     assert "not valid JSON" in reasons["broken_eval_results.json"]
-    assert "not a SAEBench eval result" in reasons["notaresult_eval_results.json"]
+    assert reasons["notaresult_eval_results.json"] == "not a SAEBench eval result (a JSON list, not an object)"
     assert len(board["rows"]) == 3
     assert [p.name for p in made] == ["l0_vs_ce_loss_score.png"]
     assert made[0].read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
@@ -177,13 +177,20 @@ def test_saebench_own_core_file_is_read_with_our_metric_empty(varied_results):
 def test_skip_reasons_name_every_offending_field(tiny_results, tmp_path):
     out = tmp_path / "r"
     shutil.copytree(tiny_results / "eval_results", out / "eval_results")
+    (out / "eval_results" / "core" / "nometrics_eval_results.json").write_text(
+        json.dumps({"eval_type_id": "core", "eval_result_metrics": [1]}))
+    (out / "eval_results" / "core" / "notype_eval_results.json").write_text(json.dumps({"eval_result_metrics": {}}))
     path = next((out / "eval_results" / "core").glob("*topk*"))
     data = json.loads(path.read_text())
     data["eval_result_metrics"]["sparsity"]["l1"] = "lots"
     del data["eval_result_metrics"]["model_behavior_preservation"]["kl_div_score"]
     path.write_text(json.dumps(data))
     board, _ = build_leaderboard(out)
-    reason = board["skipped_files"][0]["reason"]
+    reasons = {s["path"].split("/")[-1]: s["reason"] for s in board["skipped_files"]}
+    assert reasons["nometrics_eval_results.json"] == (
+        "not a SAEBench eval result (eval_result_metrics missing or not an object)")
+    assert reasons["notype_eval_results.json"] == "not a SAEBench eval result (no eval_type_id)"
+    reason = reasons[path.name]
     assert reason.startswith("does not validate as CoreEvalOutput: ")
     assert "eval_result_metrics.model_behavior_preservation.kl_div_score: Field required" in reason
     assert "eval_result_metrics.sparsity.l1: Input should be a valid number" in reason
