@@ -3,8 +3,11 @@
 Works on any folder of SAEBench result files (``*_eval_results.json``, found recursively), ours or
 written by SAEBench itself for other SAEs. Eval types registered here contribute their headline
 metrics with a direction; eval types this package does not know contribute every flat numeric
-metric with ``direction: null``. A file that is not valid JSON, is not an eval result, or does not
-validate against its registered output class is reported in ``skipped_files`` and left out.
+metric with ``direction: null``. A core file SAEBench wrote itself is judged by SAEBench's
+``CoreEvalOutput`` (our extra metric is then null). A file that is not valid JSON, is not an eval
+result, or does not validate is reported in ``skipped_files`` with the offending fields, and left
+out. A non-finite metric, or SAEBench's -1 stand-in for NaN, is null with a ``flag``: it never sorts,
+plots or prints as a number.
 """
 
 from __future__ import annotations
@@ -283,30 +286,26 @@ def _ci(flat: dict[str, float], metric: str) -> tuple[float, float] | None:
     return None if low is None or high is None else (low, high)
 
 
-def _mark_separation(rows: list[dict[str, Any]]) -> None:
-    """Set ``nces_separated_from_control`` on each non-control row with an NCES bootstrap CI:
-    True if its CI lies above the CI of every control row of the same model and hook (the same
-    seed's when there is one), False if they overlap, None without a control to compare to."""
+def _mark_separation(rows: list[dict[str, Any]], ci_of: dict[int, tuple[float, float]]) -> None:
+    """Set ``nces_separated_from_control`` on every row. ``ci_of``: ``{id(row): (low, high)}``,
+    the NCES bootstrap CI of the rows that have one. A non-control row with a CI: True if it lies
+    above the CI of every control row of the same model and hook (the same seed's when there is
+    one), False if they overlap; otherwise None (nothing to compare)."""
     for row in rows:
-        ci = row.pop("_nces_ci")
         row["nces_separated_from_control"] = None
-        row["_ci"] = ci
-    for row in rows:
-        if row["control"] or row["_ci"] is None:
+        ci = ci_of.get(id(row))
+        if row["control"] or ci is None:
             continue
         peers = [
             r
             for r in rows
             if r["control"]
-            and r["_ci"] is not None
+            and id(r) in ci_of
             and (r["model"], r["hook"]) == (row["model"], row["hook"])
         ]
-        same_seed = [r for r in peers if r["seed"] == row["seed"]]
-        peers = same_seed or peers
+        peers = [r for r in peers if r["seed"] == row["seed"]] or peers
         if peers:
-            row["nces_separated_from_control"] = all(row["_ci"][0] > r["_ci"][1] for r in peers)
-    for row in rows:
-        del row["_ci"]
+            row["nces_separated_from_control"] = all(ci[0] > ci_of[id(r)][1] for r in peers)
 
 
 def build_leaderboard(
@@ -321,6 +320,7 @@ def build_leaderboard(
     for r in results:
         by_sae[r.key].append(r)
     rows = []
+    nces_ci: dict[int, tuple[float, float]] = {}
     eval_types: set[str] = set()
     for (release, sid), files in by_sae.items():
         row = _sae_info(release, sid, files)
@@ -334,7 +334,11 @@ def build_leaderboard(
             flags = metric_flags(f.eval_type, raw)
             flat = {k: v for k, v in flat_metrics(raw).items() if k not in flags}
             spec = specs.get(f.eval_type)
-            names = list(spec.headline) if spec is not None else sorted({*flat, *flags})
+            names = (
+                list(spec.headline)
+                if spec is not None
+                else [n for n, _ in _flat_items(raw) if n in flat or n in flags]
+            )
             chosen = {}
             for m in names:
                 chosen[m] = {
@@ -355,11 +359,13 @@ def build_leaderboard(
         }
         row["l0"] = flat_of.get("core", {}).get("sparsity.l0")
         row["control"] = row["architecture"] in CONTROL_ARCHITECTURES
-        row["_nces_ci"] = _ci(flat_of.get("nces", {}), NCES_SEPARATION_METRIC)
+        ci = _ci(flat_of.get("nces", {}), NCES_SEPARATION_METRIC)
+        if ci is not None:
+            nces_ci[id(row)] = ci
         if requested_evals is not None:
             row["missing_evals"] = [e for e in requested_evals if e not in row["metrics"]]
         rows.append(row)
-    _mark_separation(rows)
+    _mark_separation(rows, nces_ci)
     rows.sort(
         key=lambda r: (
             str(r["model"]),

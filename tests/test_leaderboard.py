@@ -335,16 +335,17 @@ def test_nces_separation_flag():
     and seed) is flagged; one whose CI lies above is not; without a control, nothing is said."""
     from csae_bench.leaderboard import _mark_separation, row_flags
 
-    def row(sae_id, control, ci, seed=0, hook="h"):
-        return {"sae_id": sae_id, "control": control, "_nces_ci": ci, "seed": seed, "model": "m", "hook": hook,
-                "flags": {}}
+    def row(sae_id, control, seed=0, hook="h"):
+        return {"sae_id": sae_id, "control": control, "seed": seed, "model": "m", "hook": hook, "flags": {}}
 
-    rows = [row("ctrl", True, (-0.05, 0.10)), row("apart", False, (0.11, 0.3)), row("overlap", False, (0.09, 0.4)),
-            row("other-hook", False, (-0.5, 0.0), hook="g"), row("ctrl-s1", True, (0.5, 0.6), seed=1)]
-    _mark_separation(rows)
+    rows = [row("ctrl", True), row("apart", False), row("overlap", False), row("other-hook", False, hook="g"),
+            row("ctrl-s1", True, seed=1), row("no-nces", False)]
+    cis = [(-0.05, 0.10), (0.11, 0.3), (0.09, 0.4), (-0.5, 0.0), (0.5, 0.6)]
+    _mark_separation(rows, {id(r): ci for r, ci in zip(rows, cis)})
     sep = {r["sae_id"]: r["nces_separated_from_control"] for r in rows}
-    assert sep == {"ctrl": None, "apart": True, "overlap": False, "other-hook": None, "ctrl-s1": None}
-    assert [row_flags(r) for r in rows] == ["ctrl", "", "~null", "", "ctrl"]
+    assert sep == {"ctrl": None, "apart": True, "overlap": False, "other-hook": None, "ctrl-s1": None,
+                   "no-nces": None}
+    assert [row_flags(r) for r in rows] == ["ctrl", "", "~null", "", "ctrl", ""]
 
 
 def test_l0_axis_has_plain_tick_labels():
