@@ -156,7 +156,10 @@ def mean_centred_explained_variance(
 
 
 def run_core_eval(ctx: EvalContext, sae, sae_id: str, config: CoreEvalConfig) -> CsaeCoreEvalOutput:
-    """SAEBench core metrics for ``sae`` on ``ctx.eval_tokens``; raises on any failure."""
+    """SAEBench core metrics for ``sae`` on ``ctx.eval_tokens``; raises on any failure —
+    :class:`NonFiniteSAEError` (naming ``sae_id``) for non-finite weights or reconstructions.
+    A non-finite metric of a finite SAE is kept as is and named in
+    ``eval_result_unstructured["non_finite_metrics"]``."""
     import datasets
     from sae_lens import ActivationsStore
 
@@ -193,13 +196,14 @@ def run_core_eval(ctx: EvalContext, sae, sae_id: str, config: CoreEvalConfig) ->
         )
     recorder = _BatchRecorder(store)
     ignore = special_token_ids(ctx)
-    start = time.perf_counter()
     model = SharedPasses(
         ctx.model, ctx.cache
     )  # clean and zero-ablated passes computed once per run
+    # before SAEBench, whose NaN→-1 would make a broken SAE look best; not in seconds_total
     check_finite_sae(
         sae, sae_id, model, ctx.hook_name, ctx.eval_tokens[: config.batch_size_prompts]
     )
+    start = time.perf_counter()
     with quiet_upstream_warnings():
         metrics, feature_metrics = sb_core.run_evals(
             sae, store, model, config, ignore_tokens=ignore
