@@ -439,3 +439,14 @@ def test_default_run_shaped_table_fits_80_columns():
     assert sorted(data) == [f"{a}-d4096-s0" for a in ["csae", "jumprelu", "random-decoder", "relu", "topk"]]
     assert data["relu-d4096-s0"][0] == "1234" and data["random-decoder-d4096-s0"][-2:] == ["ctrl", "!"]
     assert data["jumprelu-d4096-s0"][-2:] == ["~null", "!"]
+
+
+def test_same_sae_id_from_two_releases_is_told_apart():
+    from csae_bench.leaderboard import row_label
+
+    rows = [{"sae_release": "gemma-scope-2b-pt-res", "sae_id": "layer_12/width_16k/canonical"},
+            {"sae_release": "csae_bench-gemma-2-2b-saes", "sae_id": "layer_12/width_16k/canonical"},
+            {"sae_release": "csae_bench-gemma-2-2b-saes", "sae_id": "topk-d128-s0"}]
+    assert [row_label(r, rows) for r in rows] == [
+        "gemma-scope-2b-pt-res/layer_12/width_16k/canonical",
+        "csae_bench-gemma-2-2b-saes/layer_12/width_16k/canonical", "topk-d128-s0"]
