@@ -222,8 +222,9 @@ class _Study:
         if path.exists():
             return json.loads(path.read_text())
         from csae_bench.evals.registry import EvalContext, get_eval
-        from csae_bench.leaderboard import flat_metrics
+        from csae_bench.leaderboard import flat_metrics, metric_flags
         from csae_bench.pipeline import load_sae
+        from csae_bench.utils import eval_output_json
 
         spec = get_eval("core")
         ctx = EvalContext(
@@ -240,11 +241,14 @@ class _Study:
         }
         assert spec.make_config is not None  # core builds its config from the eval tokens
         output = spec.run(ctx, load_sae(folder), name, spec.make_config(ctx, overrides))
+        raw = json.loads(eval_output_json(output))["eval_result_metrics"]
         record = {
             "seed": seed,
             "sae": name,
             "seconds": time.perf_counter() - t0,
-            "metrics": flat_metrics(json.loads(output.to_json())["eval_result_metrics"]),
+            # non-finite metrics (the random decoder's kl_div_score) are left out, named here
+            "metrics": flat_metrics(raw),
+            "non_finite_metrics": metric_flags("core", raw),
             "training": json.loads((folder / "training_summary.json").read_text()),
         }
         atomic_write_json(path, record)

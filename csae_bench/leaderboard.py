@@ -3,14 +3,18 @@
 Works on any folder of SAEBench result files (``*_eval_results.json``, found recursively), ours or
 written by SAEBench itself for other SAEs. Eval types registered here contribute their headline
 metrics with a direction; eval types this package does not know contribute every flat numeric
-metric with ``direction: null``. A file that is not valid JSON, is not an eval result, or does not
-validate against its registered output class is reported in ``skipped_files`` and left out.
+metric with ``direction: null``. A core file SAEBench wrote itself is judged by SAEBench's
+``CoreEvalOutput`` (our extra metric is then null). A file that is not valid JSON, is not an eval
+result, or does not validate is reported in ``skipped_files`` with the offending fields, and left
+out. A non-finite metric, or SAEBench's -1 stand-in for NaN, is null with a ``flag``: it never sorts,
+plots or prints as a number.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import math
 import re
 import time
 from collections import defaultdict
@@ -36,6 +40,8 @@ class ResultFile:
 
     path: Path
     data: dict[str, Any]
+    validated_as: str | None = None
+    """The output class the file validated against (None: an eval type we do not know)."""
 
     @property
     def eval_type(self) -> str:
@@ -56,8 +62,39 @@ def _registered_specs() -> dict[str, Any]:
     return dict(EVALS)
 
 
+def upstream_output_cls(output_cls: type) -> type | None:
+    """SAEBench's own output class that ``output_cls`` extends (``CsaeCoreEvalOutput`` ->
+    ``CoreEvalOutput``), or None when ``output_cls`` is our own eval type."""
+    from sae_bench.evals.base_eval_output import BaseEvalOutput
+
+    for cls in output_cls.__mro__[1:]:
+        if (
+            cls.__module__.startswith("sae_bench.")
+            and issubclass(cls, BaseEvalOutput)
+            and cls is not BaseEvalOutput
+        ):
+            return cls
+    return None
+
+
+def validation_reason(cls: type, err) -> str:
+    """A skip reason naming every offending field (``a.b.c: message``) of a pydantic error."""
+    problems = [
+        f"{'.'.join(str(p) for p in e['loc']) or '(top level)'}: {e['msg']}" for e in err.errors()
+    ]
+    shown = "; ".join(problems[:6]) + (
+        f"; and {len(problems) - 6} more" if len(problems) > 6 else ""
+    )
+    return f"does not validate as {cls.__name__}: {shown}"
+
+
 def read_results(results_dir: Path) -> tuple[list[ResultFile], list[dict[str, str]]]:
-    """Every readable eval result under ``results_dir`` and a list of the files skipped, with why."""
+    """Every readable eval result under ``results_dir`` and a list of the files skipped, with why.
+
+    A file of a registered eval type is accepted if it validates against our output class or,
+    for an eval type that extends one of SAEBench's (core), against SAEBench's own class — a file
+    SAEBench wrote lacks our extra metrics, which are then empty (null) in the leaderboard. A
+    skip reason names the offending fields."""
     from pydantic import ValidationError
     from sae_bench.sae_bench_utils.testing_utils import validate_eval_output_format_str
 
@@ -74,48 +111,136 @@ def read_results(results_dir: Path) -> tuple[list[ResultFile], list[dict[str, st
                 {"path": str(path), "reason": f"not valid JSON ({type(err).__name__}: {err})"}
             )
             continue
-        if (
-            not isinstance(data, dict)
-            or "eval_type_id" not in data
-            or not isinstance(data.get("eval_result_metrics"), dict)
-        ):
+        problems = []
+        if not isinstance(data, dict):
+            problems.append(f"a JSON {type(data).__name__}, not an object")
+        else:
+            if "eval_type_id" not in data:
+                problems.append("no eval_type_id")
+            if not isinstance(data.get("eval_result_metrics"), dict):
+                problems.append("eval_result_metrics missing or not an object")
+        if problems:
             skipped.append(
                 {
                     "path": str(path),
-                    "reason": "not a SAEBench eval result (no eval_type_id / eval_result_metrics)",
+                    "reason": f"not a SAEBench eval result ({', '.join(problems)})",
                 }
             )
             continue
         spec = specs.get(str(data["eval_type_id"]))
+        validated_as = None
         if spec is not None:
-            try:
-                validate_eval_output_format_str(text, spec.output_cls)
-            except ValidationError as err:
-                skipped.append(
-                    {
-                        "path": str(path),
-                        "reason": f"does not validate as {spec.output_cls.__name__}: "
-                        f"{str(err).splitlines()[0]}",
-                    }
-                )
+            reason = None
+            for cls in (spec.output_cls, upstream_output_cls(spec.output_cls)):
+                if cls is None:
+                    continue
+                try:
+                    validate_eval_output_format_str(text, cls)
+                except ValidationError as err:
+                    # the reason against SAEBench's own class, when there is one, is the one to fix
+                    reason = validation_reason(cls, err)
+                    continue
+                validated_as = cls.__name__
+                break
+            if validated_as is None:
+                skipped.append({"path": str(path), "reason": str(reason)})
                 continue
-        results.append(ResultFile(path, data))
+        results.append(ResultFile(path, data, validated_as))
     for item in skipped:
         logger.warning("Skipping %s: %s", item["path"], item["reason"])
     return results, skipped
 
 
-def flat_metrics(metrics: dict[str, Any]) -> dict[str, float]:
-    """``{"category.metric": value}`` for every numeric metric of ``eval_result_metrics``."""
-    out = {}
+_NON_FINITE_STRINGS = {
+    "nan": "nan",
+    "inf": "inf",
+    "+inf": "inf",
+    "infinity": "inf",
+    "+infinity": "inf",
+    "-inf": "-inf",
+    "-infinity": "-inf",
+}
+
+
+def _non_finite_name(value: Any) -> str | None:
+    """``"nan"``/``"inf"``/``"-inf"`` if ``value`` is a non-finite float or the string a result file
+    stores one as; else None."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return "nan" if value != value else ("inf" if value > 0 else "-inf")
+    if isinstance(value, str):
+        return _NON_FINITE_STRINGS.get(value.strip().lower())
+    return None
+
+
+def _flat_items(metrics: dict[str, Any]):
     for category, values in metrics.items():
         if isinstance(values, dict):
             for name, value in values.items():
-                if isinstance(value, int | float) and not isinstance(value, bool):
-                    out[f"{category}.{name}"] = float(value)
-        elif isinstance(values, int | float) and not isinstance(values, bool):
-            out[category] = float(values)
-    return out
+                yield f"{category}.{name}", value
+        else:
+            yield category, values
+
+
+def flat_metrics(metrics: dict[str, Any]) -> dict[str, float]:
+    """``{"category.metric": value}`` for every finite numeric metric of ``eval_result_metrics``
+    (non-finite values and the strings they are stored as are left out: see
+    :func:`metric_flags`)."""
+    return {
+        name: float(value)
+        for name, value in _flat_items(metrics)
+        if isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
+    }
+
+
+CORE_NON_NEGATIVE = frozenset(
+    {
+        "model_behavior_preservation.kl_div_with_ablation",
+        "model_behavior_preservation.kl_div_with_sae",
+        "model_performance_preservation.ce_loss_with_ablation",
+        "model_performance_preservation.ce_loss_with_sae",
+        "model_performance_preservation.ce_loss_without_sae",
+        "reconstruction_quality.mse",
+        "shrinkage.l2_norm_in",
+        "shrinkage.l2_norm_out",
+        "shrinkage.l2_ratio",
+        "sparsity.l0",
+        "sparsity.l1",
+        "misc_metrics.freq_over_1_percent",
+        "misc_metrics.freq_over_10_percent",
+        "misc_metrics.normalized_freq_over_1_percent",
+        "misc_metrics.normalized_freq_over_10_percent",
+        "misc_metrics.frac_alive",
+    }
+)
+"""Core metrics that cannot be negative: an exact -1 there is SAEBench's NaN→-1 sentinel."""
+
+SENTINEL_FLAG = "nan (SAEBench's -1 sentinel)"
+
+
+def metric_flags(eval_type: str, metrics: dict[str, Any]) -> dict[str, str]:
+    """``{"category.metric": why}`` for the metrics of one result that must be shown as null:
+    non-finite values (``"nan"``, ``"inf"``, ``"-inf"``, as JSON's ``NaN``/``Infinity`` or the
+    strings our result files store them as) and, in core results, SAEBench's NaN→-1 sentinels.
+
+    SAEBench's core replaces every NaN metric by -1. An exact -1 in a metric that cannot be
+    negative (:data:`CORE_NON_NEGATIVE`) is therefore a sentinel; once one is found the SAE
+    produced NaNs, and every exact -1 of that result (e.g. a CE-loss score) is taken as one too.
+    """
+    flags = {}
+    items = dict(_flat_items(metrics))
+    for name, value in items.items():
+        why = _non_finite_name(value)
+        if why is not None:
+            flags[name] = why
+    if eval_type == "core":
+        minus_one = {
+            name
+            for name, value in items.items()
+            if isinstance(value, int | float) and not isinstance(value, bool) and value == -1
+        }
+        if minus_one & CORE_NON_NEGATIVE:
+            flags.update(dict.fromkeys(minus_one, SENTINEL_FLAG))
+    return flags
 
 
 def _sae_info(release: str, sae_id: str, files: list[ResultFile]) -> dict[str, Any]:
@@ -153,6 +278,39 @@ def _sae_info(release: str, sae_id: str, files: list[ResultFile]) -> dict[str, A
     }
 
 
+CONTROL_ARCHITECTURES = frozenset({"random-decoder"})
+"""Null models trained alongside (a frozen random decoder): shown, flagged, never a contender."""
+
+NCES_SEPARATION_METRIC = "nces.nces_freq_weighted_mean"
+
+
+def _ci(flat: dict[str, float], metric: str) -> tuple[float, float] | None:
+    low, high = flat.get(f"{metric}_ci_low"), flat.get(f"{metric}_ci_high")
+    return None if low is None or high is None else (low, high)
+
+
+def _mark_separation(rows: list[dict[str, Any]], ci_of: dict[int, tuple[float, float]]) -> None:
+    """Set ``nces_separated_from_control`` on every row. ``ci_of``: ``{id(row): (low, high)}``,
+    the NCES bootstrap CI of the rows that have one. A non-control row with a CI: True if it lies
+    above the CI of every control row of the same model and hook (the same seed's when there is
+    one), False if they overlap; otherwise None (nothing to compare)."""
+    for row in rows:
+        row["nces_separated_from_control"] = None
+        ci = ci_of.get(id(row))
+        if row["control"] or ci is None:
+            continue
+        peers = [
+            r
+            for r in rows
+            if r["control"]
+            and id(r) in ci_of
+            and (r["model"], r["hook"]) == (row["model"], row["hook"])
+        ]
+        peers = [r for r in peers if r["seed"] == row["seed"]] or peers
+        if peers:
+            row["nces_separated_from_control"] = all(ci[0] > ci_of[id(r)][1] for r in peers)
+
+
 def build_leaderboard(
     results_dir: str | Path, requested_evals: list[str] | None = None
 ) -> tuple[dict[str, Any], list[ResultFile]]:
@@ -165,30 +323,52 @@ def build_leaderboard(
     for r in results:
         by_sae[r.key].append(r)
     rows = []
+    nces_ci: dict[int, tuple[float, float]] = {}
     eval_types: set[str] = set()
     for (release, sid), files in by_sae.items():
         row = _sae_info(release, sid, files)
         row["metrics"] = {}
         row["eval_ids"] = {}
+        flags_of: dict[str, dict[str, str]] = {}
+        row["validated_as"] = {}
+        flat_of: dict[str, dict[str, float]] = {}
         for f in sorted(files, key=lambda f: (f.eval_type, f.data.get("datetime_epoch_millis", 0))):
-            flat = flat_metrics(f.data["eval_result_metrics"])
+            raw = f.data["eval_result_metrics"]
+            flags = metric_flags(f.eval_type, raw)
+            flat = {k: v for k, v in flat_metrics(raw).items() if k not in flags}
             spec = specs.get(f.eval_type)
-            if spec is not None:
-                chosen = {
-                    m: {"value": flat.get(m), "direction": d} for m, d in spec.headline.items()
+            names = (
+                list(spec.headline)
+                if spec is not None
+                else [n for n, _ in _flat_items(raw) if n in flat or n in flags]
+            )
+            chosen = {}
+            for m in names:
+                chosen[m] = {
+                    "value": flat.get(m),
+                    "direction": spec.headline[m] if spec is not None else None,
                 }
-            else:
-                chosen = {m: {"value": v, "direction": None} for m, v in flat.items()}
+                if m in flags:
+                    chosen[m]["flag"] = flags[m]
             row["metrics"][f.eval_type] = chosen  # the latest file of a type wins
             row["eval_ids"][f.eval_type] = f.data.get("eval_id")
+            row["validated_as"][f.eval_type] = f.validated_as
+            flags_of[f.eval_type] = flags
+            flat_of[f.eval_type] = flat
             eval_types.add(f.eval_type)
-        l0 = flat_metrics(
-            next((f.data["eval_result_metrics"] for f in files if f.eval_type == "core"), {})
-        ).get("sparsity.l0")
-        row["l0"] = l0
+        # every flagged metric, headline or not, as "<eval type>.<category>.<metric>"
+        row["flags"] = {
+            f"{e}.{m}": why for e, fl in sorted(flags_of.items()) for m, why in fl.items()
+        }
+        row["l0"] = flat_of.get("core", {}).get("sparsity.l0")
+        row["control"] = row["architecture"] in CONTROL_ARCHITECTURES
+        ci = _ci(flat_of.get("nces", {}), NCES_SEPARATION_METRIC)
+        if ci is not None:
+            nces_ci[id(row)] = ci
         if requested_evals is not None:
             row["missing_evals"] = [e for e in requested_evals if e not in row["metrics"]]
         rows.append(row)
+    _mark_separation(rows, nces_ci)
     rows.sort(
         key=lambda r: (
             str(r["model"]),
@@ -222,32 +402,100 @@ def metric_value(row: dict[str, Any], eval_type: str, metric: str) -> float | No
 # ---------------------------------------------------------------- console table
 
 
-def render_table(board: dict[str, Any], console=None, max_metrics_per_eval: int = 3) -> None:
-    """A rich table: one row per SAE and seed, headline metrics of the registered evals."""
+COMPACT_COLUMNS: tuple[tuple[str, str, str], ...] = (
+    ("core", "model_performance_preservation.ce_loss_score", "CE"),
+    ("core", "reconstruction_quality.explained_variance_mean_centred", "EVmc"),
+    ("nces", "nces.nces_freq_weighted_mean", "NCES"),
+    ("csae_probing", "probing.sae_top_1_test_accuracy", "probe1"),
+)
+"""The default console table's headline metrics: (eval type, metric, short header)."""
+
+_LEGEND = {
+    "CE": "core CE-loss score",
+    "EVmc": "core explained variance, mean-centred",
+    "NCES": "NCES, frequency-weighted",
+    "probe1": "top-1 probe accuracy",
+}
+
+
+def row_label(row: dict[str, Any], rows: list[dict[str, Any]]) -> str:
+    """The SAE id; prefixed with its release when the rows come from several releases and two
+    share an id."""
+    same_id = [r for r in rows if r["sae_id"] == row["sae_id"]]
+    if len({r["sae_release"] for r in same_id}) > 1 and row["sae_release"]:
+        return f"{row['sae_release']}/{row['sae_id']}"
+    return str(row["sae_id"])
+
+
+def row_flags(row: dict[str, Any]) -> str:
+    """Short flag codes: ``ctrl`` a control (random decoder), ``~null`` NCES not separated from
+    the control's, ``!`` a metric stored as null because it was non-finite or a sentinel."""
+    codes = []
+    if row.get("control"):
+        codes.append("ctrl")
+    if row.get("nces_separated_from_control") is False:
+        codes.append("~null")
+    if row.get("flags"):
+        codes.append("!")
+    return " ".join(codes)
+
+
+def render_table(board: dict[str, Any], console=None, wide: bool = False) -> None:
+    """Print the leaderboard as rich tables, one row per SAE, labelled by SAE id.
+
+    Default: fits an 80-column console — L0, the headline metrics of :data:`COMPACT_COLUMNS`
+    present in the board and a flag column (:func:`row_flags`), one table per model and hook
+    (titled with them; metrics are comparable only within one), then a legend. ``wide``: one table
+    with model, hook, architecture, width, seed and every headline metric of every eval type,
+    printed at the width it needs (lines may exceed the console; nothing is folded)."""
     from rich.console import Console
-    from rich.table import Table
 
     console = console or Console()
-    columns: list[tuple[str, str, str | None]] = []
-    for eval_type, directions in board["metric_directions"].items():
-        for metric, direction in list(directions.items())[:max_metrics_per_eval]:
-            columns.append((eval_type, metric, direction))
-    table = Table(title=f"csae_bench leaderboard — {board['results_dir']}", show_lines=False)
-    for name in ("architecture", "d_sae", "seed", "L0"):
-        table.add_column(
-            name, justify="right" if name != "architecture" else "left", overflow="fold"
+    rows = board["rows"]
+    if wide:
+        columns = [
+            (e, m, f"{_short_eval(e)}\n{m.split('.')[-1]}{_arrow(d)}")
+            for e, directions in board["metric_directions"].items()
+            for m, d in directions.items()
+        ]
+        info = [
+            ("model", lambda r: str(r["model"])),
+            ("hook", lambda r: str(r["hook"])),
+            ("arch", lambda r: str(r["architecture"])),
+            ("d_sae", lambda r: str(r["d_sae"])),
+            ("seed", lambda r: str(r["seed"])),
+        ]
+        table = _table(
+            rows, rows, columns, info, f"csae_bench leaderboard — {board['results_dir']}"
         )
-    for eval_type, metric, direction in columns:
-        arrow = {"higher": "↑", "lower": "↓"}.get(direction or "", "")
-        short = {"csae_probing": "probing"}.get(eval_type, eval_type)
-        table.add_column(
-            f"{short}\n{metric.split('.')[-1]} {arrow}", justify="right", overflow="fold"
+        from rich.measure import Measurement
+
+        needed = Measurement.get(console, console.options.update_width(10**5), table).maximum
+        width = console.width
+        console.width = max(width, needed)
+        try:
+            console.print(table, crop=False)
+        finally:
+            console.width = width
+    else:
+        present = set(board["eval_types"])
+        columns = [
+            (e, m, f"{h}{_arrow(board['metric_directions'].get(e, {}).get(m))}")
+            for e, m, h in COMPACT_COLUMNS
+            if e in present
+        ]
+        console.print(f"csae_bench leaderboard — {board['results_dir']}")
+        groups: dict[tuple[str, str], list[dict[str, Any]]] = defaultdict(list)
+        for row in rows:
+            groups[(str(row["model"]), str(row["hook"]))].append(row)
+        for (model, hook), group in groups.items():
+            console.print(_table(group, rows, columns, [], f"{model} · {hook}"))
+        legend = [f"{h}: {_LEGEND[h]}" for e, _, h in COMPACT_COLUMNS if e in present]
+        console.print(
+            "; ".join(legend + ["↑ higher is better", "— none or null"])
+            + ". flag: ctrl control (random decoder), ~null NCES CI overlaps the control's, "
+            "! non-finite value stored as null (leaderboard.json: flags). --wide for all metrics."
         )
-    for row in board["rows"]:
-        cells = [row["architecture"], str(row["d_sae"]), str(row["seed"]), _fmt(row["l0"])]
-        cells += [_fmt(metric_value(row, e, m)) for e, m, _ in columns]
-        table.add_row(*cells)
-    console.print(table)
     if board["unknown_eval_types"]:
         console.print(
             f"Also in leaderboard.json (eval types without headline metrics here): "
@@ -257,11 +505,49 @@ def render_table(board: dict[str, Any], console=None, max_metrics_per_eval: int 
         console.print(f"[yellow]skipped[/] {item['path']}: {item['reason']}")
 
 
+def _table(rows, all_rows, columns, info, title: str):
+    from rich import box
+    from rich.table import Table
+
+    # one space of padding plus the box's blank divider: two spaces between columns
+    table = Table(
+        title=title,
+        box=box.SIMPLE_HEAD,
+        show_edge=False,
+        pad_edge=False,
+        title_justify="left",
+        padding=(0, 0, 0, 1),
+    )
+    table.add_column("SAE", overflow="fold")
+    for name, _ in info:
+        table.add_column(name, overflow="fold")
+    table.add_column("L0", justify="right", no_wrap=True)
+    for _, _, header in columns:
+        table.add_column(header, justify="right", no_wrap=True)
+    table.add_column("flag", no_wrap=True)
+    for row in rows:
+        cells = [row_label(row, all_rows), *(f(row) for _, f in info), _fmt(row["l0"])]
+        cells += [_fmt(metric_value(row, e, m)) for e, m, _ in columns]
+        table.add_row(*cells, row_flags(row))
+    return table
+
+
+def _arrow(direction: str | None) -> str:
+    return {"higher": "↑", "lower": "↓"}.get(direction or "", "")
+
+
+def _short_eval(eval_type: str) -> str:
+    return {"csae_probing": "probing"}.get(eval_type, eval_type)
+
+
 def _fmt(value: Any) -> str:
     if value is None:
         return "—"
     if isinstance(value, float):
-        return f"{value:.3g}" if abs(value) < 1e4 else f"{value:.3e}"
+        if abs(value) < 100:
+            return f"{value:.3g}"
+        # plain integers up to 6 digits (an L0 of 1234 reads 1234, not 1.23e+03)
+        return f"{value:.0f}" if abs(value) < 1e6 else f"{value:.2e}"
     return str(value)
 
 
@@ -289,11 +575,21 @@ def _scatter(rows, x_of, y_of, path: Path, xlabel: str, ylabel: str, title: str)
     ax.set_xlabel(xlabel)
     ax.set_ylabel(ylabel)
     ax.set_title(title)
-    if all(p[0] > 0 for xy in points.values() for p in xy):
-        ax.set_xscale("log")
+    set_l0_axis(ax, [p[0] for xy in points.values() for p in xy])
     ax.grid(alpha=0.3)
     ax.legend()
     return save_figure(fig, path)
+
+
+def set_l0_axis(ax, values: list[float]) -> None:
+    """A log x axis when ``values`` span a decade or more, else linear; tick labels are plain
+    numbers either way (matplotlib's default log labels read ``3.2×10¹``)."""
+    from matplotlib.ticker import FuncFormatter, NullFormatter
+
+    if values and min(values) > 0 and max(values) / min(values) >= 10:
+        ax.set_xscale("log")
+        ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
+        ax.xaxis.set_minor_formatter(NullFormatter())
 
 
 def save_figure(fig, path: Path, dpi: int = 110) -> Path:

@@ -35,7 +35,7 @@ import torch
 
 from csae_bench.errors import BadInputError, JobFailedError, SaeMismatchError, one_line
 from csae_bench.suite import RunConfig, SuiteError, eval_type_id
-from csae_bench.utils import atomic_path, atomic_write_json, seed_everything
+from csae_bench.utils import atomic_path, atomic_write_json, eval_output_json, seed_everything
 
 logger = logging.getLogger(__name__)
 
@@ -408,7 +408,7 @@ class EvalJob(Job):
         output.sae_lens_id = self.sae_id
         output.sae_lens_release_id = self.release
         with atomic_path(self.path) as tmp:
-            output.to_json_file(str(tmp))
+            tmp.write_text(eval_output_json(output))  # standard JSON; non-finite as "nan"/"-inf"
             validate_eval_output_format_file(str(tmp), spec.output_cls)
 
 

@@ -35,6 +35,12 @@ EXIT_FAILED = 1
 EXIT_INTERRUPTED = 130
 
 
+WIDE_HELP = (
+    "print every headline metric, architecture, width and seed in the console table "
+    "(default: an 80-column table of the main metrics; leaderboard.json always has everything)"
+)
+
+
 def _names(value: str) -> list[str]:
     return [v.strip() for v in value.split(",") if v.strip()]
 
@@ -141,6 +147,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--force", action="store_true", default=None, help="redo finished work instead of resuming"
     )
     parser.add_argument("--no-plots", action="store_true", help="skip the PNG plots")
+    parser.add_argument("--wide", action="store_true", help=WIDE_HELP)
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     return parser
 
@@ -156,6 +163,7 @@ def build_leaderboard_parser() -> argparse.ArgumentParser:
         "results", nargs="?", default="results", help="results folder [default: results]"
     )
     parser.add_argument("--no-plots", action="store_true", help="skip the PNG plots")
+    parser.add_argument("--wide", action="store_true", help=WIDE_HELP)
     return parser
 
 
@@ -224,22 +232,24 @@ def config_from_args(args: argparse.Namespace) -> RunConfig:
     return cfg
 
 
-def execute(cfg: RunConfig, resources=None, plots: bool = True, console=None) -> dict:
+def execute(
+    cfg: RunConfig, resources=None, plots: bool = True, console=None, wide: bool = False
+) -> dict:
     """Run every job of ``cfg`` (resuming), then write the leaderboard and plots; returns the board.
     ``cfg.threads``, when set, holds for the run and is restored after it."""
     if cfg.threads is None:
-        return _execute(cfg, resources, plots, console)
+        return _execute(cfg, resources, plots, console, wide)
     import torch
 
     previous = torch.get_num_threads()
     torch.set_num_threads(cfg.threads)
     try:
-        return _execute(cfg, resources, plots, console)
+        return _execute(cfg, resources, plots, console, wide)
     finally:
         torch.set_num_threads(previous)
 
 
-def _execute(cfg: RunConfig, resources, plots: bool, console) -> dict:
+def _execute(cfg: RunConfig, resources, plots: bool, console, wide: bool) -> dict:
     from rich.console import Console
 
     from csae_bench.leaderboard import render_table, write_leaderboard
@@ -288,7 +298,7 @@ def _execute(cfg: RunConfig, resources, plots: bool, console) -> dict:
 
     counts = run_jobs(jobs, res, force=cfg.force, on_progress=report)
     board, made = write_leaderboard(out, requested_evals=cfg.eval_type_ids, plots=plots)
-    render_table(board, console)
+    render_table(board, console, wide=wide)
     logger.info(
         "%d jobs run, %d reused, %.1f s. Leaderboard: %s%s",
         counts["run"],
@@ -339,7 +349,7 @@ def _leaderboard_main(argv: Sequence[str]) -> int:
     except FileNotFoundError as err:
         logger.error("%s", err)
         return EXIT_USAGE
-    render_table(board, Console())
+    render_table(board, Console(), wide=args.wide)
     logger.info(
         "Leaderboard: %s%s",
         Path(args.results) / "leaderboard.json",
@@ -374,7 +384,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _leaderboard_main(argv[1:])
     args = build_parser().parse_args(argv)
     _setup_logging(args.verbose)
-    return guarded(lambda: execute(config_from_args(args), plots=not args.no_plots))
+    return guarded(lambda: execute(config_from_args(args), plots=not args.no_plots, wide=args.wide))
 
 
 if __name__ == "__main__":

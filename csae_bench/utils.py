@@ -4,15 +4,20 @@ from __future__ import annotations
 
 import contextlib
 import json
+import logging
+import math
 import os
 import random
 import subprocess
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
+
+logger = logging.getLogger(__name__)
 
 
 @contextlib.contextmanager
@@ -32,9 +37,71 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
         raise
 
 
+NON_FINITE_KEY = "non_finite_values"
+
+
+def _non_finite_name(value: float) -> str:
+    return "nan" if math.isnan(value) else ("inf" if value > 0 else "-inf")
+
+
+def replace_non_finite(obj: Any, as_string: bool = False, _path: str = "") -> tuple[Any, dict]:
+    """A copy of ``obj`` (nested dicts, lists, tuples) with every NaN/±inf float replaced.
+
+    Replacement: ``None`` (JSON null), or with ``as_string`` the strings ``"nan"``, ``"inf"``,
+    ``"-inf"``, which pydantic's float fields (SAEBench's output classes) read back as the same
+    float. Returns ``(copy, {"dotted.path": "nan"|"inf"|"-inf"})``, list items as ``[i]``.
+    """
+    found: dict[str, str] = {}
+    if isinstance(obj, float) and not math.isfinite(obj):
+        found[_path] = _non_finite_name(obj)
+        return (found[_path] if as_string else None), found
+    if isinstance(obj, dict):
+        out = {}
+        for key, value in obj.items():
+            out[key], sub = replace_non_finite(
+                value, as_string, f"{_path}.{key}" if _path else str(key)
+            )
+            found.update(sub)
+        return out, found
+    if isinstance(obj, list | tuple):
+        items = []
+        for i, value in enumerate(obj):
+            item, sub = replace_non_finite(value, as_string, f"{_path}[{i}]")
+            items.append(item)
+            found.update(sub)
+        return items, found
+    return obj, found
+
+
+def standard_json(obj: Any, indent: int = 2) -> str:
+    """``obj`` as standard JSON (no ``NaN``/``Infinity``, which browsers and Node reject).
+
+    A non-finite float becomes ``null`` and, when ``obj`` is a dict, is named under
+    ``non_finite_values`` (``{"dotted.path": "nan"|"inf"|"-inf"}``) so a reader knows a value was
+    there and what it was; a warning is logged."""
+    clean, found = replace_non_finite(obj)
+    if found:
+        logger.warning("Non-finite values written as null: %s", found)
+        if isinstance(clean, dict):
+            clean[NON_FINITE_KEY] = {**clean.get(NON_FINITE_KEY, {}), **found}
+    return json.dumps(clean, indent=indent, default=str, allow_nan=False)
+
+
+def eval_output_json(output: Any, indent: int = 2) -> str:
+    """A SAEBench eval output (pydantic dataclass) as standard JSON that still validates against
+    its class: SAEBench's metric fields are required floats, so a non-finite value is written as
+    the string ``"nan"``/``"inf"``/``"-inf"`` (read back as that float by pydantic) — never as a
+    plausible number and never as non-standard JSON."""
+    from dataclasses import asdict
+
+    clean, _ = replace_non_finite(asdict(output), as_string=True)
+    return json.dumps(clean, indent=indent, default=str, allow_nan=False)
+
+
 def atomic_write_json(path: str | Path, obj) -> None:
+    """Write ``obj`` as standard JSON (see :func:`standard_json`) atomically."""
     with atomic_path(path) as tmp:
-        tmp.write_text(json.dumps(obj, indent=2, default=str))
+        tmp.write_text(standard_json(obj))
 
 
 def atomic_write_text(path: str | Path, text: str) -> None:

@@ -114,3 +114,124 @@ def test_sae_independent_passes_are_computed_once_and_change_no_metric(ctx):
             assert vars(getattr(solo.eval_result_metrics, category)) == vars(getattr(shared.eval_result_metrics, category))
     assert vars(alone[0].eval_result_metrics.model_performance_preservation) != vars(
         alone[1].eval_result_metrics.model_performance_preservation)  # the SAE-dependent pass did run
+
+
+# ---------------------------------------------------------------- non-finite SAEs and metrics
+
+
+def test_nan_decoder_row_fails_the_eval_naming_the_sae(ctx):
+    """One NaN decoder row: SAEBench would turn every reconstruction metric into its -1 sentinel
+    (an mse of -1 ranks first); the eval refuses the SAE before SAEBench runs, naming it."""
+    from csae_bench.evals.core.main import NonFiniteSAEError
+
+    spec = get_eval("core")
+    sae = _relu_sae(64, 256)
+    with torch.no_grad():
+        sae.W_dec[7] = float("nan")
+    with pytest.raises(NonFiniteSAEError, match=r"SAE nan-row-sae has NaN or infinite weights \(W_dec\)"):
+        spec.run(ctx, sae, "nan-row-sae", spec.make_config(ctx, {"batch_size_prompts": 8}))
+
+
+def test_overflowing_reconstruction_fails_the_eval_naming_the_sae(ctx):
+    """Finite weights, infinite output: feature 0 always fires (bias 10, activations ≥ 10) and its
+    decoder row is 3e38, so x_hat overflows float32 on every token — refused, SAE named."""
+    from csae_bench.evals.core.main import NonFiniteSAEError
+
+    spec = get_eval("core")
+    sae = _relu_sae(64, 256)
+    with torch.no_grad():
+        sae.W_enc[:, 0] = 0.0
+        sae.b_enc[0] = 10.0
+        sae.W_dec[0] = 3e38
+    with pytest.raises(NonFiniteSAEError, match=r"SAE overflow-sae reconstructs 256 of 256 eval activations"):
+        spec.run(ctx, sae, "overflow-sae", spec.make_config(ctx, {"batch_size_prompts": 8}))
+
+
+def test_non_finite_metric_is_kept_non_finite_and_written_as_standard_json(ctx, tmp_path, monkeypatch):
+    """A finite SAE whose metrics SAEBench computes as -inf / NaN (the random decoder's
+    log(softmax) underflow on Gemma-3): not replaced by SAEBench's -1, named in
+    eval_result_unstructured, written as the strings "-inf"/"nan" — standard JSON that validates
+    against SAEBench's and our class and reads back as the same non-finite floats."""
+    import json
+
+    from pydantic import TypeAdapter
+
+    from csae_bench.evals.core import main as core_main
+    from csae_bench.utils import eval_output_json
+
+    real = core_main.sb_core.run_evals
+
+    def underflowing_run_evals(*args, **kwargs):
+        metrics, features = real(*args, **kwargs)
+        metrics["model_behavior_preservation"]["kl_div_with_sae"] = float("inf")
+        metrics["model_behavior_preservation"]["kl_div_score"] = float("-inf")
+        metrics["shrinkage"]["relative_reconstruction_bias"] = float("nan")
+        return metrics, features
+
+    monkeypatch.setattr(core_main.sb_core, "run_evals", underflowing_run_evals)
+    spec = get_eval("core")
+    out = spec.run(ctx, _relu_sae(64, 256), "underflow", spec.make_config(ctx, {"batch_size_prompts": 8}))
+    mbp = out.eval_result_metrics.model_behavior_preservation
+    assert mbp.kl_div_score == float("-inf") and mbp.kl_div_with_sae == float("inf")
+    assert out.eval_result_metrics.shrinkage.relative_reconstruction_bias != -1
+    assert out.eval_result_unstructured["non_finite_metrics"] == {
+        "model_behavior_preservation.kl_div_with_sae": "inf",
+        "model_behavior_preservation.kl_div_score": "-inf",
+        "shrinkage.relative_reconstruction_bias": "nan",
+    }
+    text = eval_output_json(out)
+    data = json.loads(text, parse_constant=lambda c: pytest.fail(f"non-standard JSON constant {c}"))
+    assert data["eval_result_metrics"]["model_behavior_preservation"]["kl_div_score"] == "-inf"
+    assert data["eval_result_metrics"]["shrinkage"]["relative_reconstruction_bias"] == "nan"
+    path = tmp_path / "core.json"
+    path.write_text(text)
+    validate_eval_output_format_file(str(path), CoreEvalOutput)
+    validate_eval_output_format_file(str(path), CsaeCoreEvalOutput)
+    back = TypeAdapter(CsaeCoreEvalOutput).validate_json(text)
+    assert back.eval_result_metrics.model_behavior_preservation.kl_div_score == float("-inf")
+
+
+def test_upstream_per_sae_user_warnings_are_silenced_only_there(ctx, monkeypatch):
+    """SAELens's "fewer samples (16) than … training configuration" and torch's "To copy
+    construct from a tensor" come once per SAE and cannot be acted on: filtered around the
+    upstream calls only (without the filter the same run shows both)."""
+    import contextlib
+    import warnings
+
+    from csae_bench.evals.core import main as core_main
+
+    spec = get_eval("core")
+    cfg = spec.make_config(ctx, {"batch_size_prompts": 8})
+
+    def user_warnings() -> list[str]:
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            spec.run(ctx, _relu_sae(64, 256), "quiet", cfg)
+        return [str(w.message) for w in caught if issubclass(w.category, UserWarning)]
+
+    upstream = ("The training dataset contains fewer samples", "To copy construct from a tensor")
+    assert not [m for m in user_warnings() if m.startswith(upstream)]
+    monkeypatch.setattr(core_main, "quiet_upstream_warnings", contextlib.nullcontext)
+    shown = user_warnings()
+    assert all(any(m.startswith(u) for m in shown) for u in upstream)
+    with warnings.catch_warnings(record=True) as caught:  # the filter is not left installed
+        warnings.simplefilter("always")
+        warnings.warn("To copy construct from a tensor, elsewhere", UserWarning, stacklevel=1)
+    assert len(caught) == 1
+
+
+@pytest.mark.slow
+def test_nan_row_gemma3_sae_folder_exits_2_naming_it(tmp_path, caplog):
+    """Issue 17.2 as reported: an SAELens 6 folder for google/gemma-3-270m blocks.6.hook_resid_post
+    (d_in 640, d_sae 256, random weights, one NaN decoder row) run through the CLI on the embedded
+    model: the job fails naming the SAE; no result file, no leaderboard row."""
+    from test_leaderboard import write_saelens6_folder
+
+    from csae_bench.run import main
+
+    saes = tmp_path / "saes"
+    write_saelens6_folder(saes / "gemma3-nan", 640, 256, "blocks.6.hook_resid_post", "google/gemma-3-270m", nan_row=0)
+    out = tmp_path / "out"
+    assert main(["--saes", str(saes), "--evals", "core", "--layer", "6", "--out", str(out), "--no-plots"]) == 2
+    assert "SAE gemma3-nan has NaN or infinite weights" in caplog.text
+    assert not list(out.rglob("*_eval_results.json"))

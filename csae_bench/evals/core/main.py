@@ -7,8 +7,11 @@ into an empty result; this wrapper instead hands ``run_evals`` our model object 
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import time
+import warnings
+from collections.abc import Iterator
 from typing import Any
 
 import torch
@@ -77,6 +80,63 @@ class _BatchRecorder:
         return batch
 
 
+@contextlib.contextmanager
+def quiet_upstream_warnings() -> Iterator[None]:
+    """Silence two per-SAE ``UserWarning``s of SAELens/torch that a user cannot act on: the
+    ActivationsStore's "fewer samples (N) than … (its default training budget)" — the eval set is
+    in memory and is meant to be small — and torch's "To copy construct from a tensor" about a
+    copy made inside the upstream code. Every other warning still shows."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings(
+            "ignore", message=r"The training dataset contains fewer samples", category=UserWarning
+        )
+        warnings.filterwarnings(
+            "ignore", message=r"To copy construct from a tensor", category=UserWarning
+        )
+        yield
+
+
+class NonFiniteSAEError(SaeMismatchError):
+    """The SAE's weights or its reconstruction of the eval activations hold NaN or ±inf: an SAE
+    that cannot be evaluated as given (bad input, exit 2, one line naming it).
+
+    Raised before SAEBench runs: SAEBench would replace the resulting NaN metrics by ``-1``, which
+    reads as a real (even the best) ``mse``, CE-loss score or explained variance."""
+
+
+def check_finite_sae(sae, sae_id: str, model, hook_name: str, tokens_BT: torch.Tensor) -> None:
+    """Raise :class:`NonFiniteSAEError` naming ``sae_id`` if a parameter of ``sae`` or its
+    reconstruction ``decode(encode(x))`` of the activations at ``hook_name`` on ``tokens_BT``
+    ``[batch, ctx]`` is not finite."""
+    bad = [name for name, p in sae.named_parameters() if not torch.isfinite(p).all()]
+    if bad:
+        raise NonFiniteSAEError(
+            f"SAE {sae_id} has NaN or infinite weights ({', '.join(bad)}); it cannot be "
+            "evaluated. Re-export or retrain it."
+        )
+    layer = int(hook_name.split(".")[1])
+    with torch.no_grad():
+        _, cache = model.run_with_cache(
+            tokens_BT, names_filter=[hook_name], stop_at_layer=layer + 1, prepend_bos=False
+        )
+        x_ND = cache[hook_name].flatten(0, -2).to(sae.W_dec.device, sae.W_dec.dtype)
+        n_bad = int((~torch.isfinite(sae.decode(sae.encode(x_ND)))).any(-1).sum())
+    if n_bad:
+        raise NonFiniteSAEError(
+            f"SAE {sae_id} reconstructs {n_bad} of {x_ND.shape[0]} eval activations at "
+            f"{hook_name} as NaN or infinity; it cannot be evaluated. Check its dtype and "
+            "normalization settings."
+        )
+
+
+def non_finite_metrics(metrics: dict[str, Any]) -> dict[str, str]:
+    """``{"category.metric": "nan"|"inf"|"-inf"}`` for the non-finite values of SAEBench's
+    metrics dict (before its NaN→-1 replacement, which would hide them)."""
+    from csae_bench.utils import replace_non_finite
+
+    return replace_non_finite(metrics)[1]
+
+
 @torch.no_grad()
 def mean_centred_explained_variance(
     sae, model, hook_name: str, tokens_BT: torch.Tensor, ignore: set[int | None]
@@ -98,7 +158,10 @@ def mean_centred_explained_variance(
 
 
 def run_core_eval(ctx: EvalContext, sae, sae_id: str, config: CoreEvalConfig) -> CsaeCoreEvalOutput:
-    """SAEBench core metrics for ``sae`` on ``ctx.eval_tokens``; raises on any failure."""
+    """SAEBench core metrics for ``sae`` on ``ctx.eval_tokens``; raises on any failure —
+    :class:`NonFiniteSAEError` (naming ``sae_id``) for non-finite weights or reconstructions.
+    A non-finite metric of a finite SAE is kept as is and named in
+    ``eval_result_unstructured["non_finite_metrics"]``."""
     import datasets
     from sae_lens import ActivationsStore
 
@@ -124,21 +187,29 @@ def run_core_eval(ctx: EvalContext, sae, sae_id: str, config: CoreEvalConfig) ->
     dataset = datasets.Dataset.from_dict(
         {"tokens": ctx.eval_tokens[:, : config.context_size].tolist()}
     )
-    store = ActivationsStore.from_sae(
-        ctx.model,
-        sae,
-        dataset=dataset,
-        context_size=config.context_size,
-        store_batch_size_prompts=config.batch_size_prompts,
-        device=ctx.device,
-    )
+    with quiet_upstream_warnings():
+        store = ActivationsStore.from_sae(
+            ctx.model,
+            sae,
+            dataset=dataset,
+            context_size=config.context_size,
+            store_batch_size_prompts=config.batch_size_prompts,
+            device=ctx.device,
+        )
     recorder = _BatchRecorder(store)
     ignore = special_token_ids(ctx)
-    start = time.perf_counter()
     model = SharedPasses(
         ctx.model, ctx.cache
     )  # clean and zero-ablated passes computed once per run
-    metrics, feature_metrics = sb_core.run_evals(sae, store, model, config, ignore_tokens=ignore)
+    # before SAEBench, whose NaN→-1 would make a broken SAE look best; not in seconds_total
+    check_finite_sae(
+        sae, sae_id, model, ctx.hook_name, ctx.eval_tokens[: config.batch_size_prompts]
+    )
+    start = time.perf_counter()
+    with quiet_upstream_warnings():
+        metrics, feature_metrics = sb_core.run_evals(
+            sae, store, model, config, ignore_tokens=ignore
+        )
     if not metrics:
         raise RuntimeError(
             f"SAEBench core eval computed no metrics for {sae_id}; check the config flags."
@@ -160,7 +231,13 @@ def run_core_eval(ctx: EvalContext, sae, sae_id: str, config: CoreEvalConfig) ->
         )
     else:
         details = []
-    metrics = sb_core.replace_nans_with_negative_one(metrics)
+    # Not SAEBench's NaN→-1 replacement on the metrics: -1 reads as a real value (the best mse).
+    # A non-finite metric of a finite SAE (e.g. kl_div_score = -inf from SAEBench's
+    # log(softmax) underflow) stays non-finite: the result file stores it as the string "-inf",
+    # which SAEBench's float fields accept, and the leaderboard shows it as null with a flag.
+    non_finite = non_finite_metrics(metrics)
+    if non_finite:
+        logger.warning("core: non-finite metrics for %s: %s", sae_id, non_finite)
     seconds = time.perf_counter() - start
     logger.info("core eval of %s took %.1f s", sae_id, seconds)
     categories = CsaeCoreMetricCategories(
@@ -177,7 +254,8 @@ def run_core_eval(ctx: EvalContext, sae, sae_id: str, config: CoreEvalConfig) ->
         datetime_epoch_millis=int(time.time() * 1000),
         eval_result_metrics=categories,
         eval_result_details=details,
-        eval_result_unstructured={"seconds_total": seconds},  # read by the overhead checks
+        # seconds_total is read by the overhead checks
+        eval_result_unstructured={"seconds_total": seconds, "non_finite_metrics": non_finite},
         sae_bench_commit_hash=get_sae_bench_version(),
         sae_lens_id=sae_id,
         sae_lens_release_id=release,

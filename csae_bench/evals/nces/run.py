@@ -339,7 +339,7 @@ def run_nces_eval(
     ``hook_name`` defaults to each SAE's ``cfg.hook_name``; SAEs at one hook share one clean pass.
     With ``output_dir``, each result is written atomically to ``{sae_id}_nces.json`` (SAEBench's
     naming) and an existing file is loaded instead of rerun unless ``force_rerun``."""
-    from csae_bench.utils import atomic_write_text
+    from csae_bench.utils import atomic_write_text, eval_output_json
 
     config = config or NCESEvalConfig()
     results: dict[str, NCESEvalOutput] = {}
@@ -357,7 +357,7 @@ def run_nces_eval(
         engines = {hook: engine}  # one clean pass held at a time
         out = evaluate_sae(model, sae, tokens, hook, cfg, sae_id, engine)
         if path is not None:
-            atomic_write_text(path, out.to_json())
+            atomic_write_text(path, eval_output_json(out))
         results[sae_id] = out
     return results
 
