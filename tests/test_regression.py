@@ -102,6 +102,22 @@ def test_metric_missing_fails(tmp_path):
     assert "missing from the results" in failure_report(failures)
 
 
+def test_metric_absent_on_a_recorded_seed_may_be_absent_but_is_checked_when_present(tmp_path):
+    rows = [{"architecture": "jumprelu", "seed": 0, "l0": 0.1,
+             "metrics": {"nces": {"nces.nces_mean": {"value": 0.2, "direction": "higher"}}}},
+            {"architecture": "jumprelu", "seed": 1, "l0": 0.2, "metrics": {}}]  # collapsed: no NCES
+    (tmp_path / "multi").mkdir()
+    (tmp_path / "multi" / "leaderboard.json").write_text(json.dumps({"rows": rows}))
+    ref = record([tmp_path / "multi"], tmp_path / "ref.json")
+    entry = ref["metrics"]["jumprelu/nces/nces.nces_mean"]
+    assert entry["optional"] and entry["present_in_seeds"] == [0]
+    assert "optional" not in ref["metrics"]["jumprelu/core/sparsity.l0"]
+    absent = _write_run(tmp_path / "absent", {"jumprelu/core/sparsity.l0": 0.1})
+    assert not check(absent, tmp_path / "ref.json")
+    off = _write_run(tmp_path / "off", {"jumprelu/core/sparsity.l0": 0.1, "jumprelu/nces/nces.nces_mean": 0.9})
+    assert [f.name for f in check(off, tmp_path / "ref.json")] == ["jumprelu/nces/nces.nces_mean"]
+
+
 def test_check_another_seed_and_say_which_is_missing(tmp_path):
     ref = _reference()
     observed = {name: e["value"] for name, e in ref["metrics"].items()}
