@@ -5,7 +5,7 @@
 
 The reference (``baselines/smoke_reference.json``) holds, per architecture, every headline metric
 of the leaderboard with a two-sided tolerance. Tolerances come from the seed-to-seed spread
-measured by ``record`` on a results folder with several seeds (``--seed 0 1 2 3 4``)::
+measured by ``record`` on results folders with several seeds (``--seed 0 1 2 ...``)::
 
     tolerance = max(k_sd · sd over seeds, seed_range_slack · max |seed value − reference|,
                     rel_floor · |reference|, abs_floor, step)
@@ -51,12 +51,15 @@ UPDATE_COMMAND = (
     f"python -m csae_bench.run --suite {SUITE} --out results_smoke && "
     "python -m csae_bench.regression record results_smoke"
 )
-K_SD = 4.0
-"""Tolerance in seed standard deviations (the CI seed is fixed, so a pass at 4 sd leaves room for a
-different CPU's float order, which can flip a TopK choice and change the trajectory like a new seed)."""
-SEED_RANGE_SLACK = 1.5
+K_SD = 5.0
+"""Tolerance in seed standard deviations. Another CPU's float order can flip a TopK choice and
+change a tiny run's trajectory like a new seed; the smoke suite's NCES and probing metrics (8
+features, 24 test examples) are heavy-tailed over seeds, so 4 sd of a few seeds failed fresh seeds.
+5 sd (with the range slack below) is the smallest tried that a leave-one-out over 9 seeds accepted
+in 656 of 657 checks (the reference's ``robustness`` section)."""
+SEED_RANGE_SLACK = 2.0
 """Tolerance as a multiple of the largest distance of any recorded seed from the reference value:
-with few seeds the sd can understate the spread, and a result as far off as a recorded seed was is
+with few seeds the sd understates heavy tails, and a result as far off as a recorded seed was is
 what another CPU may give."""
 REL_FLOOR = 0.02
 """Smallest tolerance relative to the reference value (metrics whose seed sd happened to be tiny)."""

@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 
 from csae_bench.regression import (
+    K_SD,
     REFERENCE,
     UPDATE_COMMAND,
     RegressionError,
@@ -142,13 +143,13 @@ def test_record_sets_tolerances_from_seed_spread_and_single_seed_keeps_them(tmp_
     ref = record([tmp_path / "multi"], ref_path)
     assert ref["seed"] == 0 and ref["spread_seeds"] == [0, 1, 2]
     assert ref["metrics"]["topk/core/ce"]["value"] == 0.60
-    assert ref["metrics"]["topk/core/ce"]["tolerance"] == pytest.approx(4 * 0.05)
+    assert ref["metrics"]["topk/core/ce"]["tolerance"] == pytest.approx(K_SD * 0.05)  # sd 0.05
     assert ref["metrics"]["topk/core/sparsity.l0"]["tolerance"] == pytest.approx(0.02 * 16)
 
     _write_run(tmp_path / "single", {"topk/core/ce": 0.9, "topk/core/sparsity.l0": 16.0})
     updated = record([tmp_path / "single"], ref_path)  # the one-command update after an intended change
     assert updated["metrics"]["topk/core/ce"]["value"] == 0.9
-    assert updated["metrics"]["topk/core/ce"]["tolerance"] == pytest.approx(4 * 0.05)
+    assert updated["metrics"]["topk/core/ce"]["tolerance"] == pytest.approx(K_SD * 0.05)
     assert not check(tmp_path / "single", ref_path)
 
     _write_run(tmp_path / "new", {"topk/core/brand_new": 1.0})
