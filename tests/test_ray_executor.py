@@ -92,13 +92,15 @@ def _assert_complete(out: Path, n: int) -> None:
 # ---------------------------------------------------------------- runs through Ray
 
 
-def test_ray_run_gives_the_local_leaderboard(cluster, tmp_path, local_board):
+def test_ray_run_gives_the_local_leaderboard(cluster, tmp_path, local_board, monkeypatch):
+    """A relative --out too: it names the driver's folder, not the workers' working folder."""
     from pipeline_fakes import tiny_run_config
     from ray_fakes import ray_resources
 
+    monkeypatch.chdir(tmp_path)
     out = tmp_path / "ray"
     loads = tmp_path / "model_loads.txt"
-    cfg = tiny_run_config(out, executor="ray")
+    cfg = tiny_run_config(Path("ray"), executor="ray")
     execute(cfg, ray_resources(cfg, model_log=loads), plots=False)
     _assert_complete(out, 2)
     board = json.loads((out / "leaderboard.json").read_text())
@@ -299,3 +301,29 @@ def test_bad_executor_settings_are_named(kwargs, named):
     with pytest.raises(SuiteError, match=named):
         RunConfig(**kwargs)
     assert issubclass(ExecutorError, SuiteError)  # so run.guarded maps it to exit 2
+
+
+# ---------------------------------------------------------------- the CI smoke suite through Ray
+
+
+@pytest.mark.slow
+def test_smoke_suite_through_ray_within_the_regression_tolerances(tmp_path):
+    """The smoke suite (every architecture and eval, embedded model) with ``--executor ray`` on a
+    local cluster the run starts itself: complete, and every metric within the tolerances of the
+    reference the local executor's run is checked against (csae_bench/regression.py). The suite
+    pins 2 threads per job, so each job computes what the local run computes."""
+    from csae_bench.regression import check, failure_report
+
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1",
+           "PYTHONPATH": str(REPO)}
+    proc = subprocess.run([sys.executable, "-m", "csae_bench.run", "--suite", "evals/smoke.toml",
+                           "--executor", "ray", "--no-plots", "--out", str(tmp_path)],
+                          cwd=REPO, env=env, capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    cfg = build_config(REPO / "evals" / "smoke.toml")
+    board = json.loads((tmp_path / "leaderboard.json").read_text())
+    assert {r["architecture"] for r in board["rows"]} == set(cfg.architectures)
+    assert all(not r["missing_evals"] for r in board["rows"])
+    assert len(_results(tmp_path)) == len(cfg.architectures) * len(cfg.evals)
+    failures = check(tmp_path)
+    assert not failures, failure_report(failures)

@@ -372,6 +372,8 @@ class RayExecutor:
         from csae_bench.pipeline import EvalJob, GradientJob, HarvestJob, TrainJob
 
         template = self._template(res)
+        for job in jobs:
+            _make_absolute(job)  # a worker's working folder is not the driver's
         counts = {"run": 0, "skipped": 0}
         refs: dict[int, Any] = {}  # id(job) -> its task's ref
         jobs_of: dict[Any, Any] = {}  # ref -> job
@@ -449,6 +451,17 @@ class RayExecutor:
                 f"{what} failed in Ray: {type(err).__name__}: {str(err).strip().splitlines()[0]}. "
                 "Finished work is kept; re-run the same command to resume."
             ) from err
+
+
+def _make_absolute(job: Any) -> None:
+    """Every path of ``job`` (and of the jobs it holds) made absolute, in place: a relative
+    ``--out`` means the driver's working folder, which a worker on another node does not share."""
+    for f in dataclasses.fields(job):
+        value = getattr(job, f.name)
+        if isinstance(value, Path) and not value.is_absolute():
+            setattr(job, f.name, value.absolute())
+        elif dataclasses.is_dataclass(value) and not isinstance(value, type):
+            _make_absolute(value)
 
 
 def _with_job(err: BaseException, job: str) -> BaseException:
