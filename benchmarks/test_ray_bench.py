@@ -6,7 +6,8 @@ smoke suite's settings, embedded Gemma-3-270M), run three ways side by side in o
 * ``ray-2x1``  -- Ray, two workers of 1 thread each (eval tasks request 1 CPU).
 
 The SAEs are trained once (local executor) and each row evaluates a fresh copy of that folder, so
-every row does the same 3N eval jobs plus the leaderboard; a row's time includes loading the model
+every row does the same 3N eval jobs plus the leaderboard (rows interleaved over
+``CSAE_BENCH_RAY_ROUNDS`` rounds, default 2; a row's time is its fastest round); a row's time includes loading the model
 (once per worker for Ray) and the layer check, not starting the 2-CPU Ray cluster (one-off, logged
 separately). The target (docs/scale.md): ``ray-1x2`` within 10 % of ``local``.
 
@@ -89,9 +90,16 @@ VARIANTS = {
 }
 
 
+ROUNDS = int(os.environ.get("CSAE_BENCH_RAY_ROUNDS", "2"))
+"""Rounds of the three rows, interleaved (local, ray-1x2, ray-2x1, local, ...), so that a change
+in the machine's load hits every row alike; each row's time is its fastest round."""
+
+
 @pytest.mark.benchmark(group="ray-executor")
-@pytest.mark.parametrize("variant", list(VARIANTS))
-def test_bench_eval_grid(benchmark, cluster, trained, tmp_path, variant):
+@pytest.mark.parametrize(("round_", "variant"),
+                         [(r, v) for r in range(ROUNDS) for v in VARIANTS],
+                         ids=[f"{v}-r{r}" for r in range(ROUNDS) for v in VARIANTS])
+def test_bench_eval_grid(benchmark, cluster, trained, tmp_path, round_, variant):
     from csae_bench.run import execute
 
     out = tmp_path / variant
@@ -112,7 +120,11 @@ def test_bench_eval_grid(benchmark, cluster, trained, tmp_path, variant):
     n_evals = len(list(out.rglob("*_eval_results.json")))
     assert n_evals == len(ARCHS) * 3
     benchmark.extra_info.update(n_saes=len(ARCHS), n_eval_jobs=n_evals, job_seconds=times.times)
-    RESULTS[variant] = {"seconds": benchmark.stats.stats.min, "job_seconds": times.times}
+    seconds = benchmark.stats.stats.min
+    best = RESULTS.get(variant)
+    RESULTS.setdefault("rounds", {}).setdefault(variant, []).append(seconds)
+    if best is None or seconds < best["seconds"]:
+        RESULTS[variant] = {"seconds": seconds, "job_seconds": times.times}
 
 
 def _report() -> None:

@@ -88,7 +88,8 @@ class RunConfig:
     """``local`` (every job in this process) or ``ray`` (one Ray task per job; needs the ``ray``
     extra)."""
     ray_address: str | None = None
-    """Ray cluster to join: ``auto`` or ``HOST:PORT``. ``None``: start a local cluster."""
+    """Ray cluster to join: ``auto`` or ``HOST:PORT``. ``None``: ``$RAY_ADDRESS`` if set, else
+    start a local cluster for the run."""
     job_resources: dict[str, dict[str, Any]] = field(default_factory=dict)
     """Ray resources per job kind (``harvest``, ``gradients``, ``train``, ``eval``, ``leaderboard``):
     ``num_cpus``, ``num_gpus``, ``memory`` (bytes), ``resources``, ``max_retries``. Suite:

@@ -247,9 +247,9 @@ def _check_reachable(address: str) -> None:
 
 
 class RayExecutor:
-    """Run a plan's jobs as Ray tasks. Joins the cluster at ``cfg.ray_address`` (``auto``: the
-    one this machine belongs to), or the one this process is already connected to, else starts a
-    local one (stopped again on exit).
+    """Run a plan's jobs as Ray tasks. Uses the cluster this process is already connected to, else
+    joins the one at ``cfg.ray_address`` (``auto``: the one this machine belongs to) or at
+    ``$RAY_ADDRESS``, else starts a local one (stopped again on exit).
 
     Raises (on ``__enter__``):
         ExecutorError: the cluster cannot be reached, or a node cannot see the results folder.
@@ -277,10 +277,13 @@ class RayExecutor:
         if address is not None:
             _check_reachable(address)
         if not ray.is_initialized():
+            # No --ray-address: the cluster a Ray job was submitted to (RAY_ADDRESS), else a new
+            # local one ("local": never whichever cluster `ray start` left on this machine).
+            target = address or os.environ.get("RAY_ADDRESS") or "local"
             try:
                 ray.init(
-                    address=address,
-                    include_dashboard=False if address is None else None,
+                    address=target,
+                    include_dashboard=False if target == "local" else None,
                     logging_level=logging.WARNING,
                 )
             except (ConnectionError, RuntimeError, ValueError) as err:
