@@ -62,6 +62,9 @@ def trained(tmp_path_factory):
 @pytest.fixture(scope="module")
 def cluster():
     started = time.perf_counter()
+    # Workers at the driver's niceness, as the executor's own local cluster runs them (Ray's
+    # default, 15, hands the CPU to whatever else runs on this shared machine).
+    os.environ.setdefault("RAY_worker_niceness", "0")
     ray.init(num_cpus=2, include_dashboard=False, logging_level="WARNING",
              runtime_env={"env_vars": {"PYTHONPATH": str(REPO), "HF_HUB_OFFLINE": "1",
                                        "HF_DATASETS_OFFLINE": "1"}})

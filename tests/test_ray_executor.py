@@ -178,19 +178,33 @@ def test_bad_input_in_a_job_is_not_retried_and_exits_2(cluster, tmp_path, caplog
 
     out = tmp_path / "ray"
     attempts = tmp_path / "attempts.txt"
-    cfg = tiny_run_config(out, executor="ray", evals=["core"])
+    cfg = tiny_run_config(out, executor="ray", architectures=["relu"])
     res = ray_resources(cfg, token_loader=BadEvalTokens(attempts))
     assert guarded(execute, cfg, res, plots=False) == EXIT_USAGE
-    assert "no eval split" in caplog.text and "eval core on" in caplog.text
-    # each eval task tried once (a retried job would log a second attempt), then the run ended
-    assert 1 <= len(attempts.read_text().split()) <= 2
+    lines = _error_lines(caplog)
+    assert len(lines) == 1 and "eval core on relu-d128-s0" in lines[0] and "no eval split" in lines[0]
+    assert len(attempts.read_text().split()) == 1  # the failing job was not retried
     # finished work is kept, and a re-run with the cause fixed resumes from it
     manifest = out / "tiny" / HOOK / "seed0" / "saes" / "trained.json"
     assert manifest.is_file() and not _results(out)
     mtime = manifest.stat().st_mtime_ns
     execute(cfg, ray_resources(cfg), plots=False)
     assert manifest.stat().st_mtime_ns == mtime
-    _assert_complete(out, 2)
+    _assert_complete(out, 1)
+
+
+def test_failing_job_ends_the_run_with_exit_1(cluster, tmp_path, caplog):
+    from pipeline_fakes import tiny_run_config
+    from ray_fakes import ray_resources
+
+    from csae_bench.run import EXIT_FAILED
+
+    cfg = tiny_run_config(tmp_path, executor="ray", architectures=["relu"],
+                          eval_settings={"core": {"batch_size_prompts": 0}})
+    assert guarded(execute, cfg, ray_resources(cfg), plots=False) == EXIT_FAILED
+    assert "eval core on relu-d128-s0 failed" in caplog.text and "re-run" in caplog.text
+    assert not _results(tmp_path)
+    assert (tmp_path / "tiny" / HOOK / "seed0" / "saes" / "trained.json").is_file()  # kept
 
 
 # ---------------------------------------------------------------- bad input: one line, exit 2

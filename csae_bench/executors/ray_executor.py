@@ -53,6 +53,7 @@ PROBE_DIR = ".csae_bench-ray"
 PROBE_TIMEOUT_S = 120.0
 CONNECT_TIMEOUT_S = 10.0
 NOSET_CUDA = "RAY_EXPERIMENTAL_NOSET_CUDA_VISIBLE_DEVICES"
+WORKER_NICENESS = "RAY_worker_niceness"
 
 
 # ---------------------------------------------------------------- worker side
@@ -280,6 +281,11 @@ class RayExecutor:
             # No --ray-address: the cluster a Ray job was submitted to (RAY_ADDRESS), else a new
             # local one ("local": never whichever cluster `ray start` left on this machine).
             target = address or os.environ.get("RAY_ADDRESS") or "local"
+            if target == "local":
+                # Ray starts workers at niceness 15; on a machine doing other work they would then
+                # get a fraction of the CPU the local executor gets (measured: 2 threads no faster
+                # than 1). A cluster of our own runs its workers like this process (user's env wins).
+                os.environ.setdefault(WORKER_NICENESS, "0")
             try:
                 ray.init(
                     address=target,
