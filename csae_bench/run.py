@@ -146,6 +146,21 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--force", action="store_true", default=None, help="redo finished work instead of resuming"
     )
+    # issue 15: fan the jobs out over a Ray cluster (docs/scale.md)
+    parser.add_argument(
+        "--executor",
+        default=None,
+        choices=("local", "ray"),
+        help="where jobs run: 'local' (this process) or 'ray' (one Ray task per job; "
+        "pip install 'csae_bench[ray]') [default: local]",
+    )
+    parser.add_argument(
+        "--ray-address",
+        default=None,
+        metavar="ADDR",
+        help="with --executor ray: 'auto' or HOST:PORT of a running cluster [default: start a "
+        "local cluster]",
+    )
     parser.add_argument("--no-plots", action="store_true", help="skip the PNG plots")
     parser.add_argument("--wide", action="store_true", help=WIDE_HELP)
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
@@ -223,6 +238,8 @@ def config_from_args(args: argparse.Namespace) -> RunConfig:
         saes=args.saes,
         extra_saes=args.extra_saes,
         force=args.force,
+        executor=args.executor,  # issue 15
+        ray_address=args.ray_address,
     )
     validate_names(cfg)
     if cfg.trains:
@@ -252,8 +269,8 @@ def execute(
 def _execute(cfg: RunConfig, resources, plots: bool, console, wide: bool) -> dict:
     from rich.console import Console
 
-    from csae_bench.leaderboard import render_table, write_leaderboard
-    from csae_bench.pipeline import Resources, find_saes, plan, run_jobs
+    from csae_bench.executors import open_executor
+    from csae_bench.pipeline import Resources, find_saes
 
     console = console or Console()
     out = Path(cfg.out)
@@ -268,14 +285,23 @@ def _execute(cfg: RunConfig, resources, plots: bool, console, wide: bool) -> dic
         specs = list(dict.fromkeys([*cfg.release_saes, *cfg.extra_saes]))
         releases = prepare_releases(specs, cfg.model)
     external = find_saes(Path(cfg.saes)) if cfg.saes else []
+    # issue 15: jobs, the layer check and the leaderboard run where cfg.executor says (local/Ray)
+    with open_executor(cfg) as executor:
+        return _run_plan(cfg, executor, res, external, releases, out, plots, console, wide)
+
+
+def _run_plan(
+    cfg: RunConfig, executor, res, external, releases, out: Path, plots: bool, console, wide: bool
+) -> dict:
+    from csae_bench.leaderboard import render_table
+    from csae_bench.pipeline import plan
+
     hook_name = f"blocks.{cfg.layer}.hook_resid_post"
     if cfg.trains:
         # Fail on a layer the model lacks before any work, but only load the model if work remains.
         jobs = plan(cfg, hook_name)
         if not all(j.done() for j in jobs) or cfg.force:
-            from csae_bench.training.activations import hook_name_for_layer
-
-            hook_name = hook_name_for_layer(res.model, cfg.layer)
+            hook_name = executor.hook_name(res, cfg.layer)
     jobs = plan(cfg, hook_name, external, releases)
     if external:
         from csae_bench.pipeline import claim_release, external_release
@@ -296,8 +322,8 @@ def _execute(cfg: RunConfig, resources, plots: bool, console, wide: bool) -> dic
                 "[green]done[/] %s in %.1f s", job.describe(), seconds, extra={"markup": True}
             )
 
-    counts = run_jobs(jobs, res, force=cfg.force, on_progress=report)
-    board, made = write_leaderboard(out, requested_evals=cfg.eval_type_ids, plots=plots)
+    counts = executor.run(jobs, res, force=cfg.force, on_progress=report)
+    board, made = executor.leaderboard(out, cfg.eval_type_ids, plots)
     render_table(board, console, wide=wide)
     logger.info(
         "%d jobs run, %d reused, %.1f s. Leaderboard: %s%s",

@@ -91,6 +91,17 @@ class RunConfig:
     """Extra trainer settings (fields of ``csae_bench.training.trainer.TrainConfig``)."""
     eval_settings: dict[str, dict[str, Any]] = field(default_factory=dict)
     """Per-eval config overrides, keyed by user eval name (``core``, ``nces``, ``probing``)."""
+    # --- issue 15: where jobs run (csae_bench/executors; docs/scale.md)
+    executor: str = "local"
+    """``local`` (every job in this process) or ``ray`` (one Ray task per job; needs the ``ray``
+    extra)."""
+    ray_address: str | None = None
+    """Ray cluster to join: ``auto`` or ``HOST:PORT``. ``None``: ``$RAY_ADDRESS`` if set, else
+    start a local cluster for the run."""
+    job_resources: dict[str, dict[str, Any]] = field(default_factory=dict)
+    """Ray resources per job kind (``harvest``, ``gradients``, ``train``, ``eval``, ``leaderboard``):
+    ``num_cpus``, ``num_gpus``, ``memory`` (bytes), ``resources``, ``max_retries``. Suite:
+    ``[run.job_resources.eval]``."""
 
     def __post_init__(self) -> None:
         for name in (
@@ -124,6 +135,9 @@ class RunConfig:
             raise SuiteError(f"seeds has duplicates: {self.seeds}.")
         self.architectures = _as_name_list("architectures", self.architectures)
         self.evals = _as_name_list("evals", self.evals)
+        from csae_bench.executors import check_executor_settings  # issue 15 (never imports ray)
+
+        check_executor_settings(self.executor, self.ray_address, self.job_resources)
         self._split_saes()
 
     def _split_saes(self) -> None:
