@@ -21,6 +21,7 @@ from pathlib import Path
 import torch
 
 from csae_bench.errors import BadInputError
+from csae_bench.hub import hub_reachable as _hub_reachable
 
 logger = logging.getLogger(__name__)
 
@@ -129,16 +130,6 @@ def _as_dtype(dtype: str | torch.dtype) -> torch.dtype:
         raise ModelLoadError(
             f"Unknown dtype {dtype!r}: use float32, bfloat16 or float16."
         ) from None
-
-
-def _hub_reachable(timeout_s: float = 3.0) -> bool:
-    import socket
-
-    try:
-        socket.create_connection(("huggingface.co", 443), timeout=timeout_s).close()
-        return True
-    except OSError:
-        return False
 
 
 def _in_hf_cache(official: str) -> bool:

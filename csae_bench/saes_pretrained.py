@@ -37,6 +37,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from csae_bench.hub import hub_reachable as _hub_reachable
 from csae_bench.suite import SuiteError
 
 logger = logging.getLogger(__name__)
@@ -196,17 +197,6 @@ def resolve_release(spec: str) -> ReleaseSAE:
 
 
 # ---------------------------------------------------------------- hub availability
-
-
-def _hub_reachable(timeout_s: float = 3.0) -> bool:
-    """A TCP connection to huggingface.co:443 within ``timeout_s`` (DNS failure returns at once)."""
-    import socket
-
-    try:
-        socket.create_connection(("huggingface.co", 443), timeout=timeout_s).close()
-        return True
-    except OSError:
-        return False
 
 
 def hub_offline_reason() -> str | None:

@@ -378,8 +378,17 @@ class RayExecutor:
             the job's own bad-input error (exit 2), or PipelineError for any other failure
             (exit 1). Either way unfinished tasks are cancelled and finished results kept.
         """
-        from csae_bench.pipeline import EvalJob, GradientJob, HarvestJob, TrainJob
+        from csae_bench.pipeline import (
+            EvalJob,
+            GradientJob,
+            HarvestJob,
+            TrainJob,
+            check_unique_outputs,
+        )
 
+        check_unique_outputs(
+            jobs
+        )  # as the local runner: two jobs, one file -> refused, not skipped
         template = self._template(res)
         for job in jobs:
             _make_absolute(job)  # a worker's working folder is not the driver's
