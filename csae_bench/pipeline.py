@@ -605,6 +605,22 @@ def check_unique_outputs(jobs: list[Job]) -> None:
             seen[path] = job
 
 
+def skip_if_done(
+    job: Job,
+    force: bool,
+    counts: dict[str, int],
+    on_progress: Callable[[Job, str, float], None] | None,
+) -> bool:
+    """True (counted and reported as skipped) when ``job``'s outputs exist and not ``force``;
+    every runner (local, Ray) decides and reports skips here."""
+    if force or not job.done():
+        return False
+    counts["skipped"] += 1
+    if on_progress:
+        on_progress(job, "skipped", 0.0)
+    return True
+
+
 def run_jobs(
     jobs: list[Job],
     res: Resources,
@@ -616,10 +632,7 @@ def run_jobs(
     check_unique_outputs(jobs)
     resolve_sae_folders(jobs)
     for job in jobs:
-        if job.done() and not force:
-            counts["skipped"] += 1
-            if on_progress:
-                on_progress(job, "skipped", 0.0)
+        if skip_if_done(job, force, counts, on_progress):
             continue
         start = time.perf_counter()
         try:

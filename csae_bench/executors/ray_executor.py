@@ -384,6 +384,7 @@ class RayExecutor:
             HarvestJob,
             TrainJob,
             check_unique_outputs,
+            skip_if_done,
         )
 
         check_unique_outputs(
@@ -398,10 +399,7 @@ class RayExecutor:
         harvests = {(j.hook_name, j.seed): j for j in jobs if isinstance(j, HarvestJob)}
         trains = {j.saes_dir: j for j in jobs if isinstance(j, TrainJob)}
         for job in jobs:
-            if job.done() and not force:
-                counts["skipped"] += 1
-                if on_progress:
-                    on_progress(job, "skipped", 0.0)
+            if skip_if_done(job, force, counts, on_progress):
                 continue
             train = None
             if isinstance(job, GradientJob):

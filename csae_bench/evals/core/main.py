@@ -28,6 +28,7 @@ from csae_bench.evals.core.output import (
 )
 from csae_bench.evals.core.shared_passes import SharedPasses
 from csae_bench.evals.registry import EvalContext, EvalSpec, register_eval
+from csae_bench.training.activations import layer_of_hook
 
 logger = logging.getLogger(__name__)
 
@@ -114,7 +115,7 @@ def check_finite_sae(sae, sae_id: str, model, hook_name: str, tokens_BT: torch.T
             f"SAE {sae_id} has NaN or infinite weights ({', '.join(bad)}); it cannot be "
             "evaluated. Re-export or retrain it."
         )
-    layer = int(hook_name.split(".")[1])
+    layer = layer_of_hook(hook_name)
     with torch.no_grad():
         _, cache = model.run_with_cache(
             tokens_BT, names_filter=[hook_name], stop_at_layer=layer + 1, prepend_bos=False
@@ -142,7 +143,7 @@ def mean_centred_explained_variance(
     sae, model, hook_name: str, tokens_BT: torch.Tensor, ignore: set[int | None]
 ) -> float:
     """``1 - Σ‖x - x̂‖² / Σ‖x - mean(x)‖²`` over the non-special tokens of ``tokens_BT``."""
-    layer = int(hook_name.split(".")[1])
+    layer = layer_of_hook(hook_name)
     _, cache = model.run_with_cache(
         tokens_BT, names_filter=[hook_name], stop_at_layer=layer + 1, prepend_bos=False
     )
