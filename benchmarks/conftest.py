@@ -37,7 +37,7 @@ def train_tokens(model):
 @pytest.fixture(scope="session")
 def activation_source(model, train_tokens, tmp_path_factory):
     """The training stream, harvested once (cached on disk) so training rows time only training."""
-    from csae_bench.training.activations import ActivationSource
+    from csae_bench.activations.harvest import ActivationSource
 
     source = ActivationSource(model, HOOK, train_tokens, seed=0,
                               cache_path=tmp_path_factory.mktemp("acts") / "acts.safetensors")
@@ -47,8 +47,8 @@ def activation_source(model, train_tokens, tmp_path_factory):
 
 @pytest.fixture(scope="session")
 def heldout_acts(model):
+    from csae_bench.activations.harvest import harvest_activations
     from csae_bench.data import load_tokens
-    from csae_bench.training.activations import harvest_activations
 
     toks = load_tokens(model.tokenizer, split="eval", context_size=CONTEXT, n_contexts=8, seed=1)
     return harvest_activations(model, HOOK, toks)

@@ -9,9 +9,9 @@ import resource
 
 import pytest
 
+from csae_bench.activations.harvest import harvest_activations
 from csae_bench.data import load_tokens
 from csae_bench.models import load_model
-from csae_bench.training.activations import harvest_activations
 
 N_CONTEXTS, CONTEXT = 32, 128
 

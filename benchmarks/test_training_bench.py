@@ -39,7 +39,7 @@ VARIANTS = {
 
 @pytest.fixture(scope="module")
 def gradient_pool(model, train_tokens):
-    from csae_bench.training.gradients import harvest_gradient_pool
+    from csae_bench.activations.gradient_pool import harvest_gradient_pool
 
     return harvest_gradient_pool(model, HOOK, train_tokens[: math.ceil(1024 / 127)], n_samples=4, seed=0,
                                  show_progress=False)
@@ -90,7 +90,7 @@ def test_bench_training_csae_e2e(benchmark, model, activation_source, heldout_ac
 @pytest.mark.benchmark(group="gradient-pool")
 def test_bench_gradient_pool(benchmark, model, train_tokens):
     """The CSAE's one-off gradient harvest (1024 tokens x 4 sampled next tokens, the default)."""
-    from csae_bench.training.gradients import harvest_gradient_pool
+    from csae_bench.activations.gradient_pool import harvest_gradient_pool
 
     toks = train_tokens[: math.ceil(1024 / 127)]
     benchmark.pedantic(harvest_gradient_pool, args=(model, HOOK, toks),

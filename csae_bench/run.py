@@ -216,7 +216,7 @@ def check_writable(out: Path) -> None:
 
 
 def config_from_args(args: argparse.Namespace) -> RunConfig:
-    from csae_bench.saes_pretrained import check_release_ids, release_specs_requested
+    from csae_bench.releases import check_release_ids, release_specs_requested
     from csae_bench.suite import build_config, validate_names
 
     # issue 16: unknown or unreachable SAELens releases fail first, before any slow import.
@@ -280,7 +280,7 @@ def _execute(cfg: RunConfig, resources, plots: bool, console, wide: bool) -> dic
     # before anything loads (a problem exits 2 within seconds).
     releases = []
     if cfg.release_saes or cfg.extra_saes:
-        from csae_bench.saes_pretrained import prepare_releases
+        from csae_bench.releases import prepare_releases
 
         specs = list(dict.fromkeys([*cfg.release_saes, *cfg.extra_saes]))
         releases = prepare_releases(specs, cfg.model)
@@ -293,8 +293,8 @@ def _execute(cfg: RunConfig, resources, plots: bool, console, wide: bool) -> dic
 def _run_plan(
     cfg: RunConfig, executor, res, external, releases, out: Path, plots: bool, console, wide: bool
 ) -> dict:
-    from csae_bench.leaderboard import render_table
     from csae_bench.pipeline import plan
+    from csae_bench.reporting.leaderboard import render_table
 
     hook_name = f"blocks.{cfg.layer}.hook_resid_post"
     if cfg.trains:
@@ -353,7 +353,7 @@ def check_release_saes(releases, res, cfg: RunConfig) -> None:
     for SAELens release SAEs, from their configs alone (no weights downloaded). Their model-name
     match was checked, and warned about, before the model loaded."""
     from csae_bench.architectures.loading import check_sae_fits
-    from csae_bench.saes_pretrained import release_config
+    from csae_bench.releases import release_config
 
     for rel, eval_hook in releases:
         d_in = int(release_config(rel.spec)["d_in"])
@@ -366,7 +366,7 @@ def check_release_saes(releases, res, cfg: RunConfig) -> None:
 def _leaderboard_main(argv: Sequence[str]) -> int:
     from rich.console import Console
 
-    from csae_bench.leaderboard import render_table, write_leaderboard
+    from csae_bench.reporting.leaderboard import render_table, write_leaderboard
 
     args = build_leaderboard_parser().parse_args(argv)
     _setup_logging(False)

@@ -143,7 +143,7 @@ class RunConfig:
     def _split_saes(self) -> None:
         """issue 16: ``saes`` may mix one folder with ``release:sae_id`` entries; keep the folder in
         ``saes`` (what the folder path expects) and the release ids in ``release_saes``."""
-        from csae_bench.saes_pretrained import split_sae_entries
+        from csae_bench.releases import split_sae_entries
 
         folders, releases = split_sae_entries(self.saes)
         if len(folders) > 1:

@@ -33,8 +33,8 @@ def tiny_tokens(model, cfg, split: str, n_contexts: int, seed: int) -> torch.Ten
 def fast_train(model, source, settings: dict, out_dir: Path, gradient_pool=None, resume: bool = True):
     """A few Adam steps per architecture on the shared stream; one folder per architecture,
     written atomically (temp folder renamed), skipping finished ones like the real trainer."""
+    from csae_bench.activations.harvest import layer_of_hook
     from csae_bench.architectures import build_training_sae
-    from csae_bench.training.activations import layer_of_hook
 
     delay = float(os.environ.get("CSAE_TEST_TRAIN_DELAY", "0"))
     out_dir = Path(out_dir)

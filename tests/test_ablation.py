@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 
-from csae_bench.ablation import AblationConfig, summarize, write_report
+from csae_bench.studies.ablation import AblationConfig, summarize, write_report
 
 
 def _nces(seed, sae, kind, mean, verified=0.0, feats=(0.1, 0.5, 0.9)):

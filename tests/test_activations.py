@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from csae_bench.training.activations import (
+from csae_bench.activations.harvest import (
     ActivationError,
     ActivationSource,
     harvest_activations,

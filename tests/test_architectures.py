@@ -159,7 +159,7 @@ def test_random_decoder_is_frozen_unit_norm():
 
 
 def stand_in_pool(n: int = 128, s: int = 2, seed: int = 0):
-    from csae_bench.training.gradients import GradientPool
+    from csae_bench.activations.gradient_pool import GradientPool
 
     gen = torch.Generator().manual_seed(seed)
     return GradientPool(acts_ND=torch.randn(n, D_IN, generator=gen),

@@ -8,6 +8,14 @@ import torch
 from conftest import tiny_config
 from transformer_lens import HookedTransformer
 
+from csae_bench.activations.gradient_pool import (
+    GradientError,
+    GradientPool,
+    final_residual,
+    harvest_gradient_pool,
+    sampled_logprob_grads,
+    suffix_start,
+)
 from csae_bench.training.causal import (
     end_to_end_kl,
     fisher_faithfulness,
@@ -16,14 +24,6 @@ from csae_bench.training.causal import (
     metric_faithfulness,
     sensitive_directions,
     spliced_kl,
-)
-from csae_bench.training.gradients import (
-    GradientError,
-    GradientPool,
-    final_residual,
-    harvest_gradient_pool,
-    sampled_logprob_grads,
-    suffix_start,
 )
 
 HOOK = "blocks.1.hook_resid_post"
@@ -228,7 +228,7 @@ def test_fisher_clip_keeps_one_extreme_token_from_setting_the_metric():
 
 @pytest.mark.parametrize(("arch", "softcap"), [("gemma3", None), ("gemma3", 3.0), ("gpt2", None)])
 def test_end_to_end_kl_matches_naive_full_logits(arch, softcap, tiny_tokens, monkeypatch):
-    import csae_bench.training.gradients as gradients
+    import csae_bench.activations.gradient_pool as gradients
 
     monkeypatch.setattr(gradients, "MAX_LOGIT_ELEMENTS", 512 * 7)  # force several row chunks
     model, tokens = _tiny(arch, softcap), tiny_tokens[:3]

@@ -8,10 +8,10 @@ from sae_bench.custom_saes.relu_sae import ReluSAE
 from sae_bench.evals.core.eval_output import CoreEvalOutput
 from sae_bench.sae_bench_utils.testing_utils import validate_eval_output_format_file
 
+from csae_bench.activations.harvest import harvest_activations
 from csae_bench.evals.core import CsaeCoreEvalOutput
 from csae_bench.evals.registry import EvalContext, get_eval
-from csae_bench.leaderboard import flat_metrics
-from csae_bench.training.activations import harvest_activations
+from csae_bench.reporting.leaderboard import flat_metrics
 
 HOOK = "blocks.2.hook_resid_post"
 

@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from csae_bench.csae_sweep import SweepConfig, load_records, summarize, write_report
+from csae_bench.studies.csae_sweep import SweepConfig, load_records, summarize, write_report
 from csae_bench.utils import atomic_write_json
 
 

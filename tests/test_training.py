@@ -11,10 +11,10 @@ import pytest
 import torch
 from sae_lens import SAE
 
+from csae_bench.activations.gradient_pool import GradientPool
+from csae_bench.activations.harvest import ActivationSource
 from csae_bench.architectures import ARCHITECTURES, TOPK_FAMILY, UnknownArchitectureError
-from csae_bench.training.activations import ActivationSource
 from csae_bench.training.checkpoint import CheckpointMismatchError, NonFiniteError, read_checkpoint
-from csae_bench.training.gradients import GradientPool
 from csae_bench.training.sparsity import L0Controller
 from csae_bench.training.trainer import (
     CHECKPOINT_NAME,
@@ -48,7 +48,7 @@ def source(tiny_model, tokens):
 
 @pytest.fixture(scope="module")
 def heldout(tiny_model):
-    from csae_bench.training.activations import harvest_activations
+    from csae_bench.activations.harvest import harvest_activations
 
     gen = torch.Generator().manual_seed(2)
     toks = torch.randint(3, 512, (8, 32), generator=gen)

@@ -104,7 +104,7 @@ class LocalExecutor:
         return None
 
     def hook_name(self, res: Any, layer: int) -> str:
-        from csae_bench.training.activations import hook_name_for_layer
+        from csae_bench.activations.harvest import hook_name_for_layer
 
         return hook_name_for_layer(res.model, layer)
 
@@ -122,7 +122,7 @@ class LocalExecutor:
     def leaderboard(
         self, out: Path, requested_evals: list[str], plots: bool
     ) -> tuple[dict[str, Any], list[Path]]:
-        from csae_bench.leaderboard import write_leaderboard
+        from csae_bench.reporting.leaderboard import write_leaderboard
 
         return write_leaderboard(out, requested_evals=requested_evals, plots=plots)
 

@@ -162,7 +162,7 @@ def _probe(probe_dir: str, token: str) -> tuple[str, str | None]:
 @ray.remote
 def _hook_name(template: Any, key: str, marker: str, layer: int) -> str:
     """The hook name for ``layer``, checked against the model on a worker (not the driver)."""
-    from csae_bench.training.activations import hook_name_for_layer
+    from csae_bench.activations.harvest import hook_name_for_layer
 
     _check_marker(marker)
     res = worker_resources(template, key)
@@ -200,7 +200,7 @@ def _run_job(
 
 @ray.remote
 def _leaderboard(out: str, requested: list[str], plots: bool) -> tuple[dict, list[str]]:
-    from csae_bench.leaderboard import write_leaderboard
+    from csae_bench.reporting.leaderboard import write_leaderboard
 
     board, made = write_leaderboard(out, requested_evals=requested, plots=plots)
     return board, [str(p) for p in made]
@@ -211,10 +211,10 @@ def _leaderboard(out: str, requested: list[str], plots: bool) -> tuple[dict, lis
 
 def bad_input_types() -> tuple[type[BaseException], ...]:
     """Exceptions that mean bad input (exit 2, never retried): those ``run.guarded`` maps to 2."""
+    from csae_bench.activations.harvest import ActivationError
     from csae_bench.data import DataError
     from csae_bench.models import ModelLoadError
     from csae_bench.suite import SuiteError
-    from csae_bench.training.activations import ActivationError
 
     types: list[type[BaseException]] = [SuiteError, ModelLoadError, DataError, ActivationError]
     try:  # the shared bad-input base class, where this version has one

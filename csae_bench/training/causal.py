@@ -3,7 +3,7 @@ the exact end-to-end KL it approximates, cheap Fisher NCES estimates for the ver
 and the sensitive directions used to re-initialize causally dead features.
 
 Notation: ``h`` the residual at the hook, ``ĥ`` the SAE reconstruction, ``g`` a sampled-token
-gradient ``∇_h Σ_{t'} log p(y_{t'})`` (see :mod:`csae_bench.training.gradients`).
+gradient ``∇_h Σ_{t'} log p(y_{t'})`` (see :mod:`csae_bench.activations.gradient_pool`).
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ import torch
 from torch import Tensor
 from torch.utils.checkpoint import checkpoint
 
-from csae_bench.training.gradients import (
+from csae_bench.activations.gradient_pool import (
     GradientError,
     check_finite,
     final_residual,

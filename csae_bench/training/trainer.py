@@ -58,6 +58,7 @@ from rich.live import Live
 from rich.table import Table
 from sae_lens.saes.sae import TrainStepInput, TrainStepOutput
 
+from csae_bench.activations.harvest import ActivationSource, layer_of_hook, progress
 from csae_bench.architectures import (
     TOPK_FAMILY,
     CSAETrainingSAE,
@@ -66,7 +67,6 @@ from csae_bench.architectures import (
 )
 from csae_bench.architectures.export import load_base_sae, to_base_sae
 from csae_bench.errors import BadInputError
-from csae_bench.training.activations import ActivationSource, layer_of_hook, progress
 from csae_bench.training.checkpoint import (
     RUN_DEFINING_FIELDS,
     CheckpointMismatchError,
@@ -173,7 +173,7 @@ class TrainConfig:
     relative to the MSE (2 = the Fisher-shaped squared error weighs as much as the plain one), so it
     carries over between models. 100 lowered the spliced-in KL by 22% versus TopK at the same L0 in
     the sweep on the embedded model (explained variance 0.73 vs 0.88; 30: −11% at 0.84; 300: −33%
-    at 0.50; docs/csae.md, ``python -m csae_bench.csae_sweep``). With ``"per-token"`` it is in nats."""
+    at 0.50; docs/csae.md, ``python -m csae_bench.studies.csae_sweep``). With ``"per-token"`` it is in nats."""
     fisher: str = "mean"
     """CSAE: ``"mean"`` (the pool's mean Fisher matrix as a metric on every training token's error)
     or ``"per-token"`` (each pool token's own gradients; see ``CSAETrainingSAEConfig.fisher``)."""
@@ -542,7 +542,7 @@ def _activation_scale(source: ActivationSource, cfg: TrainConfig) -> float:
 def _heldout_activations(
     model, source: ActivationSource, cfg: TrainConfig
 ) -> tuple[torch.Tensor, str]:
-    from csae_bench.training.activations import harvest_activations
+    from csae_bench.activations.harvest import harvest_activations
 
     ctx = source.tokens.shape[1]
     n_ctx = max(1, -(-cfg.heldout_tokens // ctx))
@@ -732,7 +732,7 @@ def _attach_causal(
         return
     needs_pool = cfg.causal_coeff > 0 or cfg.verify_every > 0
     if pool is None and needs_pool:
-        from csae_bench.training.gradients import GradientPool, harvest_gradient_pool
+        from csae_bench.activations.gradient_pool import GradientPool, harvest_gradient_pool
 
         pool_path = out_dir / POOL_NAME
         if pool_path.exists():

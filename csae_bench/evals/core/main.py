@@ -20,6 +20,7 @@ from sae_bench.evals.core.eval_config import CoreEvalConfig
 from sae_bench.sae_bench_utils import get_eval_uuid, get_sae_bench_version, get_sae_lens_version
 from sae_bench.sae_bench_utils.general_utils import load_and_format_sae
 
+from csae_bench.activations.harvest import layer_of_hook
 from csae_bench.errors import SaeMismatchError
 from csae_bench.evals.core.output import (
     CsaeCoreEvalOutput,
@@ -28,7 +29,6 @@ from csae_bench.evals.core.output import (
 )
 from csae_bench.evals.core.shared_passes import SharedPasses
 from csae_bench.evals.registry import EvalContext, EvalSpec, register_eval
-from csae_bench.training.activations import layer_of_hook
 
 logger = logging.getLogger(__name__)
 

@@ -9,8 +9,8 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
+from csae_bench.activations.harvest import ActivationError
 from csae_bench.data import DataError
-from csae_bench.training.activations import ActivationError
 
 
 @dataclass

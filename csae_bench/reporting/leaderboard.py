@@ -261,7 +261,9 @@ def _sae_info(release: str, sae_id: str, files: list[ResultFile]) -> dict[str, A
     except ImportError:
         pass
     tokens = cfg.get("training_tokens") or meta.get("training_tokens")
-    from csae_bench.saes_pretrained import sae_source  # issue 16: trained / folder / release
+    from csae_bench.releases import (
+        sae_source,  # issue 16: trained / folder / release
+    )
 
     return {
         "sae_release": release,

@@ -119,7 +119,7 @@ def _default_train(
 def _default_gradients(
     model, hook_name: str, tokens: torch.Tensor, seed: int, settings: dict[str, Any]
 ):
-    from csae_bench.training.gradients import harvest_gradient_pool
+    from csae_bench.activations.gradient_pool import harvest_gradient_pool
 
     return harvest_gradient_pool(model, hook_name, tokens, seed=seed, **settings)
 
@@ -237,7 +237,7 @@ class HarvestJob(Job):
         return f"harvest {self.hook_name} seed {self.seed}"
 
     def source(self, res: Resources):
-        from csae_bench.training.activations import ActivationSource
+        from csae_bench.activations.harvest import ActivationSource
 
         toks = res.tokens("train", res.train_contexts(), self.seed)
         return ActivationSource(
@@ -308,7 +308,7 @@ class TrainJob(Job):
         return f"train {','.join(self.architectures)} seed {self.harvest.seed}"
 
     def run(self, res: Resources) -> None:
-        from csae_bench.training.gradients import GradientPool
+        from csae_bench.activations.gradient_pool import GradientPool
 
         pool = GradientPool.load(self.gradients.path) if self.gradients is not None else None
         folders = res.train_fn(
@@ -370,7 +370,7 @@ class EvalJob(Job):
         spec = get_eval(eval_type_id(self.eval_name))
         seed_everything(self.seed)
         if self.pretrained:  # issue 16: SAELens release -> SAEBench BaseSAE
-            from csae_bench.saes_pretrained import load_release_sae
+            from csae_bench.releases import load_release_sae
 
             sae = load_release_sae(self.pretrained, res.cfg.device)
         else:

@@ -33,7 +33,7 @@ import torch
 from torch import Tensor
 from transformer_lens.utilities.activation_functions import softcap_enabled
 
-from csae_bench.training.activations import ActivationError, layer_of_hook, progress
+from csae_bench.activations.harvest import ActivationError, layer_of_hook, progress
 from csae_bench.utils import atomic_path
 
 logger = logging.getLogger(__name__)
