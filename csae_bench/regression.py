@@ -31,7 +31,6 @@ import argparse
 import json
 import logging
 import math
-import statistics
 import sys
 from collections import defaultdict
 from collections.abc import Sequence
@@ -40,6 +39,7 @@ from pathlib import Path
 from typing import Any
 
 from csae_bench.errors import BadInputError
+from csae_bench.stats import sample_sd
 from csae_bench.utils import atomic_write_json
 
 logger = logging.getLogger(__name__)
@@ -212,10 +212,6 @@ def tolerance(sd: float, value: float, step: float = 0.0, max_dev: float = 0.0) 
     return max(K_SD * sd, SEED_RANGE_SLACK * max_dev, REL_FLOOR * abs(value), ABS_FLOOR, step)
 
 
-def _sd(xs: list[float]) -> float:
-    return statistics.stdev(xs) if len(xs) >= 2 else 0.0
-
-
 def record(
     results_dirs: Sequence[str | Path],
     reference_path: str | Path = REFERENCE,
@@ -237,7 +233,7 @@ def record(
         step, why = _step(name, steps) or (0.0, None)
         values = [by_seed[s][name] for s in seeds if name in by_seed[s]]
         if len(seeds) >= 2:
-            sd = _sd(values)
+            sd = sample_sd(values)
             max_dev = max(abs(v - base[name]) for v in values)
             metrics[name] = {
                 "value": base[name],

@@ -14,8 +14,9 @@ from test_interventions import random_sae
 from csae_bench.evals.nces import NCESEvalConfig, NCESEvalOutput, evaluate_sae, run_nces_eval
 from csae_bench.evals.nces.output import SCHEMA_PATH, generate_schema
 from csae_bench.evals.nces.sampling import stratified_features
-from csae_bench.evals.nces.scoring import nces, score_feature, weighted_mean_ci
+from csae_bench.evals.nces.scoring import nces, score_feature
 from csae_bench.interventions import InterventionError
+from csae_bench.stats import weighted_mean_ci
 
 HOOK = "blocks.1.hook_resid_post"
 

@@ -22,7 +22,6 @@ What the engine reuses, and why it is exact:
 from __future__ import annotations
 
 import logging
-import math
 from dataclasses import dataclass, field
 
 import torch
@@ -415,15 +414,3 @@ def _layer_of(hook_name: str, n_layers: int) -> int:
             f"Hook {hook_name!r} is out of range: the model has layers 0..{n_layers - 1}."
         )
     return layer
-
-
-def spearman(a: Tensor, b: Tensor) -> float:
-    """Spearman rank correlation (ties averaged); NaN when fewer than 3 points or a constant input."""
-    from scipy.stats import spearmanr
-
-    if len(a) < 3:
-        return math.nan
-    a_np, b_np = a.detach().double().cpu().numpy(), b.detach().double().cpu().numpy()
-    if a_np.std() == 0 or b_np.std() == 0:
-        return math.nan
-    return float(spearmanr(a_np, b_np).statistic)

@@ -32,11 +32,11 @@ from csae_bench.evals.nces.scoring import (
     logit_gram,
     mean_pairwise_cosine,
     score_feature,
-    weighted_mean_ci,
 )
 from csae_bench.interventions.controls import make_control
-from csae_bench.interventions.engine import EffectEngine, EngineConfig, check_sae_matches, spearman
+from csae_bench.interventions.engine import EffectEngine, EngineConfig, check_sae_matches
 from csae_bench.interventions.types import feature_edit_BTD, make_intervention
+from csae_bench.stats import spearman, weighted_mean_ci
 
 logger = logging.getLogger(__name__)
 
@@ -155,8 +155,8 @@ def evaluate_sae(
     if config.compute_attribution and M:
         attr = engine.attribution(ctx_M, pos_M, delta_MD).cpu()
         attr_metrics = NCESAttributionMetrics(
-            attribution_spearman=_finite(spearman(attr, torch.as_tensor(dloss))),
-            attribution_spearman_abs_vs_kl=_finite(spearman(attr.abs(), torch.as_tensor(kl))),
+            attribution_spearman=_finite(spearman(attr.detach().double().cpu().numpy(), np.asarray(dloss, dtype=float))),
+            attribution_spearman_abs_vs_kl=_finite(spearman(attr.detach().abs().double().cpu().numpy(), np.asarray(kl, dtype=float))),
         )
     t_attr = time.perf_counter() - t0
 

@@ -45,29 +45,6 @@ def score_feature(
     return FeatureScore(E, R, float(nces(E, R)), float(lo), float(hi))
 
 
-def weighted_mean_ci(
-    values: np.ndarray,
-    weights: np.ndarray,
-    strata: np.ndarray,
-    n_boot: int,
-    level: float,
-    rng: np.random.Generator,
-) -> tuple[float | None, float | None, float | None]:
-    """Weighted mean with a stratified bootstrap CI (features resampled within their stratum)."""
-    if len(values) == 0 or weights.sum() <= 0:
-        return None, None, None
-    point = float((values * weights).sum() / weights.sum())
-    groups = [np.nonzero(strata == s)[0] for s in np.unique(strata)]
-    boots = np.empty(n_boot)
-    for b in range(n_boot):
-        pick = np.concatenate([g[rng.integers(0, len(g), len(g))] for g in groups])
-        w = weights[pick]
-        boots[b] = (values[pick] * w).sum() / w.sum() if w.sum() > 0 else np.nan
-    alpha = (1 - level) / 2
-    lo, hi = np.nanquantile(boots, [alpha, 1 - alpha])
-    return point, float(lo), float(hi)
-
-
 def logit_gram(model) -> Tensor:
     """``G = W̃_U W̃_Uᵀ`` with ``W̃_U`` the unembedding centred over the vocabulary: the inner product
     of two logit-change vectors ``W̃_Uᵀ dx`` is ``dxᵀ G dx'`` (no full-vocab vectors needed)."""
