@@ -374,6 +374,16 @@ def test_duplicates_are_dropped_across_sources(fake_registry):
     assert dropped == 4
 
 
+def test_stub_documents_are_dropped(tmp_path):
+    root = tmp_path / "tree"
+    page = "<html><body><p>The node you are looking for is at XREFfoo here.</p></body></html>"
+    _text(root / "usr/share/doc/python3.11/html/stub.html", page)
+    make_tree(tmp_path / "perl", "perl-doc")
+    assert build.source_documents(source("python-doc"), root, build.Deduplicator()) == []
+    docs = build.source_documents(source("perl-doc"), tmp_path / "perl", build.Deduplicator())
+    assert len(docs) == 1 and sentence("perl-doc", 5) in docs[0].text
+
+
 def test_document_dedup_is_exact_and_normalized():
     dedup = build.Deduplicator()
     assert dedup.new_document(PROSE)

@@ -33,6 +33,7 @@ NAME = "english"
 VERSION = 1  # bump when sources or cleaning change: a new version is a new cache folder
 CAP_FRACTION = 0.30  # no source above this share of the corpus's tokens
 MAX_DOC_CHARS = 6000  # paragraphs are grouped into documents of at most about this size
+MIN_DOC_CHARS = 200  # shorter documents are stubs ("The node you are looking for is at …")
 MIN_DEDUP_CHARS = 80  # shorter paragraphs ("Exit.", "See also") may repeat legitimately
 SHARD_BYTES = 64 << 20
 
@@ -113,7 +114,7 @@ def source_documents(source: Source, root: Path, dedup: Deduplicator) -> list[Do
     for key, paragraphs in source.extract(root):
         kept = [p for p in paragraphs if clean.is_prose(p, min_words=3) and dedup.new_paragraph(p)]
         for i, text in enumerate(chunk(kept)):
-            if dedup.new_document(text):
+            if len(text) >= MIN_DOC_CHARS and dedup.new_document(text):
                 docs.append(Document(f"{source.name}:{key}:{i}", source.name, text))
     return docs
 
@@ -315,6 +316,7 @@ def build(
         "cap_fraction": CAP_FRACTION,
         "eval_fraction": EVAL_FRACTION,
         "max_doc_chars": MAX_DOC_CHARS,
+        "min_doc_chars": MIN_DOC_CHARS,
         "documents": len(kept),
         "tokens": total,
         "train_tokens": total - eval_tokens,

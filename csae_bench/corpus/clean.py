@@ -344,12 +344,11 @@ def pod_to_paragraphs(pod: str) -> list[str]:
 
 # ---------------------------------------------------------------- dictd entries (GCIDE, FOLDOC…)
 
-_GCIDE_SOURCE_TAG = re.compile(
-    r"\[(?:1913 Webster|WordNet 1\.5|PJC|Webster 1913 Suppl\.|"
-    r"Century Dict\.|Century Dictionary|Chambers 1728|RN|DOD|MW10|"
-    r"NRCS|Note|AS|JC|\w+ \d+[.\d]*)\]"
-)
-_GCIDE_PRON = re.compile(r"\\[^\\\n]*\\")
+_GCIDE_SOURCE_TAG = re.compile(  # "[1913 Webster]", "[1913 Webster +PJC]", "[WordNet 1.5]"…
+    r"\[(?:1913 Webster|Webster|WordNet|PJC|Century|Chambers|RN|DOD|MW10|NRCS|AS|JC)\b"
+    r"[^\]\n]{0,40}\]"
+)  # usage labels such as [Obs.] or [Slang] are kept
+_GCIDE_PRON = re.compile(r"\\[^\\]{0,200}?\\")  # \A*ban"don\, possibly over a line break
 _GCIDE_ACCENT = re.compile(r"\[([=.^~'`\"]?)([a-zA-Z]{1,2})([=.^~'`\"]?)\]")
 
 
