@@ -136,12 +136,14 @@ def test_dictionary_entry_and_wordnet_gloss_become_sentences():
     entry = """Abandon \\A*ban"don\\ ([.a]*b[a^]n"d[u^]n), v. t. [imp. & p. p.
    {Abandoned}.]
    1. To cast or drive out; to banish; to expel; to reject.
-      [1913 Webster]
+      [Obs.]
+      [1913 Webster +PJC]
 """
     text = clean.dictd_entry_to_text(entry)
     assert text.startswith("Abandon, v. t.")
     assert "To cast or drive out; to banish" in text
     assert "1913 Webster" not in text and "{" not in text and "\\" not in text
+    assert text.endswith("to reject. [Obs.]")
     line = (
         "00006024 03 n 02 heterotroph 0 living_thing(a) 0 001 @ 00004475 n 0000 "
         "| an organism that depends on complex organic substances for nutrition  "
