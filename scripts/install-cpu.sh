@@ -6,6 +6,9 @@
 #  - sae-bench depends on torchvision, whose PyPI build breaks `import transformer_lens` beside
 #    CPU torch; nothing here uses it, so it is removed.
 # GPU users: `pip install -e .` with your own torch instead.
+# The `english` corpus (--corpus english) needs nothing installed here: on first use it fetches
+# Debian packages with `apt-get download` + `dpkg-deb -x` (present on Debian/Ubuntu; the package
+# lists must be current: `apt-get update`) and one sdist with pip. Tests never fetch it.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 python -m pip install --quiet --upgrade pip
