@@ -294,7 +294,7 @@ def _run_plan(
     cfg: RunConfig, executor, res, external, releases, out: Path, plots: bool, console, wide: bool
 ) -> dict:
     from csae_bench.pipeline import plan
-    from csae_bench.reporting.leaderboard import render_table
+    from csae_bench.reporting.table import render_table
 
     hook_name = f"blocks.{cfg.layer}.hook_resid_post"
     if cfg.trains:
@@ -366,7 +366,8 @@ def check_release_saes(releases, res, cfg: RunConfig) -> None:
 def _leaderboard_main(argv: Sequence[str]) -> int:
     from rich.console import Console
 
-    from csae_bench.reporting.leaderboard import render_table, write_leaderboard
+    from csae_bench.reporting.leaderboard import write_leaderboard
+    from csae_bench.reporting.table import render_table
 
     args = build_leaderboard_parser().parse_args(argv)
     _setup_logging(False)
