@@ -44,7 +44,6 @@ from typing import Any
 
 from csae_bench.errors import BadInputError
 from csae_bench.stats import sample_sd
-from csae_bench.utils import atomic_write_json
 
 logger = logging.getLogger(__name__)
 
@@ -229,6 +228,8 @@ def record(
     """Write the reference from ``results_dirs`` (their seeds pooled; where two folders hold the same
     seed, the later one wins). With two or more seeds the tolerances are set from their spread; with
     one, the existing tolerances are kept (floored at the metric's step)."""
+    from csae_bench.utils import atomic_write_json  # imports torch: only when recording
+
     by_seed: dict[int, dict[str, float]] = {}
     for d in results_dirs:
         by_seed.update(observe(d))  # a later folder's seed replaces an earlier folder's same seed

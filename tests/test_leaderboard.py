@@ -322,11 +322,11 @@ def test_wide_table_shows_every_headline_metric_unfolded(varied_results):
 
 
 def test_wide_flag_on_both_commands(varied_results, capsys):
-    from csae_bench.run import build_leaderboard_parser, build_parser
+    from csae_bench.cli import build_parser
 
-    assert build_parser().parse_args(["--wide"]).wide is True
-    assert build_parser().parse_args([]).wide is False
-    assert build_leaderboard_parser().parse_args([str(varied_results), "--wide"]).wide is True
+    assert build_parser().parse_args(["run", "--wide"]).wide is True
+    assert build_parser().parse_args(["run"]).wide is False
+    assert build_parser().parse_args(["leaderboard", str(varied_results), "--wide"]).wide is True
     assert main(["leaderboard", str(varied_results), "--wide", "--no-plots"]) == 0
     assert "kl_div_score" in capsys.readouterr().out
 
