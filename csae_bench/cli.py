@@ -98,8 +98,16 @@ def _run_flag_help(name: str, extra: str | None) -> str:
     return text if shown in (None, "", False) else f"{text} [default: {shown}]"
 
 
+def _report_options() -> argparse.ArgumentParser:
+    """``--no-plots`` and ``--wide``: shared by ``run`` and ``leaderboard`` (a parent parser)."""
+    parser = argparse.ArgumentParser(add_help=False)
+    parser.add_argument("--no-plots", action="store_true", help="skip the PNG plots")
+    parser.add_argument("--wide", action="store_true", help=WIDE_HELP)
+    return parser
+
+
 def add_run_arguments(parser: argparse.ArgumentParser) -> None:
-    """The flags of ``csae-bench run``: :data:`RUN_FLAGS`, ``--suite`` and the output options."""
+    """The flags of ``csae-bench run``: :data:`RUN_FLAGS`, ``--suite`` and ``--verbose``."""
     for flag, name, options in RUN_FLAGS:
         options = dict(options)
         extra = options.pop("help", None)
@@ -113,8 +121,6 @@ def add_run_arguments(parser: argparse.ArgumentParser) -> None:
         help="declarative suite file setting any of these options ([run], [train], "
         "[evals.<name>] tables); flags given here override it",
     )
-    parser.add_argument("--no-plots", action="store_true", help="skip the PNG plots")
-    parser.add_argument("--wide", action="store_true", help=WIDE_HELP)
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
 
 
@@ -128,9 +134,11 @@ def build_parser(run_prog: str | None = None) -> argparse.ArgumentParser:
         description="Causal SAEs and causal-effect evals (NCES, causal probing) on SAEBench. "
         "Without a subcommand, the flags are those of 'run'.",
     )
-    sub = parser.add_subparsers(dest="command", metavar="{run,leaderboard,study,regression}")
+    report = _report_options()
+    sub = parser.add_subparsers(metavar="{run,leaderboard,study,regression}")
     run = sub.add_parser(
         "run",
+        parents=[report],
         prog=run_prog or "csae-bench run",
         help="train SAEs, evaluate them, build the leaderboard (resumes)",
         description="Train ReLU/TopK/JumpReLU/Causal SAEs alongside on one residual stream, "
@@ -141,8 +149,10 @@ def build_parser(run_prog: str | None = None) -> argparse.ArgumentParser:
         f"(including one written by SAEBench): {run_prog or 'csae-bench'} leaderboard DIR.",
     )
     add_run_arguments(run)
+    run.set_defaults(handler=_run)
     board = sub.add_parser(
         "leaderboard",
+        parents=[report],
         prog=f"{run_prog or 'csae-bench'} leaderboard",
         help="rebuild leaderboard.json, the table and the plots of a results folder",
         description="Rebuild leaderboard.json, the table and the plots from a results folder "
@@ -152,8 +162,7 @@ def build_parser(run_prog: str | None = None) -> argparse.ArgumentParser:
     board.add_argument(
         "results", nargs="?", default="results", help="results folder [default: results]"
     )
-    board.add_argument("--no-plots", action="store_true", help="skip the PNG plots")
-    board.add_argument("--wide", action="store_true", help=WIDE_HELP)
+    board.set_defaults(handler=_leaderboard)
     study = sub.add_parser(
         "study",
         help="run a study (csae-bench study NAME --help for its options)",
@@ -161,10 +170,12 @@ def build_parser(run_prog: str | None = None) -> argparse.ArgumentParser:
     )
     study.add_argument("name", choices=STUDIES)
     study.add_argument("args", nargs=argparse.REMAINDER, help="the study's own arguments")
+    study.set_defaults(handler=_study)
     reg = sub.add_parser(
         "regression", help="the CI regression check", description=regression.DESCRIPTION
     )
-    regression.add_arguments(reg)
+    regression.add_arguments(reg)  # its own check|record subcommands
+    reg.set_defaults(handler=_regression)
     return parser
 
 
@@ -269,9 +280,6 @@ def _regression(args: argparse.Namespace) -> int:
     return regression.run_command(args)
 
 
-HANDLERS = {"run": _run, "leaderboard": _leaderboard, "study": _study, "regression": _regression}
-
-
 def main(argv: Sequence[str] | None = None, run_prog: str | None = None) -> int:
     """``csae-bench [COMMAND] ...``; without a known command (or with none) the arguments are those
     of ``run``. Returns the exit code (module docstring); ``--help`` and a usage error exit
@@ -281,7 +289,7 @@ def main(argv: Sequence[str] | None = None, run_prog: str | None = None) -> int:
     if not argv or (argv[0] not in COMMANDS and argv[0] not in ("-h", "--help")):
         argv = ["run", *argv]  # csae-bench [run flags] == csae-bench run [run flags]
     args = build_parser(run_prog).parse_args(argv)
-    return HANDLERS[args.command](args)
+    return args.handler(args)
 
 
 if __name__ == "__main__":

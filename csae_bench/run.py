@@ -49,8 +49,15 @@ def check_writable(out: Path) -> None:
 def execute(
     cfg: RunConfig, resources=None, plots: bool = True, console=None, wide: bool = False
 ) -> dict:
-    """Run every job of ``cfg`` (resuming), then write the leaderboard and plots; returns the board.
-    ``cfg.threads``, when set, holds for the run and is restored after it."""
+    """Run every job of ``cfg`` (resuming), then write the leaderboard and plots; returns the board
+    (``leaderboard.json``'s content). ``cfg.threads``, when set, holds for the run and is restored
+    after it.
+
+    Raises:
+        BadInputError: input that cannot work, found before or inside a job (``--out`` not
+            writable, an SAE that does not fit the model, a bad corpus; the CLI exits 2).
+        JobFailedError: a job failed on valid input (the CLI exits 1; finished work is kept).
+    """
     if cfg.threads is None:
         return _execute(cfg, resources, plots, console, wide)
     import torch
