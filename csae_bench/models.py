@@ -46,12 +46,13 @@ class ModelLoadError(BadInputError, RuntimeError):
 
 
 def cache_dir() -> Path:
-    """Where converted models live: ``$CSAE_BENCH_CACHE``, else ``$XDG_CACHE_HOME/csae_bench``,
-    else ``~/.cache/csae_bench``."""
+    """Where converted models live: ``$CSAE_BENCH_CACHE``, else the platform's user cache folder
+    (``platformdirs``: ``$XDG_CACHE_HOME/csae_bench``, else ``~/.cache/csae_bench`` on Linux)."""
     if env := os.environ.get("CSAE_BENCH_CACHE"):
         return Path(env)
-    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
-    return Path(base) / "csae_bench"
+    from platformdirs import user_cache_path
+
+    return user_cache_path("csae_bench", appauthor=False)
 
 
 @dataclass(frozen=True)

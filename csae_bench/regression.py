@@ -1,7 +1,11 @@
 """CI regression check: a smoke-suite results folder against the recorded reference.
 
-    python -m csae_bench.regression check results_smoke            # exit 1 and name every regression
-    python -m csae_bench.regression record results_smoke           # update baselines/smoke_reference.json
+    csae-bench regression check results_smoke     # exit 1 and name every regression
+    csae-bench regression record results_smoke    # update baselines/smoke_reference.json
+
+(``python -m csae_bench.regression check|record ...`` is the same command.) The results are read
+from the folder's leaderboard (:func:`csae_bench.reporting.leaderboard.read_leaderboard`), whose
+rows already carry each SAE's architecture and seed, so nothing here knows the results layout.
 
 The reference (``baselines/smoke_reference.json``) holds, per architecture, every headline metric
 of the leaderboard with a two-sided tolerance. Tolerances come from the seed-to-seed spread
@@ -40,7 +44,6 @@ from typing import Any
 
 from csae_bench.errors import BadInputError
 from csae_bench.stats import sample_sd
-from csae_bench.utils import atomic_write_json
 
 logger = logging.getLogger(__name__)
 
@@ -100,15 +103,20 @@ class Finding:
 
 
 def observe(results_dir: str | Path) -> dict[int, dict[str, float]]:
-    """``{seed: {"<arch>/<eval>/<metric>": value}}`` of a run's folder (its leaderboard)."""
-    results_dir = Path(results_dir)
-    board_path = results_dir / "leaderboard.json"
-    if not board_path.exists():
+    """``{seed: {"<arch>/<eval>/<metric>": value}}`` of a run's folder (its leaderboard; a row
+    without a seed counts as seed 0).
+
+    Raises:
+        RegressionError: the folder has no leaderboard (the message says which run makes one).
+    """
+    from csae_bench.reporting.leaderboard import leaderboard_path, read_leaderboard
+
+    board = read_leaderboard(results_dir)
+    if board is None:
         raise RegressionError(
-            f"{board_path} does not exist: run the smoke suite first "
+            f"{leaderboard_path(results_dir)} does not exist: run the smoke suite first "
             f"(python -m csae_bench.run --suite {SUITE} --out {results_dir})."
         )
-    board = json.loads(board_path.read_text())
     out: dict[int, dict[str, float]] = defaultdict(dict)
     for row in board["rows"]:
         seed = int(row["seed"] or 0)
@@ -220,6 +228,8 @@ def record(
     """Write the reference from ``results_dirs`` (their seeds pooled; where two folders hold the same
     seed, the later one wins). With two or more seeds the tolerances are set from their spread; with
     one, the existing tolerances are kept (floored at the metric's step)."""
+    from csae_bench.utils import atomic_write_json  # imports torch: only when recording
+
     by_seed: dict[int, dict[str, float]] = {}
     for d in results_dirs:
         by_seed.update(observe(d))  # a later folder's seed replaces an earlier folder's same seed
@@ -276,12 +286,9 @@ def record(
     return reference
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
-        prog="python -m csae_bench.regression",
-        description="Compare a smoke-suite results folder with "
-        "baselines/smoke_reference.json, or re-record it.",
-    )
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """The ``check`` and ``record`` subcommands, on ``parser`` (``python -m csae_bench.regression``
+    or ``csae-bench regression``)."""
     sub = parser.add_subparsers(dest="command", required=True)
     p_check = sub.add_parser("check", help="exit 1 and name every metric out of tolerance")
     p_check.add_argument("results", help="results folder of the smoke suite (--out)")
@@ -300,7 +307,16 @@ def main(argv: Sequence[str] | None = None) -> int:
         "results", nargs="+", help="results folder(s); several seeds set the tolerances"
     )
     p_rec.add_argument("--reference", default=str(REFERENCE))
-    args = parser.parse_args(argv)
+
+
+DESCRIPTION = (
+    "Compare a smoke-suite results folder with baselines/smoke_reference.json, or re-record it."
+)
+
+
+def run_command(args: argparse.Namespace) -> int:
+    """Run parsed ``check``/``record`` arguments. Exit code: 0 passed or recorded, 1 a regression,
+    2 the folder cannot be compared (:class:`RegressionError`, logged as one line)."""
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     try:
         if args.command == "check":
@@ -327,6 +343,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         logger.error("%s", err)
         return 2
     return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """``python -m csae_bench.regression check|record ...``; see :func:`run_command`."""
+    parser = argparse.ArgumentParser(
+        prog="python -m csae_bench.regression", description=DESCRIPTION
+    )
+    add_arguments(parser)
+    return run_command(parser.parse_args(argv))
 
 
 if __name__ == "__main__":

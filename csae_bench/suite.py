@@ -13,6 +13,11 @@ A suite file has three kinds of tables, every key checked against the fields it 
     [evals.core]           # overrides of one eval's config (fields of its config class)
     n_eval_reconstruction_batches = 1
 
+:class:`RunConfig` is a pydantic dataclass (``extra="forbid"``): its field types and bounds are the
+validation, its attribute docstrings the field descriptions (and the CLI's help, :func:`field_help`).
+Every invalid setting raises :class:`SuiteError` (exit 2) with one line naming the key, what it
+must be and what it was.
+
 The defaults of :class:`RunConfig` are the CPU run on the embedded model (``evals/gemma-3-270m.toml``
 states the same values; a test keeps the two in step).
 """
@@ -20,10 +25,14 @@ states the same values; a test keeps the two in step).
 from __future__ import annotations
 
 import dataclasses
+import os
 import tomllib
-from dataclasses import dataclass, field
+from dataclasses import field
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any, Literal, get_args
+
+from pydantic import BaseModel, ConfigDict, Field, StrictInt, ValidationError, field_validator
+from pydantic.dataclasses import dataclass as pydantic_dataclass
 
 from csae_bench.errors import BadInputError, one_line
 
@@ -31,47 +40,60 @@ from csae_bench.errors import BadInputError, one_line
 EVAL_ALIASES: dict[str, str] = {"probing": "csae_probing"}
 DEFAULT_ARCHITECTURES: tuple[str, ...] = ("relu", "topk", "jumprelu", "csae", "random-decoder")
 DEFAULT_EVALS: tuple[str, ...] = ("core", "nces", "probing")
-MODEL_DTYPES: tuple[str, ...] = ("float32", "bfloat16", "float16")
+ModelDtype = Literal["float32", "bfloat16", "float16"]
+MODEL_DTYPES: tuple[str, ...] = get_args(ModelDtype)
 
 
 class SuiteError(BadInputError, ValueError):
     """A suite file or a run setting is invalid; the message names the key and what is allowed."""
 
 
-@dataclass
-class RunConfig:
-    """Everything one ``python -m csae_bench.run`` invocation does."""
+Count = Annotated[StrictInt, Field(ge=1)]
+"""A positive integer (a bool or a float is refused)."""
+
+_CONFIG = ConfigDict(extra="forbid", use_attribute_docstrings=True)
+
+
+@pydantic_dataclass(config=_CONFIG)
+class _RunSettings:
+    """The fields and checks of :class:`RunConfig` (which turns a pydantic error into a
+    :class:`SuiteError`)."""
 
     model: str = "embedded"
     """Model: ``embedded`` (Gemma-3-270M, offline), ``gpt2``, ``gemma-2-2b``, any TransformerLens
     name, or a local Hugging Face model folder."""
-    layer: int = 6
+    layer: Annotated[StrictInt, Field(ge=0)] = 6
     """Residual-stream layer whose ``blocks.<layer>.hook_resid_post`` the SAEs read."""
-    architectures: list[str] = field(default_factory=lambda: list(DEFAULT_ARCHITECTURES))
-    """SAE architectures trained alongside on one activation stream."""
-    evals: list[str] = field(default_factory=lambda: list(DEFAULT_EVALS))
+    architectures: Annotated[list[str], Field(min_length=1)] = field(
+        default_factory=lambda: list(DEFAULT_ARCHITECTURES)
+    )
+    """SAE architectures trained alongside on one activation stream (a list, or one
+    comma-separated string)."""
+    evals: Annotated[list[str], Field(min_length=1)] = field(
+        default_factory=lambda: list(DEFAULT_EVALS)
+    )
     """Evals run on every SAE (user names; ``probing`` is eval type ``csae_probing``)."""
-    seeds: list[int] = field(default_factory=lambda: [0])
+    seeds: Annotated[list[StrictInt], Field(min_length=1)] = field(default_factory=lambda: [0])
     """Training seeds; each seed trains and evaluates every architecture once."""
-    d_sae: int = 2048
+    d_sae: Count = 2048
     """Dictionary width of every trained SAE."""
-    train_tokens: int = 150_000
+    train_tokens: Count = 150_000
     """Activation tokens each SAE trains on (one harvest shared by all architectures)."""
-    batch_size: int = 1024
+    batch_size: Count = 1024
     """Training batch size in tokens."""
     corpus: str = "embedded"
     """Text corpus: ``embedded`` (VADER sentences, offline), a local .txt/.jsonl file or folder,
     or a Hugging Face dataset name."""
-    context_size: int = 128
+    context_size: Annotated[StrictInt, Field(ge=2)] = 128
     """Tokens per context for harvesting and evals."""
-    eval_contexts: int = 32
+    eval_contexts: Count = 32
     """Contexts of the corpus's held-out eval split given to every eval."""
     device: str = "cpu"
     """Torch device for the model, training and evals (``cpu``, ``cuda``, ``cuda:1``...)."""
-    dtype: str | None = None
+    dtype: ModelDtype | None = None
     """Model weights' dtype: ``float32``, ``bfloat16`` or ``float16``. ``None``: float32 on the CPU,
     the model's own default on a GPU."""
-    threads: int | None = None
+    threads: Count | None = None
     """torch CPU threads for the whole run (``torch.set_num_threads``). ``None``: torch's default
     (one per core). A suite whose numbers are compared across machines pins it (the CI smoke suite
     does): the thread count sets the order of float reductions, and so the rounding."""
@@ -84,7 +106,7 @@ class RunConfig:
     release_saes: list[str] = field(default_factory=list)
     """SAELens ``release:sae_id`` entries of ``saes`` (filled from ``saes``; not a suite key)."""
     extra_saes: list[str] = field(default_factory=list)
-    """SAELens ``release:sae_id`` SAEs evaluated next to the SAEs this run trains (issue 16)."""
+    """SAELens ``release:sae_id`` SAEs evaluated next to the SAEs this run trains."""
     force: bool = False
     """Redo finished work (otherwise work whose output exists in ``out`` is skipped)."""
     train: dict[str, Any] = field(default_factory=dict)
@@ -98,43 +120,31 @@ class RunConfig:
     ray_address: str | None = None
     """Ray cluster to join: ``auto`` or ``HOST:PORT``. ``None``: ``$RAY_ADDRESS`` if set, else
     start a local cluster for the run."""
-    job_resources: dict[str, dict[str, Any]] = field(default_factory=dict)
+    job_resources: dict[str, Any] = field(default_factory=dict)
     """Ray resources per job kind (``harvest``, ``gradients``, ``train``, ``eval``, ``leaderboard``):
     ``num_cpus``, ``num_gpus``, ``memory`` (bytes), ``resources``, ``max_retries``. Suite:
     ``[run.job_resources.eval]``."""
 
+    @field_validator("architectures", "evals", mode="before")
+    @classmethod
+    def _split_names(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            return [v.strip() for v in value.split(",") if v.strip()]
+        return list(value) if isinstance(value, tuple) else value
+
+    @field_validator("out", "saes", mode="before")
+    @classmethod
+    def _path_as_str(cls, value: Any) -> Any:
+        return os.fspath(value) if isinstance(value, os.PathLike) else value
+
+    @field_validator("architectures", "evals", "seeds")
+    @classmethod
+    def _no_duplicates(cls, value: list, info) -> list:
+        if len(set(value)) != len(value):
+            raise SuiteError(f"{info.field_name} has duplicates: {value}.")
+        return value
+
     def __post_init__(self) -> None:
-        for name in (
-            "layer",
-            "d_sae",
-            "train_tokens",
-            "batch_size",
-            "context_size",
-            "eval_contexts",
-        ):
-            value = getattr(self, name)
-            if not isinstance(value, int) or isinstance(value, bool):
-                raise SuiteError(f"{name} must be an integer, got {value!r}.")
-            if value < (0 if name == "layer" else 1):
-                raise SuiteError(
-                    f"{name} must be {'≥ 0' if name == 'layer' else 'positive'}, got {value}."
-                )
-        if self.dtype is not None and self.dtype not in MODEL_DTYPES:
-            raise SuiteError(f"dtype must be one of {', '.join(MODEL_DTYPES)}, got {self.dtype!r}.")
-        if self.threads is not None and (
-            not isinstance(self.threads, int) or isinstance(self.threads, bool) or self.threads < 1
-        ):
-            raise SuiteError(f"threads must be a positive integer, got {self.threads!r}.")
-        if self.context_size < 2:
-            raise SuiteError(f"context_size must be at least 2, got {self.context_size}.")
-        if not self.seeds or not all(
-            isinstance(s, int) and not isinstance(s, bool) for s in self.seeds
-        ):
-            raise SuiteError(f"seeds must be a non-empty list of integers, got {self.seeds!r}.")
-        if len(set(self.seeds)) != len(self.seeds):
-            raise SuiteError(f"seeds has duplicates: {self.seeds}.")
-        self.architectures = _as_name_list("architectures", self.architectures)
-        self.evals = _as_name_list("evals", self.evals)
         from csae_bench.executors import check_executor_settings  # issue 15 (never imports ray)
 
         check_executor_settings(self.executor, self.ray_address, self.job_resources)
@@ -171,18 +181,60 @@ class RunConfig:
         return [eval_type_id(name) for name in self.evals]
 
 
-def _as_name_list(key: str, value: Any) -> list[str]:
-    if isinstance(value, str):
-        value = [v.strip() for v in value.split(",") if v.strip()]
-    if (
-        not isinstance(value, list | tuple)
-        or not value
-        or not all(isinstance(v, str) for v in value)
-    ):
-        raise SuiteError(f"{key} must be a non-empty list of names, got {value!r}.")
-    if len(set(value)) != len(value):
-        raise SuiteError(f"{key} has duplicates: {list(value)}.")
-    return list(value)
+class RunConfig(_RunSettings):
+    """Everything one ``csae-bench run`` (``python -m csae_bench.run``) invocation does.
+
+    Raises:
+        SuiteError: a field of the wrong type or out of bounds, an unknown field, duplicate
+            names or seeds, invalid executor settings or ``saes`` entries.
+    """
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        try:
+            super().__init__(*args, **kwargs)
+        except ValidationError as err:
+            raise settings_error(err) from None
+
+
+_MUST_BE = {
+    "int_type": "an integer",
+    "int_parsing": "an integer",
+    "int_from_float": "an integer",
+    "string_type": "a string",
+    "bool_type": "true or false",
+    "list_type": "a list",
+    "dict_type": "a table",
+    "too_short": "non-empty",
+}
+
+
+def _describe(error: dict[str, Any], prefix: str = "") -> str:
+    """One pydantic error as ``<key> must be <what>, got <value>`` (a check of our own: its
+    message as written)."""
+    kind, ctx = error["type"], error.get("ctx") or {}
+    if kind == "value_error":
+        return str(ctx["error"])
+    loc = prefix + ".".join(str(p) for p in error["loc"])
+    if kind in ("unexpected_keyword_argument", "extra_forbidden"):
+        return f"unknown key {loc!r}"
+    if kind == "greater_than_equal":
+        what = "a positive integer" if ctx["ge"] == 1 else f"at least {ctx['ge']}"
+    elif kind == "literal_error":
+        what = "one of " + ctx["expected"].replace("'", "").replace(" or ", ", ")
+    else:
+        what = _MUST_BE.get(kind) or error["msg"].removeprefix("Input should be ").lower()
+    return f"{loc} must be {what}, got {error['input']!r}"
+
+
+def settings_error(err: ValidationError, prefix: str = "", hint: str = "") -> SuiteError:
+    """A :class:`SuiteError` of one line from a pydantic error: our own :class:`SuiteError` (e.g.
+    an executor setting's) as raised, else every problem as ``<prefix><key> must be ...``, then
+    ``hint``."""
+    errors = err.errors()
+    if len(errors) == 1 and isinstance((errors[0].get("ctx") or {}).get("error"), SuiteError):
+        return errors[0]["ctx"]["error"]
+    text = "; ".join(_describe(e, prefix) for e in errors)
+    return SuiteError(f"{text.rstrip('.')}.{' ' + hint if hint else ''}")
 
 
 def eval_type_id(name: str) -> str:
@@ -190,12 +242,17 @@ def eval_type_id(name: str) -> str:
     return EVAL_ALIASES.get(name, name)
 
 
+def field_help(name: str) -> str:
+    """The first sentence of :class:`RunConfig` field ``name``'s docstring, without rst markup
+    (the CLI's help for the flag that sets it)."""
+    text = " ".join((RunConfig.__pydantic_fields__[name].description or "").split())
+    return text.split(". ")[0].rstrip(".").replace("``", "")
+
+
 def known_architectures() -> tuple[str, ...]:
-    """The trainable architectures (``csae_bench.architectures.ARCHITECTURES`` once it exists)."""
-    try:
-        from csae_bench.architectures import ARCHITECTURES  # type: ignore[attr-defined]
-    except ImportError:
-        return DEFAULT_ARCHITECTURES
+    """The trainable architectures (``csae_bench.architectures.ARCHITECTURES``)."""
+    from csae_bench.architectures import ARCHITECTURES
+
     return tuple(ARCHITECTURES)
 
 
@@ -208,7 +265,12 @@ def known_evals() -> list[str]:
 
 
 def validate_names(cfg: RunConfig) -> None:
-    """Check architectures and evals against what is installed; the error lists the valid ones."""
+    """Check architectures and evals against what is installed, and each requested eval's
+    ``[evals.<name>]`` overrides against its config class.
+
+    Raises:
+        SuiteError: an unknown name (the message lists the valid ones) or override.
+    """
     from csae_bench.evals.registry import available_evals
 
     archs = known_architectures()
@@ -262,8 +324,28 @@ RUN_FIELDS = {f.name for f in dataclasses.fields(RunConfig)} - {
 _CLI_ONLY = {"force"}
 
 
+class SuiteFile(BaseModel):
+    """The tables of a suite file (``extra="forbid"``: any other top-level key is an error)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    description: str | None = None
+    """What the suite is for (free text)."""
+    run: dict[str, Any] = {}
+    """:class:`RunConfig` fields (not ``force``: that describes an invocation)."""
+    train: dict[str, Any] = {}
+    """Extra ``TrainConfig`` fields."""
+    evals: dict[str, dict[str, Any]] = {}
+    """One table of config overrides per eval, e.g. ``[evals.core]``."""
+
+
 def load_suite(path: str | Path) -> dict[str, Any]:
-    """Read a suite TOML into RunConfig keyword arguments, naming any key that is wrong."""
+    """Read a suite TOML into :class:`RunConfig` keyword arguments.
+
+    Raises:
+        SuiteError: a missing file, invalid TOML, or a key that is unknown or of the wrong type
+            (named as ``run.<key>``, ``train.<key>``, ...).
+    """
     path = Path(path)
     try:
         raw = tomllib.loads(path.read_text(encoding="utf-8"))
@@ -273,41 +355,27 @@ def load_suite(path: str | Path) -> dict[str, Any]:
         ) from None
     except tomllib.TOMLDecodeError as err:
         raise SuiteError(f"Suite file {path} is not valid TOML: {err}.") from None
-    unknown = set(raw) - {"run", "train", "evals", "description"}
-    if unknown:
+    try:
+        suite = SuiteFile(**raw)
+    except ValidationError as err:
         raise SuiteError(
-            f"{path}: unknown top-level key(s) {', '.join(sorted(unknown))}; a suite has "
-            "[run], [train] and [evals.<name>] tables (and an optional description)."
-        )
-    kwargs: dict[str, Any] = {}
-    run = raw.get("run", {})
-    if not isinstance(run, dict):
-        raise SuiteError(f"{path}: 'run' must be a table ([run]).")
-    for key, value in run.items():
-        if key not in RUN_FIELDS or key in _CLI_ONLY:
+            f"{path}: {settings_error(err, hint='A suite has [run], [train] and [evals.<name>] tables (and an optional description).')}"
+        ) from None
+    allowed = RUN_FIELDS - _CLI_ONLY
+    for key in suite.run:
+        if key not in allowed:
             raise SuiteError(
-                f"{path}: unknown key 'run.{key}'; valid keys: {', '.join(sorted(RUN_FIELDS - _CLI_ONLY))}."
+                f"{path}: unknown key 'run.{key}'; valid keys: {', '.join(sorted(allowed))}."
             )
-        kwargs[key] = value
-    train = raw.get("train", {})
-    if not isinstance(train, dict):
-        raise SuiteError(f"{path}: 'train' must be a table ([train]).")
-    _check_train_keys(path, train)
-    kwargs["train"] = dict(train)
-    evals = raw.get("evals", {})
-    if not isinstance(evals, dict) or not all(isinstance(v, dict) for v in evals.values()):
-        raise SuiteError(f"{path}: 'evals' must hold one table per eval, e.g. [evals.core].")
-    kwargs["eval_settings"] = {k: dict(v) for k, v in evals.items()}
-    return kwargs
+    _check_train_keys(path, suite.train)
+    return {**suite.run, "train": dict(suite.train), "eval_settings": dict(suite.evals)}
 
 
 def _check_train_keys(path: Path, train: dict[str, Any]) -> None:
     if not train:
         return  # nothing to check: skip importing the trainer (seconds)
-    try:
-        from csae_bench.training.trainer import TrainConfig  # type: ignore[import-not-found]
-    except ImportError:
-        return  # the trainer checks its own keys when it is built
+    from csae_bench.training.trainer import TrainConfig
+
     allowed = {f.name for f in dataclasses.fields(TrainConfig)}
     for key in train:
         if key not in allowed:
@@ -317,10 +385,13 @@ def _check_train_keys(path: Path, train: dict[str, Any]) -> None:
 
 
 def build_config(suite: str | Path | None = None, **overrides: Any) -> RunConfig:
-    """Defaults, then the suite file, then ``overrides`` (flags the user gave; ``None`` = not given)."""
+    """Defaults, then the suite file, then ``overrides`` (flags the user gave; ``None`` = not
+    given).
+
+    Raises:
+        SuiteError: the suite file or a setting is invalid (see :func:`load_suite`,
+            :class:`RunConfig`).
+    """
     kwargs: dict[str, Any] = load_suite(suite) if suite is not None else {}
     kwargs.update({k: v for k, v in overrides.items() if v is not None})
-    try:
-        return RunConfig(**kwargs)
-    except TypeError as err:  # a wrong type that dataclass construction itself rejects
-        raise SuiteError(f"Invalid run settings: {err}.") from None
+    return RunConfig(**kwargs)

@@ -11,7 +11,7 @@ from sae_bench.sae_bench_utils.testing_utils import validate_eval_output_format_
 from csae_bench.activations.harvest import harvest_activations
 from csae_bench.evals.core import CsaeCoreEvalOutput
 from csae_bench.evals.registry import EvalContext, get_eval
-from csae_bench.reporting.leaderboard import flat_metrics
+from csae_bench.reporting.results import flat_metrics
 
 HOOK = "blocks.2.hook_resid_post"
 

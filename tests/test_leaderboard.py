@@ -8,7 +8,8 @@ import shutil
 
 import pytest
 
-from csae_bench.reporting.leaderboard import build_leaderboard, render_table, write_leaderboard
+from csae_bench.reporting.leaderboard import build_leaderboard, write_leaderboard
+from csae_bench.reporting.table import render_table
 from csae_bench.run import main
 
 
@@ -309,23 +310,23 @@ def test_one_model_and_hook_gives_one_table(tiny_results):
 def test_wide_table_shows_every_headline_metric_unfolded(varied_results):
     from rich.console import Console
 
-    from csae_bench.reporting.leaderboard import _registered_specs
+    from csae_bench.reporting.results import registered_specs
 
     board, _ = build_leaderboard(varied_results)
     console = Console(record=True, width=80)
     render_table(board, console, wide=True)
     text = console.export_text()
-    for metric in _registered_specs()["core"].headline:
+    for metric in registered_specs()["core"].headline:
         assert metric.split(".")[-1] in text, metric
     assert "random-decoder-d128-s0" in text and "layer_12/width_16k/canonical" in text
 
 
 def test_wide_flag_on_both_commands(varied_results, capsys):
-    from csae_bench.run import build_leaderboard_parser, build_parser
+    from csae_bench.cli import build_parser
 
-    assert build_parser().parse_args(["--wide"]).wide is True
-    assert build_parser().parse_args([]).wide is False
-    assert build_leaderboard_parser().parse_args([str(varied_results), "--wide"]).wide is True
+    assert build_parser().parse_args(["run", "--wide"]).wide is True
+    assert build_parser().parse_args(["run"]).wide is False
+    assert build_parser().parse_args(["leaderboard", str(varied_results), "--wide"]).wide is True
     assert main(["leaderboard", str(varied_results), "--wide", "--no-plots"]) == 0
     assert "kl_div_score" in capsys.readouterr().out
 
@@ -333,7 +334,8 @@ def test_wide_flag_on_both_commands(varied_results, capsys):
 def test_nces_separation_flag():
     """~null: a trained SAE whose NCES CI overlaps the random-decoder control's (same model, hook
     and seed) is flagged; one whose CI lies above is not; without a control, nothing is said."""
-    from csae_bench.reporting.leaderboard import _mark_separation, row_flags
+    from csae_bench.reporting.leaderboard import mark_separation
+    from csae_bench.reporting.table import row_flags
 
     def row(sae_id, control, seed=0, hook="h"):
         return {"sae_id": sae_id, "control": control, "seed": seed, "model": "m", "hook": hook, "flags": {}}
@@ -341,7 +343,7 @@ def test_nces_separation_flag():
     rows = [row("ctrl", True), row("apart", False), row("overlap", False), row("other-hook", False, hook="g"),
             row("ctrl-s1", True, seed=1), row("no-nces", False)]
     cis = [(-0.05, 0.10), (0.11, 0.3), (0.09, 0.4), (-0.5, 0.0), (0.5, 0.6)]
-    _mark_separation(rows, {id(r): ci for r, ci in zip(rows, cis)})
+    mark_separation(rows, {id(r): ci for r, ci in zip(rows, cis)})
     sep = {r["sae_id"]: r["nces_separated_from_control"] for r in rows}
     assert sep == {"ctrl": None, "apart": True, "overlap": False, "other-hook": None, "ctrl-s1": None,
                    "no-nces": None}
@@ -356,7 +358,7 @@ def test_l0_axis_has_plain_tick_labels():
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from csae_bench.reporting.leaderboard import set_l0_axis
+    from csae_bench.reporting.plots import set_l0_axis
 
     for values, scale in (([30.0, 34.0, 40.0], "linear"), ([8.0, 40.0, 300.0], "log")):
         fig, ax = plt.subplots()
@@ -413,9 +415,9 @@ def test_default_run_shaped_table_fits_80_columns():
     values (negative, 3 significant digits), a control, a ~null and a non-finite flag."""
     from rich.console import Console
 
-    from csae_bench.reporting.leaderboard import _registered_specs
+    from csae_bench.reporting.results import registered_specs
 
-    specs = _registered_specs()
+    specs = registered_specs()
     types = ["core", "csae_probing", "nces"]
     rows = []
     for i, arch in enumerate(["csae", "jumprelu", "random-decoder", "relu", "topk"]):
@@ -443,7 +445,7 @@ def test_default_run_shaped_table_fits_80_columns():
 
 
 def test_same_sae_id_from_two_releases_is_told_apart():
-    from csae_bench.reporting.leaderboard import row_label
+    from csae_bench.reporting.table import row_label
 
     rows = [{"sae_release": "gemma-scope-2b-pt-res", "sae_id": "layer_12/width_16k/canonical"},
             {"sae_release": "csae_bench-gemma-2-2b-saes", "sae_id": "layer_12/width_16k/canonical"},

@@ -99,8 +99,31 @@ def test_unknown_eval_override_key_is_named(tmp_path):
 
 @pytest.mark.parametrize("suite", SUITES, ids=[s.stem for s in SUITES])
 def test_shipped_suites_load(suite):
+    from csae_bench.suite import validate_names
+
     cfg = build_config(suite)
+    validate_names(cfg)  # names and every [evals.<name>] override, as a run checks them
     assert cfg.architectures and cfg.evals
+
+
+def test_one_cli_dispatches_every_subcommand(tmp_path, monkeypatch, caplog):
+    """csae-bench run|leaderboard|study|regression on one parser; no subcommand means run;
+    `study NAME ARGS` hands ARGS to the study's own main."""
+    import csae_bench.studies.ablation as ablation
+    from csae_bench import cli
+
+    seen = []
+    monkeypatch.setattr(ablation, "main", lambda argv: seen.append(argv) or 0)
+    assert cli.main(["study", "ablation", "--out", "x", "--report-only"]) == 0
+    assert seen == [["--out", "x", "--report-only"]]
+    args = cli.build_parser().parse_args(["run", "--d-sae", "64", "--seed", "1", "2"])
+    assert (args.d_sae, args.seeds, args.layer) == (64, [1, 2], None)  # None: not given
+    fields = {f.name for f in __import__("dataclasses").fields(RunConfig)}
+    assert {name for _, name, _ in cli.RUN_FLAGS} <= fields
+    assert cli.main(["--evals", "core,bogus", "--out", str(tmp_path)]) == EXIT_USAGE
+    assert "valid evals: core" in caplog.text
+    assert cli.main(["regression", "check", str(tmp_path / "none")]) == EXIT_USAGE
+    assert "run the smoke suite first" in caplog.text
 
 
 def test_cpu_suite_is_the_default_run():

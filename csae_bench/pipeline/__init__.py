@@ -67,6 +67,14 @@ def sae_id(arch: str, d_sae: int, seed: int) -> str:
     return f"{arch}-d{d_sae}-s{seed}"
 
 
+def parse_sae_id(sid: str) -> tuple[str, int, int] | None:
+    """``(arch, d_sae, seed)`` of an id :func:`sae_id` made; None for any other SAE id."""
+    import re
+
+    m = re.fullmatch(r"(?P<arch>[a-z][a-z0-9_-]*?)-d(?P<d_sae>\d+)-s(?P<seed>\d+)", sid)
+    return None if m is None else (m["arch"], int(m["d_sae"]), int(m["seed"]))
+
+
 def eval_result_path(out: Path, eval_type: str, release: str, sae: str) -> Path:
     """Where SAEBench would put this result: ``eval_results/<type>/<release>_<sae_id>_eval_results.json``."""
     from sae_bench.sae_bench_utils.general_utils import get_results_filepath

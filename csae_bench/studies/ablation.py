@@ -223,7 +223,7 @@ class _Study:
             return json.loads(path.read_text())
         from csae_bench.evals.registry import EvalContext, get_eval
         from csae_bench.pipeline import load_sae
-        from csae_bench.reporting.leaderboard import flat_metrics, metric_flags
+        from csae_bench.reporting.results import flat_metrics, metric_flags
         from csae_bench.utils import eval_output_json
 
         spec = get_eval("core")
@@ -528,7 +528,7 @@ def summarize(records: dict[str, list[dict[str, Any]]], cfg: AblationConfig) -> 
 def _plots(summary: dict[str, Any], cfg: AblationConfig, img: Path) -> list[Path]:
     import matplotlib
 
-    from csae_bench.reporting.leaderboard import save_figure
+    from csae_bench.reporting.plots import save_figure
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt

@@ -255,7 +255,7 @@ def _pm(stat: tuple[float, float], digits: int = 3, pct: bool = False) -> str:
 def _plot(rows: list[dict[str, Any]], path: Path) -> Path:
     import matplotlib
 
-    from csae_bench.reporting.leaderboard import save_figure
+    from csae_bench.reporting.plots import save_figure
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt

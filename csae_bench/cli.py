@@ -1,0 +1,296 @@
+"""``csae-bench``: the one command line of csae_bench, four subcommands on one argparse parser.
+
+    csae-bench run [flags]              # train, evaluate, leaderboard (also: csae-bench [flags])
+    csae-bench leaderboard DIR          # rebuild leaderboard.json, table and plots of any results
+    csae-bench study NAME [args]        # a study: ablation | csae_sweep (their own --help)
+    csae-bench regression check|record  # the CI smoke regression check
+
+``python -m csae_bench.run [flags]`` and ``python -m csae_bench.run leaderboard DIR`` are the same
+commands; ``python -m csae_bench.regression`` too. The run flags are derived from
+:class:`~csae_bench.suite.RunConfig`: each sets the field named in :data:`RUN_FLAGS`, its help is
+the field's docstring and its default the field's default.
+
+Exit codes: 0 done, 2 bad input (one line saying what to change), 1 a job failed (traceback
+kept), 130 interrupted (re-running resumes).
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import logging
+import os
+import sys
+from collections.abc import Sequence
+from typing import Any
+
+from csae_bench.executors import EXECUTORS
+from csae_bench.suite import MODEL_DTYPES, RunConfig, field_help
+
+logger = logging.getLogger("csae_bench")
+
+EXIT_USAGE = 2
+EXIT_FAILED = 1
+EXIT_INTERRUPTED = 130
+
+COMMANDS = ("run", "leaderboard", "study", "regression")
+STUDIES = ("ablation", "csae_sweep")
+"""Modules of ``csae_bench.studies`` that ``csae-bench study NAME`` runs (their ``main(argv)``)."""
+
+WIDE_HELP = (
+    "print every headline metric, architecture, width and seed in the console table "
+    "(default: an 80-column table of the main metrics; leaderboard.json always has everything)"
+)
+
+
+def _names(value: str) -> list[str]:
+    return [v.strip() for v in value.split(",") if v.strip()]
+
+
+RUN_FLAGS: tuple[tuple[str, str, dict[str, Any]], ...] = (
+    ("--model", "model", {}),
+    ("--layer", "layer", {"type": int}),
+    ("--architectures", "architectures", {"type": _names}),
+    ("--evals", "evals", {"type": _names}),
+    ("--train-tokens", "train_tokens", {"type": int}),
+    ("--d-sae", "d_sae", {"type": int}),
+    (
+        "--seed",
+        "seeds",
+        {"type": int, "nargs": "+", "metavar": "SEED", "help": "e.g. --seed 0 1 2"},
+    ),
+    ("--corpus", "corpus", {}),
+    ("--device", "device", {}),
+    ("--dtype", "dtype", {"choices": MODEL_DTYPES}),
+    ("--threads", "threads", {"type": int, "metavar": "N"}),
+    ("--out", "out", {"metavar": "DIR"}),
+    (
+        "--saes",
+        "saes",
+        {"action": "append", "metavar": "DIR|RELEASE:SAE_ID", "help": "repeatable"},
+    ),
+    ("--extra-saes", "extra_saes", {"action": "append", "metavar": "RELEASE:SAE_ID"}),
+    ("--force", "force", {"action": "store_true"}),
+    ("--executor", "executor", {"choices": EXECUTORS}),
+    ("--ray-address", "ray_address", {"metavar": "ADDR"}),
+)
+"""``(flag, RunConfig field, argparse options)`` of every run flag; a flag not given is ``None``
+and leaves the suite's (or the default) value. An option's ``help`` is added to the field's."""
+
+_DEFAULT_TEXT = {
+    "dtype": "float32 on the CPU, the model's own on a GPU",
+    "threads": "one per core",
+    "ray_address": "$RAY_ADDRESS, else start a local cluster",
+}
+
+
+def _run_flag_help(name: str, extra: str | None) -> str:
+    default = {f.name: f for f in dataclasses.fields(RunConfig)}[name]
+    value = (
+        default.default_factory()
+        if default.default_factory is not dataclasses.MISSING
+        else default.default
+    )
+    if isinstance(value, list):
+        value = ",".join(map(str, value))
+    shown = _DEFAULT_TEXT.get(name, value)
+    text = field_help(name) + (f"; {extra}" if extra else "")
+    return text if shown in (None, "", False) else f"{text} [default: {shown}]"
+
+
+def _report_options() -> argparse.ArgumentParser:
+    """``--no-plots`` and ``--wide``: shared by ``run`` and ``leaderboard`` (a parent parser)."""
+    parser = argparse.ArgumentParser(add_help=False)
+    parser.add_argument("--no-plots", action="store_true", help="skip the PNG plots")
+    parser.add_argument("--wide", action="store_true", help=WIDE_HELP)
+    return parser
+
+
+def add_run_arguments(parser: argparse.ArgumentParser) -> None:
+    """The flags of ``csae-bench run``: :data:`RUN_FLAGS`, ``--suite`` and ``--verbose``."""
+    for flag, name, options in RUN_FLAGS:
+        options = dict(options)
+        extra = options.pop("help", None)
+        parser.add_argument(
+            flag, dest=name, default=None, help=_run_flag_help(name, extra), **options
+        )
+    parser.add_argument(
+        "--suite",
+        default=None,
+        metavar="evals/<name>.toml",
+        help="declarative suite file setting any of these options ([run], [train], "
+        "[evals.<name>] tables); flags given here override it",
+    )
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+
+
+def build_parser(run_prog: str | None = None) -> argparse.ArgumentParser:
+    """The ``csae-bench`` parser. ``run_prog``: the program name the ``run`` and ``leaderboard``
+    subcommands show (``python -m csae_bench.run`` for that entry point)."""
+    from csae_bench import regression
+
+    parser = argparse.ArgumentParser(
+        prog="csae-bench",
+        description="Causal SAEs and causal-effect evals (NCES, causal probing) on SAEBench. "
+        "Without a subcommand, the flags are those of 'run'.",
+    )
+    report = _report_options()
+    sub = parser.add_subparsers(metavar="{run,leaderboard,study,regression}")
+    run = sub.add_parser(
+        "run",
+        parents=[report],
+        prog=run_prog or "csae-bench run",
+        help="train SAEs, evaluate them, build the leaderboard (resumes)",
+        description="Train ReLU/TopK/JumpReLU/Causal SAEs alongside on one residual stream, "
+        "evaluate them with SAEBench core, NCES and causal probing, and write SAEBench-format "
+        "results, leaderboard.json, a table and plots. Resumes by default.",
+        epilog="Settings come from the defaults (the CPU run on the embedded model), then --suite, "
+        "then the flags given. To rebuild the leaderboard and plots of any results folder "
+        f"(including one written by SAEBench): {run_prog or 'csae-bench'} leaderboard DIR.",
+    )
+    add_run_arguments(run)
+    run.set_defaults(handler=_run)
+    board = sub.add_parser(
+        "leaderboard",
+        parents=[report],
+        prog=f"{run_prog or 'csae-bench'} leaderboard",
+        help="rebuild leaderboard.json, the table and the plots of a results folder",
+        description="Rebuild leaderboard.json, the table and the plots from a results folder "
+        "holding SAEBench *_eval_results.json files (ours or SAEBench's). Unknown eval types are "
+        "kept with their raw metrics; corrupt files are reported and skipped.",
+    )
+    board.add_argument(
+        "results", nargs="?", default="results", help="results folder [default: results]"
+    )
+    board.set_defaults(handler=_leaderboard)
+    study = sub.add_parser(
+        "study",
+        help="run a study (csae-bench study NAME --help for its options)",
+        description="Run one of csae_bench's studies; the arguments after NAME are its own.",
+    )
+    study.add_argument("name", choices=STUDIES)
+    study.add_argument("args", nargs=argparse.REMAINDER, help="the study's own arguments")
+    study.set_defaults(handler=_study)
+    reg = sub.add_parser(
+        "regression", help="the CI regression check", description=regression.DESCRIPTION
+    )
+    regression.add_arguments(reg)  # its own check|record subcommands
+    reg.set_defaults(handler=_regression)
+    return parser
+
+
+def setup_logging(verbose: bool) -> None:
+    """Rich log lines on the root logger (added once; other handlers, e.g. pytest's, are kept)."""
+    from rich.logging import RichHandler
+
+    root = logging.getLogger()
+    if not any(isinstance(h, RichHandler) for h in root.handlers):
+        root.addHandler(RichHandler(show_path=False, rich_tracebacks=False, log_time_format="[%X]"))
+    root.setLevel(logging.DEBUG if verbose else logging.INFO)
+    for noisy in (
+        "datasets",
+        "urllib3",
+        "httpx",
+        "filelock",
+        "huggingface_hub",
+        "transformers",
+        "matplotlib",
+    ):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+
+
+def guarded(fn, *args, **kwargs) -> int:
+    """Call ``fn`` and turn the ways a run ends into exit codes: 0 done, 2 bad input (the message
+    says what to change), 1 a job failed (traceback kept), 130 interrupted (re-run resumes)."""
+    from csae_bench.errors import BadInputError, CsaeBenchError
+
+    try:
+        fn(*args, **kwargs)
+    except BadInputError as err:  # wherever found, before or inside a job: one line, no traceback
+        logger.error("%s", err)
+        return EXIT_USAGE
+    except CsaeBenchError as err:
+        logger.exception("%s", err)
+        return EXIT_FAILED
+    except KeyboardInterrupt:
+        logger.warning("Interrupted. Finished results are kept; re-run the same command to resume.")
+        return EXIT_INTERRUPTED
+    return 0
+
+
+def config_from_args(args: argparse.Namespace) -> RunConfig:
+    """The :class:`RunConfig` of parsed ``run`` arguments, checked before any work: SAELens
+    release ids first (before any slow import), then names and eval overrides, then the
+    training settings.
+
+    Raises:
+        SuiteError: any invalid setting (exit 2).
+    """
+    from csae_bench.releases import check_release_ids, release_specs_requested
+    from csae_bench.suite import build_config, validate_names
+
+    # issue 16: unknown or unreachable SAELens releases fail first, before any slow import.
+    check_release_ids(release_specs_requested(args.suite, args.saes, args.extra_saes))
+    cfg = build_config(args.suite, **{name: getattr(args, name) for _, name, _ in RUN_FLAGS})
+    validate_names(cfg)
+    if cfg.trains:
+        from csae_bench.pipeline import check_train_settings
+
+        check_train_settings(cfg, f"blocks.{cfg.layer}.hook_resid_post")
+    return cfg
+
+
+def _run(args: argparse.Namespace) -> int:
+    from csae_bench.run import execute
+
+    setup_logging(args.verbose)
+    return guarded(lambda: execute(config_from_args(args), plots=not args.no_plots, wide=args.wide))
+
+
+def _leaderboard(args: argparse.Namespace) -> int:
+    from rich.console import Console
+
+    from csae_bench.reporting.leaderboard import leaderboard_path, write_leaderboard
+    from csae_bench.reporting.table import render_table
+
+    setup_logging(False)
+    try:
+        board, made = write_leaderboard(args.results, plots=not args.no_plots)
+    except FileNotFoundError as err:
+        logger.error("%s", err)
+        return EXIT_USAGE
+    render_table(board, Console(), wide=args.wide)
+    logger.info(
+        "Leaderboard: %s%s",
+        leaderboard_path(args.results),
+        f"; plots: {', '.join(str(p) for p in made)}" if made else "",
+    )
+    return 0
+
+
+def _study(args: argparse.Namespace) -> int:
+    import importlib
+
+    return int(importlib.import_module(f"csae_bench.studies.{args.name}").main(args.args) or 0)
+
+
+def _regression(args: argparse.Namespace) -> int:
+    from csae_bench import regression
+
+    return regression.run_command(args)
+
+
+def main(argv: Sequence[str] | None = None, run_prog: str | None = None) -> int:
+    """``csae-bench [COMMAND] ...``; without a known command (or with none) the arguments are those
+    of ``run``. Returns the exit code (module docstring); ``--help`` and a usage error exit
+    through ``SystemExit`` (0 and 2)."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    if not argv or (argv[0] not in COMMANDS and argv[0] not in ("-h", "--help")):
+        argv = ["run", *argv]  # csae-bench [run flags] == csae-bench run [run flags]
+    args = build_parser(run_prog).parse_args(argv)
+    return args.handler(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
