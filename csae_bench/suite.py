@@ -25,11 +25,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from csae_bench.architectures import ARCHITECTURES
 from csae_bench.errors import BadInputError, one_line
 
 # The user-facing eval names that differ from their SAEBench eval_type_id.
 EVAL_ALIASES: dict[str, str] = {"probing": "csae_probing"}
-DEFAULT_ARCHITECTURES: tuple[str, ...] = ("relu", "topk", "jumprelu", "csae", "random-decoder")
+DEFAULT_ARCHITECTURES: tuple[str, ...] = ARCHITECTURES  # the registry's (csae_bench.architectures)
 DEFAULT_EVALS: tuple[str, ...] = ("core", "nces", "probing")
 MODEL_DTYPES: tuple[str, ...] = ("float32", "bfloat16", "float16")
 
@@ -88,7 +89,7 @@ class RunConfig:
     force: bool = False
     """Redo finished work (otherwise work whose output exists in ``out`` is skipped)."""
     train: dict[str, Any] = field(default_factory=dict)
-    """Extra trainer settings (fields of ``csae_bench.training.trainer.TrainConfig``)."""
+    """Extra trainer settings (keys of ``csae_bench.training.TrainConfig.from_flat``)."""
     eval_settings: dict[str, dict[str, Any]] = field(default_factory=dict)
     """Per-eval config overrides, keyed by user eval name (``core``, ``nces``, ``probing``)."""
     # --- issue 15: where jobs run (csae_bench/executors; docs/scale.md)
@@ -305,10 +306,10 @@ def _check_train_keys(path: Path, train: dict[str, Any]) -> None:
     if not train:
         return  # nothing to check: skip importing the trainer (seconds)
     try:
-        from csae_bench.training.trainer import TrainConfig  # type: ignore[import-not-found]
+        from csae_bench.training import TrainConfig  # type: ignore[import-not-found]
     except ImportError:
         return  # the trainer checks its own keys when it is built
-    allowed = {f.name for f in dataclasses.fields(TrainConfig)}
+    allowed = set(TrainConfig.flat_keys())
     for key in train:
         if key not in allowed:
             raise SuiteError(

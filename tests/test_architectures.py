@@ -58,7 +58,7 @@ def test_architecture_names_and_registry():
     assert ARCHITECTURES == ("relu", "topk", "jumprelu", "csae", "random-decoder")
     for name in ("csae", "random-decoder"):
         assert name in SAE_CLASS_REGISTRY and name in SAE_TRAINING_CLASS_REGISTRY
-    archs._register()  # registering again (a re-import) must not raise SAELens's duplicate-name error
+    archs.register_with_saelens()  # registering again (a re-import) must not raise SAELens's duplicate-name error
     assert SAE_TRAINING_CLASS_REGISTRY["csae"][0].__name__ == "CSAETrainingSAE"
 
 
