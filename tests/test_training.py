@@ -232,6 +232,25 @@ def test_l0_controller_converges_on_a_monotone_response():
     assert ctrl.coefficient == c
 
 
+@pytest.mark.parametrize("n", [1, 2, 3, 16, 24, 146, 977])
+@pytest.mark.parametrize(("warmup", "decay"), [(0.05, 0.2), (0.0, 0.0), (0.3, 0.4), (0.5, 0.5), (0.0, 0.9), (0.2, 0.0)])
+def test_lr_schedule_is_warmup_constant_decay(n, warmup, decay):
+    """torch's schedulers give the closed form at every step: lr·(t+1)/W, lr, lr·(n−t)/D."""
+    from csae_bench.training.schedule import lr_scheduler
+
+    cfg = TrainConfig(train_tokens=n, batch_size=1, lr=3e-3, warmup_frac=warmup, decay_frac=decay,
+                      target_l0=1, d_sae=1)
+    warm, decay_start = max(1, int(n * warmup)), n - int(n * decay)
+    opt = torch.optim.Adam([torch.nn.Parameter(torch.zeros(1))], lr=cfg.lr)
+    sched = lr_scheduler(opt, cfg)
+    for t in range(n):
+        want = (cfg.lr * (t + 1) / warm if t < warm
+                else cfg.lr * (n - t) / (n - decay_start) if t >= decay_start else cfg.lr)
+        assert opt.param_groups[0]["lr"] == pytest.approx(want, rel=1e-12, abs=0), t
+        opt.step()
+        sched.step()
+
+
 def test_explained_variance_mean_centred():
     gen = torch.Generator().manual_seed(0)
     acts = torch.randn(100, 8, generator=gen) + 5.0

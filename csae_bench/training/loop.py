@@ -68,7 +68,6 @@ from csae_bench.training.config import TrainConfig, TrainingError
 from csae_bench.training.display import progress_table
 from csae_bench.training.finalize import SUMMARY_NAME, heldout_activations, save_trained_sae
 from csae_bench.training.scaling import activation_scale
-from csae_bench.training.schedule import lr_at
 from csae_bench.training.state import SAERunState
 
 logger = logging.getLogger(__name__)
@@ -190,9 +189,8 @@ def train_alongside(
             if step == 0:
                 for run in runs.values():
                     run.calibrate_init(x_BD)
-            lr = lr_at(step, cfg)
             for run in runs.values():
-                run.step(x_BD, step, lr)
+                run.step(x_BD, step)
             bar.update(task, completed=step + 1)
             if live is not None and ((step + 1) % cfg.log_every == 0 or step + 1 == n_steps):
                 live.update(Group(bar, progress_table(runs, step + 1, n_steps)))

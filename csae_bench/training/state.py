@@ -11,8 +11,9 @@ from sae_lens.saes.sae import TrainStepInput, TrainStepOutput
 
 from csae_bench.architectures import REGISTRY, build_training_sae
 from csae_bench.training import dead_features
-from csae_bench.training.checkpoint import NonFiniteError
+from csae_bench.training.checkpoint import CheckpointMismatchError, NonFiniteError
 from csae_bench.training.config import TrainConfig
+from csae_bench.training.schedule import lr_scheduler
 from csae_bench.training.sparsity import L0Controller
 
 
@@ -32,12 +33,12 @@ class SAERunState:
             torch.manual_seed(cfg.seed * 1000 + index)
             self.sae = build_training_sae(arch, d_in, cfg.d_sae, **cfg.sae_options(arch))
         self.sae.train()
-        self.lr_scale = cfg.arch_lr.get(arch, cfg.lr) / cfg.lr
         self.optimizer = torch.optim.Adam(
             [p for p in self.sae.parameters() if p.requires_grad],
-            lr=cfg.lr,
+            lr=cfg.arch_lr.get(arch, cfg.lr),
             betas=(cfg.adam_beta1, 0.999),
         )
+        self.scheduler = lr_scheduler(self.optimizer, cfg)
         self.generator = torch.Generator().manual_seed(cfg.seed * 1000 + index)
         self.initial_coefficients: dict[str, float] = {
             name: float(getattr(c, "value", c)) for name, c in self.sae.get_coefficients().items()
@@ -75,15 +76,13 @@ class SAERunState:
             return {name: self.controller.coefficient}
         return dict(self.initial_coefficients)
 
-    def step(self, x_BD: torch.Tensor, step: int, lr: float) -> TrainStepOutput:
-        """One optimizer step on the normalized batch ``x_BD [B, d_in]`` at learning rate ``lr``
-        (times ``lr_scale``), then the controller update and feature maintenance.
+    def step(self, x_BD: torch.Tensor, step: int) -> TrainStepOutput:
+        """Optimizer step ``step`` on the normalized batch ``x_BD [B, d_in]`` at the scheduler's
+        learning rate, then the scheduler, the controller update and feature maintenance.
 
         Raises :class:`~csae_bench.training.checkpoint.NonFiniteError` (naming the SAE, the step
         and the loss terms) on a non-finite loss, before any parameter moves."""
         t0 = time.perf_counter()
-        for group in self.optimizer.param_groups:
-            group["lr"] = lr * self.lr_scale
         dead_F = self.steps_since_fired_F >= self.cfg.dead_window
         out = self.sae.training_forward_pass(
             TrainStepInput(
@@ -105,6 +104,7 @@ class SAERunState:
         if self.cfg.grad_clip > 0:
             torch.nn.utils.clip_grad_norm_(self.sae.parameters(), self.cfg.grad_clip)
         self.optimizer.step()
+        self.scheduler.step()
         with torch.no_grad():
             fired_BF = out.feature_acts > 0
             l0 = float(fired_BF.sum(-1).float().mean())
@@ -130,6 +130,7 @@ class SAERunState:
         return {
             "sae": self.sae.state_dict(),
             "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict(),
             "controller": self.controller.state_dict() if self.controller else None,
             "steps_since_fired_F": self.steps_since_fired_F.clone(),
             "generator": self.generator.get_state(),
@@ -145,6 +146,12 @@ class SAERunState:
         """Restore what :meth:`state_dict` returned."""
         self.sae.load_state_dict(state["sae"])
         self.optimizer.load_state_dict(state["optimizer"])
+        if "scheduler" not in state:
+            raise CheckpointMismatchError(
+                f"{self.arch}: the checkpoint predates the torch LR scheduler and cannot be "
+                "continued exactly; delete it or pass resume=False."
+            )
+        self.scheduler.load_state_dict(state["scheduler"])
         if state["controller"] is not None:
             self.controller = L0Controller.from_state_dict(state["controller"])
         self.steps_since_fired_F = state["steps_since_fired_F"].clone()
