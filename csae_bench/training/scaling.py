@@ -1,7 +1,15 @@
 """Activation normalization: one constant that brings the stream's mean norm to ``sqrt(d_in)``
 (SAELens's ``expected_average_only_in``), so coefficients transfer between models. The trainer
 multiplies every batch by it and folds it into the saved weights, so saved SAEs take raw
-activations."""
+activations.
+
+Not SAELens's ``ActivationScaler.estimate_scaling_factor``: it computes the same quantity
+(``sqrt(d_in) / mean‖x‖``) but as a float64 sum of float32 per-batch sums over all tokens, where
+this is the float32 mean of per-batch means; the two factors differ by ~3e-8–6e-8 relative
+(measured on the tiny test model), which would move every trained weight and every reported
+number, and it draws a tqdm bar of its own. The factor is kept here; ``scale`` is the plain float
+SAELens's ``fold_activation_norm_scaling_factor`` takes.
+"""
 
 from __future__ import annotations
 
