@@ -66,11 +66,11 @@ def eval_tokens(model):
 def trained_sae(model, activation_source, heldout_acts, tmp_path_factory):
     """A TopK SAE (d_sae 2048, k 32) trained on the benchmark stream: the SAE both evals time."""
     from csae_bench.architectures.export import load_base_sae
-    from csae_bench.training.trainer import TrainConfig, train_alongside
+    from csae_bench.training import TrainConfig, train_alongside
 
     torch.manual_seed(0)
     out = tmp_path_factory.mktemp("eval_sae")
-    cfg = TrainConfig(architectures=("topk",), train_tokens=TRAIN_TOKENS, batch_size=512, hook_name=HOOK,
+    cfg = TrainConfig.from_flat(architectures=("topk",), train_tokens=TRAIN_TOKENS, batch_size=512, hook_name=HOOK,
                       checkpoint_every=0, show_progress=False, context_size=CONTEXT)
     folders = train_alongside(model, activation_source, cfg, out, heldout_acts=heldout_acts)
     return load_base_sae(folders["topk"])

@@ -61,9 +61,9 @@ def test_bench_eval(benchmark, model, eval_tokens, trained_sae, eval_name, setti
 def small_sae(model, activation_source, heldout_acts, tmp_path_factory):
     """A TopK SAE of d_sae 512 on the same stream (the d_sae scaling point)."""
     from csae_bench.architectures.export import load_base_sae
-    from csae_bench.training.trainer import TrainConfig, train_alongside
+    from csae_bench.training import TrainConfig, train_alongside
 
-    cfg = TrainConfig(architectures=("topk",), d_sae=512, train_tokens=16_384, batch_size=512, hook_name=HOOK,
+    cfg = TrainConfig.from_flat(architectures=("topk",), d_sae=512, train_tokens=16_384, batch_size=512, hook_name=HOOK,
                       checkpoint_every=0, show_progress=False, context_size=128)
     return load_base_sae(train_alongside(model, activation_source, cfg, tmp_path_factory.mktemp("sae512"),
                                          heldout_acts=heldout_acts)["topk"])

@@ -46,9 +46,9 @@ def gradient_pool(model, train_tokens):
 
 
 def _config(arch: str, overrides: dict):
-    from csae_bench.training.trainer import TrainConfig
+    from csae_bench.training import TrainConfig
 
-    return TrainConfig(architectures=(arch,), train_tokens=TRAIN_TOKENS, batch_size=512, hook_name=HOOK,
+    return TrainConfig.from_flat(architectures=(arch,), train_tokens=TRAIN_TOKENS, batch_size=512, hook_name=HOOK,
                        checkpoint_every=0, show_progress=False, context_size=128,
                        **{"verify_every": VERIFY_EVERY, **overrides})
 
@@ -56,7 +56,7 @@ def _config(arch: str, overrides: dict):
 @pytest.mark.benchmark(group="training")
 @pytest.mark.parametrize("variant", list(VARIANTS))
 def test_bench_training(benchmark, model, activation_source, heldout_acts, gradient_pool, tmp_path, variant):
-    from csae_bench.training.trainer import train_alongside
+    from csae_bench.training import train_alongside
 
     arch, overrides = VARIANTS[variant]
     cfg = _config(arch, overrides)
@@ -76,7 +76,7 @@ def test_bench_training(benchmark, model, activation_source, heldout_acts, gradi
 @pytest.mark.benchmark(group="training")
 def test_bench_training_csae_e2e(benchmark, model, activation_source, heldout_acts, gradient_pool, tmp_path):
     """The exact end-to-end KL variant (Braun et al. 2024): runs the model after the hook every step."""
-    from csae_bench.training.trainer import train_alongside
+    from csae_bench.training import train_alongside
 
     cfg = _config("csae", {"e2e_coeff": 1.0, "causal_coeff": 0.0, "verify_every": 0})
     result = benchmark.pedantic(train_alongside, args=(model, activation_source, cfg, tmp_path),

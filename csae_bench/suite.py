@@ -34,11 +34,12 @@ from typing import Annotated, Any, Literal, get_args
 from pydantic import BaseModel, ConfigDict, Field, StrictInt, ValidationError, field_validator
 from pydantic.dataclasses import dataclass as pydantic_dataclass
 
+from csae_bench.architectures import ARCHITECTURES
 from csae_bench.errors import BadInputError, one_line
 
 # The user-facing eval names that differ from their SAEBench eval_type_id.
 EVAL_ALIASES: dict[str, str] = {"probing": "csae_probing"}
-DEFAULT_ARCHITECTURES: tuple[str, ...] = ("relu", "topk", "jumprelu", "csae", "random-decoder")
+DEFAULT_ARCHITECTURES: tuple[str, ...] = ARCHITECTURES  # the registry's (csae_bench.architectures)
 DEFAULT_EVALS: tuple[str, ...] = ("core", "nces", "probing")
 ModelDtype = Literal["float32", "bfloat16", "float16"]
 MODEL_DTYPES: tuple[str, ...] = get_args(ModelDtype)
@@ -110,7 +111,7 @@ class _RunSettings:
     force: bool = False
     """Redo finished work (otherwise work whose output exists in ``out`` is skipped)."""
     train: dict[str, Any] = field(default_factory=dict)
-    """Extra trainer settings (fields of ``csae_bench.training.trainer.TrainConfig``)."""
+    """Extra trainer settings (keys of ``csae_bench.training.TrainConfig.from_flat``)."""
     eval_settings: dict[str, dict[str, Any]] = field(default_factory=dict)
     """Per-eval config overrides, keyed by user eval name (``core``, ``nces``, ``probing``)."""
     # --- issue 15: where jobs run (csae_bench/executors; docs/scale.md)
@@ -374,9 +375,9 @@ def load_suite(path: str | Path) -> dict[str, Any]:
 def _check_train_keys(path: Path, train: dict[str, Any]) -> None:
     if not train:
         return  # nothing to check: skip importing the trainer (seconds)
-    from csae_bench.training.trainer import TrainConfig
+    from csae_bench.training import TrainConfig
 
-    allowed = {f.name for f in dataclasses.fields(TrainConfig)}
+    allowed = set(TrainConfig.flat_keys())
     for key in train:
         if key not in allowed:
             raise SuiteError(

@@ -58,8 +58,25 @@ def test_architecture_names_and_registry():
     assert ARCHITECTURES == ("relu", "topk", "jumprelu", "csae", "random-decoder")
     for name in ("csae", "random-decoder"):
         assert name in SAE_CLASS_REGISTRY and name in SAE_TRAINING_CLASS_REGISTRY
-    archs._register()  # registering again (a re-import) must not raise SAELens's duplicate-name error
+    archs.register_with_saelens()  # registering again (a re-import) must not raise SAELens's duplicate-name error
     assert SAE_TRAINING_CLASS_REGISTRY["csae"][0].__name__ == "CSAETrainingSAE"
+
+
+def test_registry_is_one_table_light_to_import_and_refuses_duplicates():
+    """Names, SAELens names, the TopK family and the options classes all come from REGISTRY, and
+    reading it imports neither torch nor SAELens (the CLI lists architectures from it)."""
+    import subprocess
+    import sys
+
+    assert archs.ARCHITECTURES == tuple(archs.REGISTRY)
+    assert archs.TOPK_FAMILY == {n for n, s in archs.REGISTRY.items() if s.sparsity == "k"}
+    assert archs.options_class("csae").__name__ == "CSAEOptions"
+    with pytest.raises(ValueError, match="already registered"):
+        archs.register_architecture(archs.REGISTRY["topk"])
+    code = ("import sys, csae_bench.architectures as a, csae_bench.suite as s; "
+            "print(s.DEFAULT_ARCHITECTURES == a.ARCHITECTURES, 'torch' in sys.modules, 'sae_lens' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.split() == ["True", "False", "False"]
 
 
 def test_unknown_architecture_lists_valid_ones():

@@ -14,16 +14,16 @@ from sae_lens import SAE
 from csae_bench.activations.gradient_pool import GradientPool
 from csae_bench.activations.harvest import ActivationSource
 from csae_bench.architectures import ARCHITECTURES, TOPK_FAMILY, UnknownArchitectureError
-from csae_bench.training.checkpoint import CheckpointMismatchError, NonFiniteError, read_checkpoint
-from csae_bench.training.sparsity import L0Controller
-from csae_bench.training.trainer import (
+from csae_bench.architectures.export import load_base_sae
+from csae_bench.metrics import explained_variance_mean_centred
+from csae_bench.training import (
     CHECKPOINT_NAME,
     SUMMARY_NAME,
     TrainConfig,
-    load_base_sae,
-    mean_centred_explained_variance,
     train_alongside,
 )
+from csae_bench.training.checkpoint import CheckpointMismatchError, NonFiniteError, read_checkpoint
+from csae_bench.training.sparsity import L0Controller
 
 HOOK = "blocks.1.hook_resid_post"
 D_SAE, K, BATCH, STEPS = 128, 8, 64, 24
@@ -70,7 +70,7 @@ def config(**overrides) -> TrainConfig:
                 verify_every=6, causal_batch_size=32, heldout_tokens=128, log_every=2, show_progress=False,
                 norm_batches=2, calibrate_l0=True, controller_gain=0.1)
     base.update(overrides)
-    return TrainConfig(**base)
+    return TrainConfig.from_flat(**base)
 
 
 @pytest.fixture(scope="module")
@@ -121,7 +121,7 @@ def test_saved_sae_reproduces_summary_through_saelens_and_saebench(trained, held
     sae = SAE.load_from_disk(folders[arch])
     with torch.no_grad():
         torch.testing.assert_close(base(heldout), sae(heldout), atol=1e-4, rtol=1e-4)
-        ev = mean_centred_explained_variance(heldout, base(heldout))
+        ev = explained_variance_mean_centred(heldout, base(heldout))
     assert ev == pytest.approx(s["explained_variance_mean_centred"], abs=1e-5)
 
 
@@ -232,36 +232,75 @@ def test_l0_controller_converges_on_a_monotone_response():
     assert ctrl.coefficient == c
 
 
-def test_mean_centred_explained_variance():
+@pytest.mark.parametrize("n", [1, 2, 3, 16, 24, 146, 977])
+@pytest.mark.parametrize(("warmup", "decay"), [(0.05, 0.2), (0.0, 0.0), (0.3, 0.4), (0.5, 0.5), (0.0, 0.9), (0.2, 0.0)])
+def test_lr_schedule_is_warmup_constant_decay(n, warmup, decay):
+    """torch's schedulers give the closed form at every step: lr·(t+1)/W, lr, lr·(n−t)/D."""
+    from csae_bench.training.schedule import lr_scheduler
+
+    cfg = TrainConfig(train_tokens=n, batch_size=1, lr=3e-3, warmup_frac=warmup, decay_frac=decay,
+                      target_l0=1, d_sae=1)
+    warm, decay_start = max(1, int(n * warmup)), n - int(n * decay)
+    opt = torch.optim.Adam([torch.nn.Parameter(torch.zeros(1))], lr=cfg.lr)
+    sched = lr_scheduler(opt, cfg)
+    for t in range(n):
+        want = (cfg.lr * (t + 1) / warm if t < warm
+                else cfg.lr * (n - t) / (n - decay_start) if t >= decay_start else cfg.lr)
+        assert opt.param_groups[0]["lr"] == pytest.approx(want, rel=1e-12, abs=0), t
+        opt.step()
+        sched.step()
+
+
+def test_explained_variance_mean_centred():
     gen = torch.Generator().manual_seed(0)
     acts = torch.randn(100, 8, generator=gen) + 5.0
-    assert mean_centred_explained_variance(acts, acts) == pytest.approx(1.0)
-    assert mean_centred_explained_variance(acts, acts.mean(0).expand_as(acts)) == pytest.approx(0.0, abs=1e-6)
+    assert explained_variance_mean_centred(acts, acts) == pytest.approx(1.0)
+    assert explained_variance_mean_centred(acts, acts.mean(0).expand_as(acts)) == pytest.approx(0.0, abs=1e-6)
     # zero-centred EV would call the mean a good reconstruction; the mean-centred one does not
-    assert mean_centred_explained_variance(acts, torch.zeros_like(acts)) < -10
+    assert explained_variance_mean_centred(acts, torch.zeros_like(acts)) < -10
 
 
-@pytest.mark.parametrize("name", ["gemma-3-270m", "gpt2-small", "gemma-2-2b"])
-def test_baseline_recipes_parse(name):
-    from csae_bench.training.recipes import load_recipe
+@pytest.mark.parametrize("name", ["gemma-3-270m", "gpt2-small", "gemma-2-2b", "smoke"])
+def test_training_suites_build_a_train_config(name):
+    """Training recipes are suites (evals/*.toml): each one's [run] and [train] make a valid
+    TrainConfig for its hook, with the per-architecture keys routed to their options."""
+    from csae_bench.pipeline import train_settings
+    from csae_bench.suite import build_config
 
-    recipe = load_recipe(name)
-    assert recipe.train.architectures == ARCHITECTURES
-    assert recipe.train.hook_name == f"blocks.{recipe.layer}.hook_{recipe.site}"
-    assert recipe.train.n_steps > 0 and recipe.reference
+    run = build_config(Path(__file__).parents[1] / "evals" / f"{name}.toml")
+    hook = f"blocks.{run.layer}.hook_resid_post"
+    cfg = TrainConfig.from_flat(**train_settings(run, hook, run.seeds[0]))
+    assert cfg.architectures == ARCHITECTURES
+    assert cfg.hook_name == hook and cfg.n_steps > 0
+    for key, value in run.train.items():
+        assert cfg.to_flat()[key] == value
 
 
-def test_recipe_typo_is_refused(tmp_path):
-    from csae_bench.training.recipes import RecipeError, load_recipe
+def test_train_typo_in_a_suite_is_refused(tmp_path):
+    from csae_bench.suite import SuiteError, build_config
 
     bad = tmp_path / "bad.toml"
-    bad.write_text('[model]\nname = "gpt2"\nlayer = 8\n[data]\n[train]\nd_sea = 4096\n')
-    with pytest.raises(RecipeError, match=r"\['d_sea'\] are not TrainConfig fields"):
-        load_recipe(bad)
+    bad.write_text('[run]\nmodel = "gpt2"\nlayer = 8\n[train]\nd_sea = 4096\n')
+    with pytest.raises(SuiteError, match="unknown key 'train.d_sea'"):
+        build_config(bad)
+    with pytest.raises(TypeError, match="no setting 'd_sea'"):
+        TrainConfig.from_flat(d_sea=4096)
+
+
+def test_flat_and_nested_options_agree():
+    """A flat key sets every architecture that has the option; a per-architecture table wins."""
+    cfg = TrainConfig.from_flat(aux_loss_coefficient=0.5, causal_coeff=7.0, csae={"aux_loss_coefficient": 0.25})
+    assert cfg.options["topk"].aux_loss_coefficient == 0.5
+    assert cfg.options["csae"].aux_loss_coefficient == 0.25 and cfg.options["csae"].causal_coeff == 7.0
+    assert cfg.sae_options("topk") == {"k": cfg.target_l0, "aux_loss_coefficient": 0.5}
+    assert "grad_tokens" not in cfg.sae_options("csae")  # read by the trainer, not the SAE
+    assert TrainConfig.from_flat(**TrainConfig().to_flat()) == TrainConfig()
+    with pytest.raises(ValueError, match=r"options\['relu'\] has unknown keys \['k'\]"):
+        TrainConfig(options={"relu": {"k": 3}})
 
 
 def test_csae_harvests_and_reuses_its_gradient_pool(tiny_model, source, heldout, tmp_path):
-    from csae_bench.training.trainer import POOL_NAME
+    from csae_bench.training import POOL_NAME
 
     cfg = config(architectures=("csae",), train_tokens=BATCH * 6, grad_tokens=64, n_grad_samples=2)
     assert train_alongside(tiny_model, source, cfg, tmp_path, heldout_acts=heldout, stop_after_steps=3) == {}
@@ -291,7 +330,7 @@ class _RunsCode:
 
 
 def test_planted_pickle_checkpoint_is_refused_and_never_run(tiny_model, source, tmp_path):
-    from csae_bench.training.trainer import LEGACY_CHECKPOINT_NAME
+    from csae_bench.training import LEGACY_CHECKPOINT_NAME
 
     marker, out = tmp_path / "code_ran", tmp_path / "out"
     out.mkdir()

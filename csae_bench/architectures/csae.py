@@ -45,6 +45,9 @@ from sae_lens.saes.topk_sae import (
 from torch import Tensor
 from typing_extensions import override
 
+from csae_bench.architectures.options import TopKOptions, trainer_only
+from csae_bench.architectures.surgery import reinit_features
+
 logger = logging.getLogger(__name__)
 
 
@@ -56,6 +59,46 @@ def _causal() -> ModuleType:
 
 
 FISHER_MODES = ("mean", "per-token")
+
+
+@dataclass
+class CSAEOptions(TopKOptions):
+    """``csae``: TopK options plus the causal parts, as the trainer sets them (the defaults are
+    the CPU run's; :class:`CSAETrainingSAEConfig` documents each causal field in full)."""
+
+    causal_coeff: float = 100.0
+    """Weight of the Fisher causal-faithfulness term (0 = off). With ``fisher="mean"`` it is
+    relative to the MSE (2 = the Fisher-shaped squared error weighs as much as the plain one), so it
+    carries over between models. 100 lowered the spliced-in KL by 22% versus TopK at the same L0 in
+    the sweep on the embedded model (explained variance 0.73 vs 0.88; 30: −11% at 0.84; 300: −33%
+    at 0.50; docs/csae.md, ``python -m csae_bench.studies.csae_sweep``). With ``"per-token"`` it is
+    in nats."""
+    fisher: str = "mean"
+    """``"mean"`` (the pool's mean Fisher matrix as a metric on every training token's error)
+    or ``"per-token"`` (each pool token's own gradients; see ``CSAETrainingSAEConfig.fisher``)."""
+    causal_batch_size: int = 256
+    """``fisher="per-token"``: gradient-pool tokens per step for the causal term."""
+    e2e_coeff: float = 0.0
+    """Weight of the exact end-to-end KL term (0 = off; expensive)."""
+    verify_every: int = 50
+    """Steps between causal verification checks (0 = off)."""
+    verify_tokens: int = 1024
+    """Gradient-pool tokens per verification check."""
+    tau: float = 0.5
+    """NCES threshold of the verification loop."""
+    patience: int = 2
+    """Failed checks in a row before a feature is re-initialized."""
+    max_reinit_frac: float = 0.02
+    """At most this fraction of features re-initialized per verification check."""
+    n_grad_samples: int = trainer_only(4)
+    """Sampled next tokens per position in the gradient pool (when the trainer harvests it)."""
+    grad_tokens: int = trainer_only(1024)
+    """Tokens in the gradient pool (when the trainer harvests it; gradients are costly on CPU)."""
+
+    @property
+    def needs_gradient_pool(self) -> bool:
+        """Whether a causal part that reads the gradient pool is on (the term or verification)."""
+        return self.causal_coeff > 0 or self.verify_every > 0
 
 
 @dataclass
@@ -303,14 +346,8 @@ class CSAETrainingSAE(TopKTrainingSAE):
             "reinitialized": len(reinit_F),
         }
 
-    @torch.no_grad()
     def _reinit_features(self, idx_N: Tensor, dirs_ND: Tensor) -> None:
-        """Point features ``idx_N`` at unit directions ``dirs_ND``: the decoder row takes the
-        direction at the mean decoder norm, the encoder column the direction scaled like the
-        alive encoder columns, the encoder bias 0 (as in dead-feature resampling)."""
-        dirs_ND = dirs_ND / dirs_ND.norm(dim=-1, keepdim=True).clamp_min(1e-8)
-        dec_norm = self.W_dec.norm(dim=-1).mean()
-        enc_norm = self.W_enc.norm(dim=0).mean()
-        self.W_dec.data[idx_N] = dirs_ND * dec_norm
-        self.W_enc.data[:, idx_N] = (dirs_ND * enc_norm).T
-        self.b_enc.data[idx_N] = 0.0
+        """Point features ``idx_N`` at directions ``dirs_ND`` (:func:`.surgery.reinit_features`:
+        the decoder row at the mean decoder norm, the encoder column scaled like the mean encoder
+        column, the encoder bias 0)."""
+        reinit_features(self, idx_N, dirs_ND)

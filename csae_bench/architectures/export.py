@@ -19,6 +19,7 @@ from sae_bench.custom_saes.jumprelu_sae import JumpReluSAE
 from sae_bench.custom_saes.relu_sae import ReluSAE
 from sae_bench.custom_saes.topk_sae import TopKSAE as SAEBenchTopKSAE
 
+import csae_bench.architectures.saelens  # noqa: F401  (registers csae / random-decoder with SAELens)
 from csae_bench.architectures import FROM_SAELENS, TOPK_FAMILY
 from csae_bench.errors import BadInputError
 

@@ -14,7 +14,7 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
-import csae_bench.architectures  # noqa: F401  (registers csae / random-decoder with SAELens)
+import csae_bench.architectures.saelens  # noqa: F401  (registers csae / random-decoder with SAELens)
 from csae_bench.errors import SaeMismatchError
 
 logger = logging.getLogger(__name__)

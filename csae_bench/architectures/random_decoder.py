@@ -9,10 +9,21 @@ else is SAELens's ``TopKTrainingSAE``.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from sae_lens.saes.topk_sae import TopKSAE, TopKSAEConfig, TopKTrainingSAE, TopKTrainingSAEConfig
 from typing_extensions import override
+
+from csae_bench.architectures.options import TopKOptions
+
+
+@dataclass
+class RandomDecoderOptions(TopKOptions):
+    """``random-decoder``: TopK options; the decoder's seed is the run's ``seed``."""
+
+    def sae_config(self, *, target_l0: int, seed: int) -> dict[str, Any]:
+        return {**super().sae_config(target_l0=target_l0, seed=seed), "decoder_seed": seed}
 
 
 @dataclass

@@ -117,11 +117,10 @@ def _default_tokens(model, cfg: RunConfig, split: str, n_contexts: int, seed: in
 def _default_train(
     model, source, settings: dict[str, Any], out_dir: Path, gradient_pool=None, resume: bool = True
 ) -> dict[str, Path]:
-    from csae_bench.training.trainer import TrainConfig, train_alongside
+    from csae_bench.training import TrainConfig, train_alongside
 
-    return train_alongside(
-        model, source, TrainConfig(**settings), out_dir, gradient_pool=gradient_pool, resume=resume
-    )
+    cfg = TrainConfig.from_flat(**settings)
+    return train_alongside(model, source, cfg, out_dir, gradient_pool=gradient_pool, resume=resume)
 
 
 def _default_gradients(
@@ -138,27 +137,28 @@ def gradient_job(
     """The CSAE's gradient harvest as its own file-producing job — the same pool the trainer would
     harvest itself (its ``grad_tokens`` / ``n_grad_samples`` / ``seed``), kept on disk so that a
     killed run does not harvest it again. None when the CSAE has no causal parts."""
-    from csae_bench.training.trainer import TrainConfig
+    from csae_bench.training import TrainConfig
 
-    tc = TrainConfig(**settings)
-    if not (tc.causal_coeff > 0 or tc.verify_every > 0):
+    tc = TrainConfig.from_flat(**settings)
+    csae = tc.options["csae"]
+    if not csae.needs_gradient_pool:
         return None
-    n_ctx = max(1, -(-tc.grad_tokens // context_size))
+    n_ctx = max(1, -(-csae.grad_tokens // context_size))
     return GradientJob(
         hook_name,
         seed,
         folder / "gradient_pool.safetensors",
         n_ctx,
-        {"n_samples": tc.n_grad_samples, "show_progress": tc.show_progress},
+        {"n_samples": csae.n_grad_samples, "show_progress": tc.show_progress},
     )
 
 
 def check_train_settings(cfg: RunConfig, hook_name: str) -> None:
     """Build the trainer's config once up front, so a bad [train] value fails before any work."""
-    from csae_bench.training.trainer import TrainConfig
+    from csae_bench.training import TrainConfig
 
     try:
-        TrainConfig(**train_settings(cfg, hook_name, cfg.seeds[0]))
+        TrainConfig.from_flat(**train_settings(cfg, hook_name, cfg.seeds[0]))
     except (TypeError, ValueError) as err:
         raise SuiteError(f"Invalid training settings: {err}") from None
 

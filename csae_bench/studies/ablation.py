@@ -140,7 +140,7 @@ class _Study:
 
     def train(self, seed: int) -> dict[str, Path]:
         """Every SAE of one seed: ``{name: folder}`` (trained now, or found from an earlier run)."""
-        from csae_bench.training.trainer import SUMMARY_NAME, TrainConfig, train_alongside
+        from csae_bench.training import SUMMARY_NAME, TrainConfig, train_alongside
 
         c, sd = self.cfg, self.seed_dir(seed)
         base = dict(
@@ -173,7 +173,7 @@ class _Study:
         if todo:
             source, pool = self._stream(seed)
         for g, (archs, overrides) in groups.items():
-            tc = TrainConfig(architectures=archs, **{**base, **overrides})
+            tc = TrainConfig.from_flat(architectures=archs, **{**base, **overrides})
             if g in todo:
                 logger.info("seed %d: training %s (%s)", seed, g, ", ".join(archs))
             done = (

@@ -139,7 +139,7 @@ class Sweep:
 
     def record(self, seed: int, name: str, arch: str, overrides: dict[str, Any]) -> dict[str, Any]:
         """Train (or find) one SAE and measure it; the record is a JSON file under ``--out``."""
-        from csae_bench.training.trainer import SUMMARY_NAME, TrainConfig, train_alongside
+        from csae_bench.training import SUMMARY_NAME, TrainConfig, train_alongside
 
         c = self.cfg
         folder = self.out / f"seed{seed}" / _slug(name)
@@ -148,7 +148,7 @@ class Sweep:
             return json.loads(path.read_text())
         if not (folder / arch / SUMMARY_NAME).exists():
             source, pool = self.stream()
-            tc = TrainConfig(
+            tc = TrainConfig.from_flat(
                 architectures=(arch,),
                 d_sae=c.d_sae,
                 target_l0=c.target_l0,

@@ -29,6 +29,7 @@ from csae_bench.evals.core.output import (
 )
 from csae_bench.evals.core.shared_passes import SharedPasses
 from csae_bench.evals.registry import EvalContext, EvalSpec, register_eval
+from csae_bench.metrics import explained_variance_mean_centred
 
 logger = logging.getLogger(__name__)
 
@@ -142,7 +143,8 @@ def non_finite_metrics(metrics: dict[str, Any]) -> dict[str, str]:
 def mean_centred_explained_variance(
     sae, model, hook_name: str, tokens_BT: torch.Tensor, ignore: set[int | None]
 ) -> float:
-    """``1 - Σ‖x - x̂‖² / Σ‖x - mean(x)‖²`` over the non-special tokens of ``tokens_BT``."""
+    """``1 - Σ‖x - x̂‖² / Σ‖x - mean(x)‖²`` (float64) over the non-special tokens of ``tokens_BT``
+    (:func:`csae_bench.metrics.explained_variance_mean_centred`)."""
     layer = layer_of_hook(hook_name)
     _, cache = model.run_with_cache(
         tokens_BT, names_filter=[hook_name], stop_at_layer=layer + 1, prepend_bos=False
@@ -153,9 +155,7 @@ def mean_centred_explained_variance(
             keep_BT &= tokens_BT != t
     x_ND = cache[hook_name][keep_BT].to(sae.W_dec.device, sae.W_dec.dtype)
     x_hat_ND = sae.decode(sae.encode(x_ND))
-    resid = (x_ND - x_hat_ND).double().pow(2).sum()
-    total = (x_ND.double() - x_ND.double().mean(dim=0)).pow(2).sum()
-    return float(1 - resid / total)
+    return explained_variance_mean_centred(x_ND, x_hat_ND, dtype=torch.float64)
 
 
 def run_core_eval(ctx: EvalContext, sae, sae_id: str, config: CoreEvalConfig) -> CsaeCoreEvalOutput:
