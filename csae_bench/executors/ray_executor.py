@@ -22,8 +22,8 @@
   later), else :class:`~csae_bench.executors.ExecutorError` naming the folder and the node.
 
 This module is the driver; the tasks and what a worker keeps are in
-:mod:`csae_bench.executors.ray_worker`. Importing this module imports Ray (``csae_bench.executors.open_executor`` turns its absence into a
-one-line error).
+:mod:`csae_bench.executors.ray_worker`. Importing this module imports Ray
+(``csae_bench.executors.open_executor`` turns its absence into a one-line error).
 """
 
 from __future__ import annotations
