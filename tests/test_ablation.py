@@ -88,3 +88,14 @@ def test_report_only_writes_into_out_docs_by_default(tmp_path):
         path.write_text(json.dumps(rec))
     assert main(["--out", str(out), "--report-only"]) == 0
     assert (out / "docs" / "ablations.md").is_file() and (out / "docs" / "img").is_dir()
+
+
+def test_studies_are_found_and_dispatched_by_name(tmp_path):
+    import pytest
+
+    from csae_bench import studies
+    from csae_bench.suite import SuiteError
+
+    assert studies.names() == ["ablation", "csae_sweep"]
+    with pytest.raises(SuiteError, match="studies: ablation, csae_sweep"):
+        studies.main("nope", ["--out", str(tmp_path)])
