@@ -2,7 +2,8 @@
 
 A study module declares a :class:`Study`:
 
-* ``config_cls`` — a dataclass of its settings (saved as ``<out>/<prefix>_config.json``);
+* ``config_cls`` — a dataclass of its settings with a ``seeds`` field (``--seeds`` sets it; saved
+  as ``<out>/<prefix>_config.json``);
 * ``run_config(cfg, out)`` — the :class:`~csae_bench.suite.RunConfig` whose
   :class:`~csae_bench.pipeline.Resources` its jobs share (model, corpus, context size, training
   tokens, eval contexts);
@@ -17,7 +18,8 @@ A study module declares a :class:`Study`:
 
 :func:`study_main` is the command line every study shares (``--out``, ``--docs``, ``--seeds``,
 ``--report-only``); a study module's ``main(argv)`` is ``study_main(STUDY, argv)``. Adding a study
-is one new module in ``csae_bench/studies/`` that lists its jobs and writes its report.
+is one new module in ``csae_bench/studies/`` that defines ``STUDY`` and ``main``: it lists its jobs
+and writes its report; :func:`csae_bench.studies.names` finds it.
 """
 
 from __future__ import annotations
