@@ -332,6 +332,23 @@ def load_tokens(
     return tokens
 
 
+def contexts_for_tokens(n_tokens: int, context_size: int, *, bos_counts: bool) -> int:
+    """How many contexts of ``context_size`` cover ``n_tokens`` tokens (at least one).
+
+    Every context starts with BOS, which the activation harvest and the gradient pool drop. Two
+    meanings are in use, and each call site names its own:
+
+    * ``bos_counts=False`` — *contexts for N harvested tokens*: a context yields
+      ``context_size - 1`` non-BOS tokens, so ``ceil(N / (context_size - 1))`` (the training
+      stream of the pipeline and the studies, the studies' gradient pools);
+    * ``bos_counts=True`` — *contexts for N positions*: every position counts, BOS included, so
+      ``ceil(N / context_size)`` (the pipeline's gradient job; the trainer's held-out set and own
+      gradient pool), which yields a little fewer than N non-BOS tokens.
+    """
+    per_context = context_size if bos_counts else context_size - 1
+    return max(1, -(-n_tokens // per_context))
+
+
 # ---------------------------------------------------------------- labelled sets
 
 

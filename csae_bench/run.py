@@ -27,7 +27,6 @@ from csae_bench.cli import (  # noqa: F401  (EXIT_*, guarded, config_from_args: 
     config_from_args,
     guarded,
 )
-from csae_bench.cli import setup_logging as _setup_logging  # noqa: F401  (the studies use it)
 from csae_bench.suite import RunConfig, SuiteError
 
 logger = logging.getLogger("csae_bench")

@@ -94,8 +94,9 @@ def run_in_subprocess(out: str) -> None:
     """Entry point of the subprocess the kill/resume test starts and kills."""
     import sys
 
-    from csae_bench.run import _setup_logging, execute, guarded
+    from csae_bench.cli import guarded, setup_logging
+    from csae_bench.run import execute
 
-    _setup_logging(False)
+    setup_logging(False)
     cfg = tiny_run_config(Path(out))
     sys.exit(guarded(execute, cfg, tiny_resources(cfg), plots=False))

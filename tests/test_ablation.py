@@ -57,3 +57,45 @@ def test_report_is_written_with_plots(tmp_path):
     assert "**Best separation: `mean`**" in text and "csae-no-causal-term" in text
     assert (tmp_path / "docs" / "img" / "ablation_intervention_types.png").stat().st_size > 1000
     assert (tmp_path / "docs" / "img" / "ablation_causal_parts.png").exists()
+
+
+def test_jobs_write_the_files_the_report_reads(tmp_path):
+    from csae_bench.studies.ablation import jobs
+
+    cfg = AblationConfig(seeds=(0,), interventions=("zero", "clamp:2"), variants={"csae-no-causal-term": {"causal_coeff": 0.0}})
+    paths = [str(p.relative_to(tmp_path)) for job in jobs(cfg, tmp_path) for p in job.outputs()]
+    assert paths == [
+        "seed0/activations.safetensors", "seed0/gradient_pool.safetensors", "seed0/main/trained.json",
+        "seed0/csae-no-causal-term/trained.json",
+        "seed0/evals/core_topk.json", "seed0/evals/core_csae.json", "seed0/evals/core_random-decoder.json",
+        "seed0/evals/core_csae-no-causal-term.json",
+        "seed0/evals/nces_topk_zero.json", "seed0/evals/nces_topk_clamp=2.json",
+        "seed0/evals/nces_csae_zero.json", "seed0/evals/nces_csae_clamp=2.json",
+        "seed0/evals/nces_random-decoder_zero.json", "seed0/evals/nces_random-decoder_clamp=2.json",
+        "seed0/evals/nces_csae-no-causal-term_zero.json",
+    ]
+
+
+def test_report_only_writes_into_out_docs_by_default(tmp_path):
+    from csae_bench.studies.ablation import main
+
+    out = tmp_path / "study"
+    for rec in _records()["nces"] + _records()["core"]:
+        kind = rec.get("intervention")
+        name = f"nces_{rec['sae']}_{kind}.json" if kind else f"core_{rec['sae']}.json"
+        path = out / f"seed{rec['seed']}" / "evals" / name
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(rec))
+    assert main(["--out", str(out), "--report-only"]) == 0
+    assert (out / "docs" / "ablations.md").is_file() and (out / "docs" / "img").is_dir()
+
+
+def test_studies_are_found_and_dispatched_by_name(tmp_path):
+    import pytest
+
+    from csae_bench import studies
+    from csae_bench.suite import SuiteError
+
+    assert studies.names() == ["ablation", "csae_sweep"]
+    with pytest.raises(SuiteError, match="studies: ablation, csae_sweep"):
+        studies.main("nope", ["--out", str(tmp_path)])

@@ -48,3 +48,28 @@ def test_report_is_written_between_markers_and_keeps_the_prose(tmp_path):
     assert "| csae c=30 | 1.000 | -16.7% | 1/1 seeds | 0.600 |" in text
     assert (docs / "img" / "csae_kl_vs_ev.png").stat().st_size > 0
     json.loads((out / "sweep_config.json").read_text())  # untouched
+
+
+def test_jobs_train_each_row_on_one_shared_stream(tmp_path):
+    from csae_bench.pipeline import TrainJob
+    from csae_bench.studies.csae_sweep import jobs
+
+    cfg = SweepConfig(seeds=(0, 1), coefficients=(30.0,), variants={})
+    work = jobs(cfg, tmp_path)
+    paths = [str(p.relative_to(tmp_path)) for job in work for p in job.outputs()]
+    assert paths == ["activations.safetensors", "gradient_pool.safetensors",
+                     "seed0/topk/trained.json", "seed0/topk/record.json",
+                     "seed0/csae_c_30/trained.json", "seed0/csae_c_30/record.json",
+                     "seed1/topk/trained.json", "seed1/topk/record.json",
+                     "seed1/csae_c_30/trained.json", "seed1/csae_c_30/record.json"]
+    trains = [j for j in work if isinstance(j, TrainJob)]
+    assert {id(j.harvest) for j in trains} == {id(work[0])} and trains[1].settings["causal_coeff"] == 30.0
+
+
+def test_report_only_writes_into_out_docs_by_default(tmp_path):
+    from csae_bench.studies.csae_sweep import main
+
+    _write(tmp_path, 0, "topk", 1.2)
+    atomic_write_json(tmp_path / "sweep_config.json", {"seeds": [0], "coefficients": [30.0]})
+    assert main(["--out", str(tmp_path), "--report-only"]) == 0
+    assert "<!-- sweep:start -->" in (tmp_path / "docs" / "csae.md").read_text()

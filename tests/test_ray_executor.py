@@ -122,7 +122,7 @@ def test_worker_keeps_its_model_and_eval_cache_between_tasks(tmp_path):
     from pipeline_fakes import tiny_run_config
     from ray_fakes import ray_resources
 
-    from csae_bench.executors.ray_executor import _keep_model, fingerprint, worker_resources
+    from csae_bench.executors.ray_worker import _keep_model, fingerprint, worker_resources
 
     loads = tmp_path / "loads.txt"
     cfg = tiny_run_config(tmp_path / "a")
@@ -314,7 +314,7 @@ def test_executor_settings_from_a_suite(tmp_path):
 def test_bad_executor_settings_are_named(kwargs, named):
     with pytest.raises(SuiteError, match=named):
         RunConfig(**kwargs)
-    assert issubclass(ExecutorError, SuiteError)  # so run.guarded maps it to exit 2
+    assert issubclass(ExecutorError, SuiteError)  # so cli.guarded maps it to exit 2
 
 
 # ---------------------------------------------------------------- the CI smoke suite through Ray

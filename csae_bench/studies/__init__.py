@@ -1,1 +1,39 @@
-"""Studies built on the pipeline: ablation, csae_sweep."""
+"""Studies built on the pipeline: each lists pipeline jobs and writes a report
+(:mod:`csae_bench.studies.harness`).
+
+* :mod:`~csae_bench.studies.ablation` — intervention types and the CSAE's causal parts (issue 7);
+* :mod:`~csae_bench.studies.csae_sweep` — the CSAE's causal term against TopK on spliced-in KL
+  (issue 3).
+
+Adding a study is adding one module (or package) here that defines ``STUDY`` (a
+:class:`~csae_bench.studies.harness.Study`) and ``main(argv)``; :func:`names` finds it and
+:func:`main` dispatches ``<name> [args]`` to it (``csae-bench study <name> ...``).
+"""
+
+from __future__ import annotations
+
+import importlib
+import pkgutil
+from collections.abc import Sequence
+
+from csae_bench.suite import SuiteError
+
+
+def names() -> list[str]:
+    """Every study in this package (its submodules but the harness)."""
+    return sorted(
+        m.name
+        for m in pkgutil.iter_modules(__path__)
+        if not m.name.startswith("_") and m.name != "harness"
+    )
+
+
+def main(name: str, argv: Sequence[str] | None = None) -> int:
+    """Run study ``name``'s command line with ``argv``.
+
+    Raises:
+        SuiteError: no study of that name (the message lists the studies).
+    """
+    if name not in names():
+        raise SuiteError(f"Unknown study {name!r}; studies: {', '.join(names())}.")
+    return importlib.import_module(f"csae_bench.studies.{name}").main(argv)

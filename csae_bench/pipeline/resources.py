@@ -1,0 +1,103 @@
+"""What the jobs of one process share, loaded on first use: the model and the token sets.
+
+The callables of :class:`Resources` are the seams tests (and other backends) replace.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from csae_bench.suite import RunConfig
+
+logger = logging.getLogger(__name__)
+
+
+def _default_tokens(model, cfg: RunConfig, split: str, n_contexts: int, seed: int) -> torch.Tensor:
+    from csae_bench.data import load_tokens
+
+    return load_tokens(
+        model.tokenizer,
+        corpus=cfg.corpus,
+        split=split,
+        context_size=cfg.context_size,
+        n_contexts=n_contexts,
+        seed=seed,
+    )
+
+
+def _default_train(
+    model, source, settings: dict[str, Any], out_dir: Path, gradient_pool=None, resume: bool = True
+) -> dict[str, Path]:
+    from csae_bench.training import TrainConfig, train_alongside
+
+    return train_alongside(
+        model, source, TrainConfig.from_flat(**settings), out_dir, gradient_pool=gradient_pool, resume=resume
+    )
+
+
+def _default_gradients(
+    model, hook_name: str, tokens: torch.Tensor, seed: int, settings: dict[str, Any]
+):
+    from csae_bench.activations.gradient_pool import harvest_gradient_pool
+
+    return harvest_gradient_pool(model, hook_name, tokens, seed=seed, **settings)
+
+
+def load_sae(folder: Path, device: str = "cpu"):
+    """The SAE in ``folder`` for the evals (see :func:`csae_bench.architectures.loading.load_sae`)."""
+    from csae_bench.architectures.loading import load_sae as _load
+
+    return _load(folder, device=device)
+
+
+@dataclass
+class Resources:
+    """What jobs share inside one process, loaded on first use: the model, token sets, the evals'
+    per-model cache. The callables are the seams tests (and other backends) replace."""
+
+    cfg: RunConfig
+    model_loader: Callable[[str, str, str | None], Any] | None = None
+    token_loader: Callable[[Any, RunConfig, str, int, int], torch.Tensor] = _default_tokens
+    train_fn: Callable[..., dict[str, Path]] = _default_train
+    gradient_fn: Callable[..., Any] = _default_gradients
+    sae_loader: Callable[[Path, str], Any] = load_sae
+    _model: Any = field(default=None, repr=False)
+    _tokens: dict[tuple[str, int, int], torch.Tensor] = field(default_factory=dict, repr=False)
+    eval_cache: dict[str, Any] = field(default_factory=dict, repr=False)
+    """Handed to every eval job as ``EvalContext.cache`` (per-model work shared across SAEs)."""
+
+    @property
+    def model(self):
+        """The run's model (``cfg.model`` on ``cfg.device`` in ``cfg.dtype``), loaded once."""
+        if self._model is None:
+            loader = self.model_loader
+            if loader is None:
+                from csae_bench.models import load_model as loader
+            logger.info("Loading model %s on %s", self.cfg.model, self.cfg.device)
+            self._model = loader(self.cfg.model, self.cfg.device, self.cfg.dtype)
+        return self._model
+
+    def tokens(self, split: str, n_contexts: int, seed: int) -> torch.Tensor:
+        """``n_contexts`` contexts of ``split`` shuffled with ``seed``, loaded once per request."""
+        key = (split, n_contexts, seed)
+        if key not in self._tokens:
+            self._tokens[key] = self.token_loader(self.model, self.cfg, split, n_contexts, seed)
+        return self._tokens[key]
+
+    def train_contexts(self) -> int:
+        """Contexts of the training split that hold ``cfg.train_tokens`` harvested (non-BOS)
+        tokens."""
+        from csae_bench.data import contexts_for_tokens
+
+        return contexts_for_tokens(self.cfg.train_tokens, self.cfg.context_size, bos_counts=False)
+
+    def eval_tokens(self) -> torch.Tensor:
+        """The eval split's ``cfg.eval_contexts`` contexts (seed 0): one eval set for every seed
+        and architecture, so results compare like for like."""
+        return self.tokens("eval", self.cfg.eval_contexts, 0)

@@ -1,0 +1,5 @@
+import sys
+
+from csae_bench.studies.ablation import main
+
+sys.exit(main())

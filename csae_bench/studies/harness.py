@@ -1,0 +1,173 @@
+"""One harness for every study: a study is a list of pipeline jobs plus a report.
+
+A study module declares a :class:`Study`:
+
+* ``config_cls`` — a dataclass of its settings with a ``seeds`` field (``--seeds`` sets it; saved
+  as ``<out>/<prefix>_config.json``);
+* ``run_config(cfg, out)`` — the :class:`~csae_bench.suite.RunConfig` whose
+  :class:`~csae_bench.pipeline.Resources` its jobs share (model, corpus, context size, training
+  tokens, eval contexts);
+* ``jobs(cfg, out)`` — its work as :class:`~csae_bench.pipeline.Job` s in order: the pipeline's own
+  :class:`~csae_bench.pipeline.HarvestJob` / :class:`~csae_bench.pipeline.GradientJob` /
+  :class:`~csae_bench.pipeline.TrainJob`, and study-specific :class:`RecordJob` s, each writing its
+  own files under ``out`` and resumed through :meth:`Job.done` by
+  :func:`csae_bench.pipeline.run_jobs`;
+* ``write_report(out, docs, cfg)`` — the report, written from the files under ``out`` only, into
+  the ``docs`` folder given on the command line (default ``<out>/docs``, never the package's
+  parent, so an installed wheel works).
+
+:func:`study_main` is the command line every study shares (``--out``, ``--docs``, ``--seeds``,
+``--report-only``); a study module's ``main(argv)`` is ``study_main(STUDY, argv)``. Adding a study
+is one new module in ``csae_bench/studies/`` that defines ``STUDY`` and ``main``: it lists its jobs
+and writes its report; :func:`csae_bench.studies.names` finds it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import time
+from abc import abstractmethod
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+from csae_bench.pipeline import Job, Resources, is_valid_json, run_jobs
+from csae_bench.suite import RunConfig
+from csae_bench.utils import atomic_write_json, atomic_write_text
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class RecordJob(Job):
+    """A study's measurement of one unit (an SAE under one setting) as one JSON record at
+    ``path``; done once ``path`` holds valid JSON (a torn file is redone, never trusted)."""
+
+    path: Path
+
+    def outputs(self) -> list[Path]:
+        return [self.path]
+
+    def done(self) -> bool:
+        return is_valid_json(self.path)
+
+    @abstractmethod
+    def record(self, res: Resources) -> dict[str, Any]:
+        """The measurement, as plain JSON-serialisable data."""
+
+    def run(self, res: Resources) -> None:
+        atomic_write_json(self.path, self.record(res))
+
+
+@dataclass(frozen=True)
+class Study:
+    """What a study is made of (see the module docstring)."""
+
+    name: str
+    """Its name on the command line (``csae-bench study <name>``)."""
+    prefix: str
+    """File prefix of its bookkeeping under ``--out``: ``<prefix>_config.json``,
+    ``<prefix>_wall_seconds.json``."""
+    description: str
+    config_cls: type
+    run_config: Callable[[Any, Path], RunConfig]
+    jobs: Callable[[Any, Path], list[Job]]
+    write_report: Callable[[Path, Path, Any], Path]
+    """``(out, docs, cfg)`` -> the report page written; ``cfg`` None: the one saved in ``out``."""
+    seeds_help: str = "training seeds [default: 0 1]"
+
+
+def config_path(prefix: str, out: Path) -> Path:
+    """``<out>/<prefix>_config.json``: the settings the study last ran with."""
+    return Path(out) / f"{prefix}_config.json"
+
+
+def wall_path(prefix: str, out: Path) -> Path:
+    """``<out>/<prefix>_wall_seconds.json``: the wall time of the last invocation."""
+    return Path(out) / f"{prefix}_wall_seconds.json"
+
+
+def saved_config(config_cls: type, prefix: str, out: Path) -> Any | None:
+    """The config a run saved under ``out`` (JSON lists back to tuples), or None."""
+    path = config_path(prefix, out)
+    if not path.exists():
+        return None
+    saved = json.loads(path.read_text())
+    return config_cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in saved.items()})
+
+
+def wall_seconds(prefix: str, out: Path) -> float | None:
+    """Wall time of the last invocation that ran the study's jobs, or None."""
+    path = wall_path(prefix, out)
+    return json.loads(path.read_text())["seconds_this_invocation"] if path.exists() else None
+
+
+def run_study(study: Study, cfg: Any, out: str | Path, res: Resources | None = None) -> dict:
+    """Run every job of the study under ``out``, skipping finished ones (a killed study resumes);
+    saves the config and this invocation's wall time. Returns ``{"run": n, "skipped": n}``."""
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    atomic_write_json(config_path(study.prefix, out), asdict(cfg))
+    res = res or Resources(study.run_config(cfg, out))
+    started = time.perf_counter()
+
+    def progress(job: Job, status: str, seconds: float) -> None:
+        if status == "done":
+            logger.info(
+                "%s done in %.0f s (%.0f s elapsed)",
+                job.describe(),
+                seconds,
+                time.perf_counter() - started,
+            )
+
+    counts = run_jobs(study.jobs(cfg, out), res, on_progress=progress)
+    atomic_write_json(
+        wall_path(study.prefix, out), {"seconds_this_invocation": time.perf_counter() - started}
+    )
+    return counts
+
+
+def replace_between_markers(page: Path, marker: str, body: str, title: str) -> Path:
+    """Rewrite the part of ``page`` between ``<!-- <marker>:start -->`` and ``<!-- <marker>:end
+    -->`` with ``body``, keeping the prose around it (a missing page is created with ``title``)."""
+    start, end = f"<!-- {marker}:start -->", f"<!-- {marker}:end -->"
+    text = page.read_text() if page.exists() else f"# {title}\n\n{start}\n{end}\n"
+    head, _, rest = text.partition(start)
+    _, _, tail = rest.partition(end)
+    atomic_write_text(page, head + start + "\n" + body + end + tail)
+    return page
+
+
+def study_main(study: Study, argv: Sequence[str] | None = None) -> int:
+    """The command line of a study: run it under ``--out`` (resuming), then write its report into
+    ``--docs``."""
+    parser = argparse.ArgumentParser(
+        prog=f"python -m csae_bench.studies.{study.name}", description=study.description
+    )
+    parser.add_argument(
+        "--out", required=True, help="folder for the study's SAEs and records (resumable)"
+    )
+    parser.add_argument(
+        "--docs",
+        default=None,
+        help="folder the report and its img/ go to [default: <out>/docs]",
+    )
+    parser.add_argument("--seeds", type=int, nargs="+", default=None, help=study.seeds_help)
+    parser.add_argument(
+        "--report-only", action="store_true", help="only rewrite the report from --out"
+    )
+    args = parser.parse_args(argv)
+    from csae_bench.cli import setup_logging
+
+    setup_logging(False)
+    out = Path(args.out)
+    docs = Path(args.docs) if args.docs else out / "docs"
+    cfg = None
+    if not args.report_only:
+        cfg = study.config_cls(**({"seeds": tuple(args.seeds)} if args.seeds else {}))
+        run_study(study, cfg, out)
+    logger.info("Wrote %s", study.write_report(out, docs, cfg))
+    return 0
