@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from csae_bench.activations.harvest import ActivationSource
+from csae_bench.data import contexts_for_tokens
 from csae_bench.training.config import TrainConfig, TrainingError
 from csae_bench.training.state import SAERunState
 
@@ -48,7 +49,7 @@ def attach_causal(
             pool = GradientPool.load(pool_path)
         else:
             ctx = source.tokens.shape[1]
-            n_ctx = max(1, -(-opts.grad_tokens // ctx))
+            n_ctx = contexts_for_tokens(opts.grad_tokens, ctx, bos_counts=True)
             logger.info("Harvesting a gradient pool of %d contexts for the CSAE.", n_ctx)
             pool = harvest_gradient_pool(
                 model,

@@ -13,6 +13,7 @@ import torch
 
 from csae_bench.activations.harvest import ActivationSource, layer_of_hook
 from csae_bench.architectures.export import to_base_sae
+from csae_bench.data import contexts_for_tokens
 from csae_bench.metrics import explained_variance_mean_centred
 from csae_bench.training.config import TrainConfig
 from csae_bench.training.state import SAERunState
@@ -36,7 +37,7 @@ def heldout_activations(
     from csae_bench.activations.harvest import harvest_activations
 
     ctx = source.tokens.shape[1]
-    n_ctx = max(1, -(-cfg.heldout_tokens // ctx))
+    n_ctx = contexts_for_tokens(cfg.heldout_tokens, ctx, bos_counts=True)
     if getattr(model, "tokenizer", None) is not None:
         try:
             from csae_bench.data import load_tokens
