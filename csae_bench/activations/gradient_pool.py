@@ -31,9 +31,10 @@ from pathlib import Path
 
 import torch
 from torch import Tensor
-from transformer_lens.utilities.activation_functions import softcap_enabled
 
-from csae_bench.activations.harvest import ActivationError, layer_of_hook, progress
+from csae_bench import hooks
+from csae_bench.activations.harvest import ActivationError, progress
+from csae_bench.hooks import final_residual, non_bos_mask
 from csae_bench.utils import atomic_path
 
 logger = logging.getLogger(__name__)
@@ -138,30 +139,9 @@ def check_finite(**tensors: Tensor) -> None:
 
 
 def suffix_start(model, hook_name: str) -> int:
-    """The first block to run after ``hook_name`` (``start_at_layer``); the hook's residual is
-    ``model(tokens, stop_at_layer=suffix_start(...))``. Residual-stream hooks only."""
-    layer = layer_of_hook(hook_name)
-    n_layers = model.cfg.n_layers
-    if not 0 <= layer < n_layers:
-        raise GradientError(
-            f"Hook {hook_name} is out of range: {model.cfg.model_name} has layers 0..{n_layers - 1}."
-        )
-    site = hook_name.split(".", 2)[-1]
-    if site == "hook_resid_post":
-        return layer + 1
-    if site == "hook_resid_pre":
-        return layer
-    raise GradientError(
-        f"Causal terms need a residual-stream hook (blocks.L.hook_resid_post or hook_resid_pre), got {hook_name}."
-    )
-
-
-def non_bos_mask(model, tokens_BT: Tensor) -> Tensor:
-    """``[B, T]`` bool, False at BOS tokens — the same rule as ``harvest_activations``."""
-    tok = getattr(model, "tokenizer", None)
-    if tok is not None and tok.bos_token_id is not None:
-        return tokens_BT != tok.bos_token_id
-    return torch.ones_like(tokens_BT, dtype=torch.bool)
+    """:func:`csae_bench.hooks.resume_layer` (the first block after the residual-stream hook
+    ``hook_name``), raising :class:`GradientError`."""
+    return hooks.resume_layer(model, hook_name, error=GradientError)
 
 
 @contextlib.contextmanager
@@ -178,30 +158,10 @@ def frozen(model) -> Iterator[None]:
             p.requires_grad_(flag)
 
 
-def final_residual(model, resid_BTD: Tensor, start: int) -> Tensor:
-    """Run the blocks from ``start`` to the end and ``ln_final``; the input to the unembedding."""
-    x = model(resid_BTD, start_at_layer=start, stop_at_layer=model.cfg.n_layers)
-    if model.cfg.normalization_type is not None:
-        x = model.ln_final(x)
-    return x
-
-
 def logits_from_final(model, x_ND: Tensor) -> tuple[Tensor, Tensor | None]:
-    """``(logits_NV, softcap_slope_NV)``: the model's logits for final residuals ``x_ND`` (the
-    unembedding of TransformerLens, with its soft-cap) and ``d logits / d raw logits`` where a
-    soft-cap is on (None otherwise). Callers bound ``N`` so that ``N × d_vocab`` stays small."""
-    return unembed(x_ND, model.W_U, model.b_U, model.cfg.output_logits_soft_cap)
-
-
-def unembed(
-    x_ND: Tensor, W_U_DV: Tensor, b_U_V: Tensor, cap: float | None
-) -> tuple[Tensor, Tensor | None]:
-    """:func:`logits_from_final` with the unembedding passed explicitly (pure in its inputs)."""
-    raw = x_ND @ W_U_DV + b_U_V
-    if not softcap_enabled(cap):
-        return raw, None
-    capped = cap * torch.tanh(raw / cap)
-    return capped, 1.0 - (capped / cap) ** 2
+    """``(logits_NV, softcap_slope_NV)`` of final residuals ``x_ND``: :func:`csae_bench.hooks.unembed`
+    with the model's unembedding and soft-cap."""
+    return hooks.unembed(x_ND, model.W_U, model.b_U, model.cfg.output_logits_soft_cap)
 
 
 def rows_per_chunk(d_vocab: int, max_elements: int = MAX_LOGIT_ELEMENTS) -> int:

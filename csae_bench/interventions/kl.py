@@ -15,7 +15,8 @@ from dataclasses import dataclass
 
 import torch
 from torch import Tensor
-from transformer_lens.utilities.activation_functions import apply_softcap
+
+from csae_bench.hooks import softcap, softcap_slope
 
 
 @dataclass
@@ -37,11 +38,11 @@ class ChunkedUnembed:
 
     def logits(self, x_RD: Tensor, start: int, stop: int) -> Tensor:
         z = x_RD @ self.W_U_DV[:, start:stop] + self.b_U_V[start:stop]
-        return apply_softcap(z, self.softcap)
+        return softcap(z, self.softcap)
 
     def token_logit(self, x_RD: Tensor, tokens_R: Tensor) -> Tensor:
         z = (x_RD * self.W_U_DV[:, tokens_R].T).sum(-1) + self.b_U_V[tokens_R]
-        return apply_softcap(z, self.softcap)
+        return softcap(z, self.softcap)
 
     def chunks(self):
         for start in range(0, self.d_vocab, self.chunk):
@@ -115,25 +116,24 @@ def loss_grad_x(unembed: ChunkedUnembed, x_RD: Tensor, next_tokens_R: Tensor) ->
     s = torch.zeros(R, dtype=torch.float64, device=x_RD.device)
     acc_RD = torch.zeros(R, D, dtype=torch.float64, device=x_RD.device)
     cap = unembed.softcap
-    capped = cap is not None and cap > 0
     for start, stop in unembed.chunks():
         raw = x_RD @ unembed.W_U_DV[:, start:stop] + unembed.b_U_V[start:stop]
-        z = apply_softcap(raw, cap).double()
+        z = softcap(raw, cap).double()
         m_new = torch.maximum(m, z.max(-1).values)
         scale = torch.exp(m - m_new)
         e = torch.exp(z - m_new[:, None])
-        if capped:
-            e = e * (1 - torch.tanh(raw.double() / cap) ** 2)
-            s = s * scale + torch.exp(z - m_new[:, None]).sum(-1)
-        else:
-            s = s * scale + e.sum(-1)
+        s = s * scale + e.sum(-1)
+        slope = softcap_slope(raw.double(), cap)
+        if slope is not None:
+            e = e * slope
         acc_RD = (
             acc_RD * scale[:, None] + (e.to(x_RD.dtype) @ unembed.W_U_DV[:, start:stop].T).double()
         )
         m = m_new
     g = acc_RD / s[:, None]
     w_y = unembed.W_U_DV[:, next_tokens_R].T.double()
-    if capped:
-        raw_y = (x_RD * unembed.W_U_DV[:, next_tokens_R].T).sum(-1) + unembed.b_U_V[next_tokens_R]
-        w_y = w_y * (1 - torch.tanh(raw_y.double() / cap) ** 2)[:, None]
+    raw_y = (x_RD * unembed.W_U_DV[:, next_tokens_R].T).sum(-1) + unembed.b_U_V[next_tokens_R]
+    slope_y = softcap_slope(raw_y.double(), cap)
+    if slope_y is not None:
+        w_y = w_y * slope_y[:, None]
     return (g - w_y).to(x_RD.dtype)

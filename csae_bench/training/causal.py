@@ -17,13 +17,11 @@ from torch.utils.checkpoint import checkpoint
 from csae_bench.activations.gradient_pool import (
     GradientError,
     check_finite,
-    final_residual,
     frozen,
-    non_bos_mask,
     rows_per_chunk,
     suffix_start,
-    unembed,
 )
+from csae_bench.hooks import final_residual, non_bos_mask, unembed
 
 
 def _check_batch(acts_BD: Tensor, grads_BSD: Tensor, **others: Tensor) -> None:

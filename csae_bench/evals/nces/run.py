@@ -18,6 +18,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from csae_bench import hooks
 from csae_bench.evals.nces.config import NCESEvalConfig
 from csae_bench.evals.nces.output import (
     NCESAttributionMetrics,
@@ -95,16 +96,13 @@ def evaluate_sae(
     elif engine.hook_name != hook_name:
         raise ValueError(f"The engine was built for {engine.hook_name!r}, not {hook_name!r}.")
     toks = engine.tokens
-    n_ctx, ctx_len = toks.shape
+    ctx_len = toks.shape[1]
     gen = torch.Generator().manual_seed(config.random_seed)
     rng = np.random.default_rng(config.random_seed)
 
     # which tokens count (not BOS) and which can carry an intervention (a full window fits)
     positions = torch.arange(ctx_len, device=toks.device)
-    bos = getattr(getattr(model, "tokenizer", None), "bos_token_id", None)
-    counted = (positions > 0)[None, :].expand(n_ctx, -1).clone()
-    if bos is not None:
-        counted &= toks != bos
+    counted = (positions > 0)[None, :] & hooks.non_bos_mask(model, toks)
     eligible = counted & (positions <= engine.max_position())[None, :]
     active, stats = collect_active(sae, engine.h_clean_NTD, eligible, counted, config.random_seed)
     intervention = make_intervention(config.intervention).fit_stats(stats)

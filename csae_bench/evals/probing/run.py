@@ -78,7 +78,7 @@ def prepare_task(model, hook_name: str, task: ProbingTask, cfg: ProbingEvalConfi
     split = split_task(task, cfg.test_fraction, cfg.random_seed)
     labels = torch.tensor(task.labels)
     tokens = io.tokenize(model, task.texts, cfg.max_tokens)
-    layer, start = io.hook_layer(model, hook_name)
+    start = io.resume_layer(model, hook_name)
     later_stop = min(model.cfg.n_layers, start + cfg.behaviour_layer_offset)
     chunks, pooled, later = [], [], []
     for rows in io.batched(len(task.texts), cfg.batch_size):
