@@ -121,6 +121,16 @@ def final_residual(model, resid_BTD: Tensor, start: int, past_kv_cache=None) -> 
 
 # ---------------------------------------------------------------- unembedding
 
+#: Logit elements materialized at once where full-vocabulary logits are built row chunk by row
+#: chunk (rows × vocab); 2**24 floats = 64 MiB.
+MAX_LOGIT_ELEMENTS = 2**24
+
+
+def rows_per_chunk(d_vocab: int, max_elements: int = MAX_LOGIT_ELEMENTS) -> int:
+    """Rows whose full-vocabulary logits fit in ``max_elements``."""
+    return max(1, max_elements // d_vocab)
+
+
 
 def softcap(logits: Tensor, cap: float | None) -> Tensor:
     """The logit soft-cap ``cap · tanh(z / cap)`` (identity when ``cap`` is off: None, 0, -1)."""

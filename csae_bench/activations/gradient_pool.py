@@ -34,13 +34,11 @@ from torch import Tensor
 
 from csae_bench import hooks
 from csae_bench.activations.harvest import ActivationError, progress
-from csae_bench.hooks import final_residual, non_bos_mask
+from csae_bench.hooks import final_residual, non_bos_mask, rows_per_chunk
 from csae_bench.utils import atomic_path
 
 logger = logging.getLogger(__name__)
 
-#: Logit elements materialized at once (rows × vocab); 2**24 floats = 64 MiB.
-MAX_LOGIT_ELEMENTS = 2**24
 
 
 class GradientError(ActivationError):
@@ -162,10 +160,6 @@ def logits_from_final(model, x_ND: Tensor) -> tuple[Tensor, Tensor | None]:
     """``(logits_NV, softcap_slope_NV)`` of final residuals ``x_ND``: :func:`csae_bench.hooks.unembed`
     with the model's unembedding and soft-cap."""
     return hooks.unembed(x_ND, model.W_U, model.b_U, model.cfg.output_logits_soft_cap)
-
-
-def rows_per_chunk(d_vocab: int, max_elements: int = MAX_LOGIT_ELEMENTS) -> int:
-    return max(1, max_elements // d_vocab)
 
 
 @torch.no_grad()

@@ -1,4 +1,11 @@
-"""Full-vocabulary KL and loss without materializing full logits.
+"""Full-vocabulary KL, next-token loss and its gradient, without materializing full logits.
+
+Two evaluation orders of the same KL, for two jobs:
+
+* :func:`kl_and_losses` (the effect engine, no graph): the vocabulary in chunks with an online
+  logsumexp, sums in float64 — memory ``rows × chunk``;
+* :func:`mean_kl` (the CSAE's end-to-end term, differentiable): rows in chunks with a full
+  ``log_softmax`` each, every chunk checkpointed so the backward pass recomputes its logits.
 
 The unembedding is applied in vocabulary chunks; log-normalizers are accumulated with an online
 logsumexp, so one pass over the vocabulary gives ``KL(p ‖ q)`` and both next-token losses, with
@@ -15,8 +22,9 @@ from dataclasses import dataclass
 
 import torch
 from torch import Tensor
+from torch.utils.checkpoint import checkpoint
 
-from csae_bench.hooks import softcap, softcap_slope
+from csae_bench.hooks import rows_per_chunk, softcap, softcap_slope, unembed
 
 
 @dataclass
@@ -137,3 +145,31 @@ def loss_grad_x(unembed: ChunkedUnembed, x_RD: Tensor, next_tokens_R: Tensor) ->
     if slope_y is not None:
         w_y = w_y * slope_y[:, None]
     return (g - w_y).to(x_RD.dtype)
+
+
+def _kl_rows(
+    clean_x_RD: Tensor, spliced_x_RD: Tensor, W_U_DV: Tensor, b_U_V: Tensor, cap: float | None
+) -> Tensor:
+    """Summed ``KL(p_clean ‖ p_spliced)`` over a chunk of rows, over the full vocabulary."""
+    clean_logp = torch.log_softmax(unembed(clean_x_RD, W_U_DV, b_U_V, cap)[0], dim=-1)
+    spliced_logp = torch.log_softmax(unembed(spliced_x_RD, W_U_DV, b_U_V, cap)[0], dim=-1)
+    return (clean_logp.exp() * (clean_logp - spliced_logp)).sum()
+
+
+def mean_kl(model, clean_x_ND: Tensor, spliced_x_ND: Tensor) -> Tensor:
+    """Mean per-row ``KL(p_clean ‖ p_spliced)`` of final residuals (after ``ln_final``), in row
+    chunks; with a graph, each chunk is checkpointed so that the backward pass recomputes its
+    logits instead of keeping ``N × d_vocab`` of them alive. The unembedding enters detached: only
+    the path to the spliced residual carries gradients."""
+    W_U_DV, b_U_V = model.W_U.detach(), model.b_U.detach()
+    cap = model.cfg.output_logits_soft_cap
+    step = rows_per_chunk(W_U_DV.shape[1])
+    total = spliced_x_ND.new_zeros(())
+    for start in range(0, len(spliced_x_ND), step):
+        rows = slice(start, start + step)
+        args = (clean_x_ND[rows], spliced_x_ND[rows], W_U_DV, b_U_V, cap)
+        if spliced_x_ND.requires_grad:
+            total = total + checkpoint(_kl_rows, *args, use_reentrant=False)
+        else:
+            total = total + _kl_rows(*args)
+    return total / len(spliced_x_ND)
