@@ -228,6 +228,7 @@ def test_run_writes_valid_saebench_output(word_model, word_task, causal_sae, tmp
     validate_eval_output_format_file(str(path), ProbingEvalOutput)
     m = out.eval_result_metrics
     assert out.eval_type_id == "csae_probing"
+    assert out.sae_bench_commit_hash.startswith("sae-bench==") and out.sae_cfg_dict["d_sae"] == causal_sae.cfg.d_sae
     assert m.tasks.n_tasks == 2
     by_name = {d.task_name: d for d in out.eval_result_details}
     assert by_name["last_word_e2e"].verified is True
@@ -239,6 +240,14 @@ def test_run_writes_valid_saebench_output(word_model, word_task, causal_sae, tmp
 
     assert prepared_task(word_model, HOOK, "last_word_e2e", cfg) is prepared_task(word_model, HOOK, "last_word_e2e", cfg)
     clear_cache()
+
+
+def test_schema_file_is_generated_and_current(tmp_path):
+    from csae_bench.evals.probing.output import SCHEMA_PATH, generate_schema
+
+    fresh = generate_schema(tmp_path / "schema.json")
+    assert json.loads(fresh.read_text()) == json.loads(SCHEMA_PATH.read_text()), (
+        f"{SCHEMA_PATH.name} is stale: run csae_bench.evals.probing.output.generate_schema()")
 
 
 def test_registered_with_the_runner():

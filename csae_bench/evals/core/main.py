@@ -17,11 +17,11 @@ from typing import Any
 import torch
 from sae_bench.evals.core import main as sb_core
 from sae_bench.evals.core.eval_config import CoreEvalConfig
-from sae_bench.sae_bench_utils import get_eval_uuid, get_sae_bench_version, get_sae_lens_version
 from sae_bench.sae_bench_utils.general_utils import load_and_format_sae
 
 from csae_bench import hooks
 from csae_bench.errors import SaeMismatchError
+from csae_bench.evals._envelope import envelope
 from csae_bench.evals.core.output import (
     CsaeCoreEvalOutput,
     CsaeCoreMetricCategories,
@@ -239,17 +239,11 @@ def run_core_eval(ctx: EvalContext, sae, sae_id: str, config: CoreEvalConfig) ->
     )
     return CsaeCoreEvalOutput(
         eval_config=config,
-        eval_id=get_eval_uuid(),
-        datetime_epoch_millis=int(time.time() * 1000),
         eval_result_metrics=categories,
         eval_result_details=details,
         # seconds_total is read by the overhead checks
         eval_result_unstructured={"seconds_total": seconds, "non_finite_metrics": non_finite},
-        sae_bench_commit_hash=get_sae_bench_version(),
-        sae_lens_id=sae_id,
-        sae_lens_release_id=release,
-        sae_lens_version=get_sae_lens_version(),
-        sae_cfg_dict=sae.cfg.to_dict(),
+        **envelope(sae, sae_id, release),
     )
 
 

@@ -14,6 +14,8 @@ from sae_bench.evals.base_eval_output import (
     BaseResultDetail,
 )
 
+from csae_bench.evals import _envelope
+from csae_bench.evals._envelope import CSAE_BENCH_COMMIT_FIELD, SAE_BENCH_COMMIT_FIELD
 from csae_bench.evals.nces.config import NCESEvalConfig
 
 EVAL_TYPE_ID_NCES = "nces"
@@ -224,14 +226,10 @@ class NCESEvalOutput(BaseEvalOutput[NCESEvalConfig, NCESMetricCategories, NCESFe
     eval_type_id: str = Field(
         default=EVAL_TYPE_ID_NCES, title="Eval Type ID", description="The type of the evaluation"
     )
+    sae_bench_commit_hash: str = SAE_BENCH_COMMIT_FIELD
+    csae_bench_commit_hash: str | None = CSAE_BENCH_COMMIT_FIELD
 
 
 def generate_schema(path: str | Path = SCHEMA_PATH) -> Path:
     """Write the JSON schema of :class:`NCESEvalOutput` the way SAEBench does for its own evals."""
-    from sae_bench.evals.generate_json_schemas import generate_json_schema
-
-    from csae_bench.utils import atomic_path
-
-    with atomic_path(path) as tmp:
-        generate_json_schema(NCESEvalOutput, str(tmp))
-    return Path(path)
+    return _envelope.generate_schema(NCESEvalOutput, path)

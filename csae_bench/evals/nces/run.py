@@ -9,9 +9,7 @@ from __future__ import annotations
 
 import logging
 import time
-import uuid
 from collections.abc import Mapping
-from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 
 import numpy as np
@@ -19,6 +17,7 @@ import torch
 from torch import Tensor
 
 from csae_bench import hooks
+from csae_bench.evals._envelope import envelope
 from csae_bench.evals.nces.config import NCESEvalConfig
 from csae_bench.evals.nces.output import (
     NCESAttributionMetrics,
@@ -229,23 +228,17 @@ def evaluate_sae(
     )
     return NCESEvalOutput(
         eval_config=config,
-        eval_id=str(uuid.uuid4()),
-        datetime_epoch_millis=int(time.time() * 1000),
         eval_result_metrics=NCESMetricCategories(
             nces=nces_metrics, attribution=attr_metrics, cost=cost
         ),
         eval_result_details=details,
-        sae_bench_commit_hash=_pkg("sae-bench"),
-        sae_lens_id=sae_id,
-        sae_lens_release_id="csae_bench",
-        sae_lens_version=_pkg("sae-lens"),
-        sae_cfg_dict=_sae_cfg(sae),
         eval_result_unstructured={
             "intervention": intervention.name,
             "control": config.control,
             "engine_stats": eff.stats,
             "hook_name": hook_name,
         },
+        **envelope(sae, sae_id, "csae_bench"),
     )
 
 
@@ -293,24 +286,6 @@ def _aggregate(
 
 def _finite(x: float) -> float | None:
     return None if x is None or not np.isfinite(x) else float(x)
-
-
-def _pkg(name: str) -> str:
-    try:
-        return f"{name}=={version(name)}"
-    except PackageNotFoundError:
-        return "unknown"
-
-
-def _sae_cfg(sae) -> dict | None:
-    cfg = getattr(sae, "cfg", None)
-    if cfg is None:
-        return None
-    d = cfg.to_dict() if hasattr(cfg, "to_dict") else dict(vars(cfg))
-    return {
-        k: (v if isinstance(v, (int, float, str, bool, type(None), list)) else str(v))
-        for k, v in d.items()
-    }
 
 
 # ---------------------------------------------------------------------- entry points

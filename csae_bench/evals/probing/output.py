@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from pydantic import ConfigDict, Field
 from pydantic.dataclasses import dataclass
 from sae_bench.evals.base_eval_output import (
@@ -12,6 +14,8 @@ from sae_bench.evals.base_eval_output import (
     BaseResultDetail,
 )
 
+from csae_bench.evals import _envelope
+from csae_bench.evals._envelope import CSAE_BENCH_COMMIT_FIELD, SAE_BENCH_COMMIT_FIELD
 from csae_bench.evals.probing.config import EVAL_TYPE_ID_CSAE_PROBING, ProbingEvalConfig
 
 _JUDGED = " Mean over the tasks the model solves."
@@ -229,3 +233,13 @@ class ProbingEvalOutput(
         description="Probe accuracies and causal verification for each task.",
     )
     eval_type_id: str = Field(default=EVAL_TYPE_ID_CSAE_PROBING)
+    sae_bench_commit_hash: str = SAE_BENCH_COMMIT_FIELD
+    csae_bench_commit_hash: str | None = CSAE_BENCH_COMMIT_FIELD
+
+
+SCHEMA_PATH = Path(__file__).with_name(f"eval_output_schema_{EVAL_TYPE_ID_CSAE_PROBING}.json")
+
+
+def generate_schema(path: str | Path = SCHEMA_PATH) -> Path:
+    """Write the JSON schema of :class:`ProbingEvalOutput` the way SAEBench does for its own evals."""
+    return _envelope.generate_schema(ProbingEvalOutput, path)

@@ -11,7 +11,6 @@ from __future__ import annotations
 import logging
 import random
 import time
-import uuid
 import weakref
 from dataclasses import dataclass
 
@@ -19,6 +18,7 @@ import torch
 from torch import Tensor
 
 from csae_bench.errors import SaeMismatchError
+from csae_bench.evals._envelope import envelope
 from csae_bench.evals.probing import model_io as io
 from csae_bench.evals.probing.config import ProbingEvalConfig
 from csae_bench.evals.probing.output import (
@@ -357,8 +357,6 @@ def aggregate(details: list[ProbingResultDetail]) -> ProbingMetricCategories:
 
 def run(ctx, sae, sae_id: str, config: ProbingEvalConfig) -> ProbingEvalOutput:
     """Evaluate ``sae`` on every task of ``config`` (see the module docstring)."""
-    from sae_lens import __version__ as sae_lens_version
-
     hook_name = getattr(getattr(sae, "cfg", None), "hook_name", None) or ctx.hook_name
     if ctx.hook_name and hook_name != ctx.hook_name:
         raise SaeMismatchError(
@@ -376,30 +374,10 @@ def run(ctx, sae, sae_id: str, config: ProbingEvalConfig) -> ProbingEvalOutput:
             details[-1].model_clean_accuracy,
             details[-1].verified,
         )
-    cfg_dict = (
-        sae.cfg.to_dict()
-        if hasattr(getattr(sae, "cfg", None), "to_dict")
-        else dict(vars(getattr(sae, "cfg", object())))
-    )
     return ProbingEvalOutput(
         eval_config=config,
-        eval_id=str(uuid.uuid4()),
-        datetime_epoch_millis=int(time.time() * 1000),
         eval_result_metrics=aggregate(details),
         eval_result_details=details,
-        sae_bench_commit_hash=_sae_bench_version(),
-        sae_lens_id=sae_id,
-        sae_lens_release_id=None,
-        sae_lens_version=sae_lens_version,
-        sae_cfg_dict={
-            k: (v if isinstance(v, (int, float, str, bool, type(None), list)) else str(v))
-            for k, v in cfg_dict.items()
-        },
         eval_result_unstructured={"seconds": time.time() - t0, "hook_name": hook_name},
+        **envelope(sae, sae_id, None),
     )
-
-
-def _sae_bench_version() -> str:
-    from importlib.metadata import version
-
-    return f"sae-bench=={version('sae-bench')}"
