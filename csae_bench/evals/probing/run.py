@@ -226,29 +226,16 @@ def verify_features(
 
         delta_sel = effect(selected, sign_K)
         delta_rand = torch.stack([effect(idx, s) for idx, s in zip(random_sets, random_signs)])
-        stats = compare_effects(
-            spec,
-            delta_sel,
-            delta_rand,
-            clean,
-            cfg.n_bootstrap,
-            cfg.confidence,
-            cfg.random_seed,
-            cfg.min_relative_effect,
-        )
         details.append(
-            InterventionVerificationDetail(
-                intervention=stats.intervention,
-                effect_selected=stats.effect_selected,
-                effect_random=stats.effect_random,
-                effect_random_per_set=list(stats.effect_random_per_set),
-                difference=stats.difference,
-                ci_low=stats.ci_low,
-                ci_high=stats.ci_high,
-                relative_effect=stats.relative_effect,
-                cohens_dz=stats.cohens_dz,
-                passed=stats.passed,
-                n_examples=stats.n_examples,
+            compare_effects(
+                spec,
+                delta_sel,
+                delta_rand,
+                clean,
+                cfg.n_bootstrap,
+                cfg.confidence,
+                cfg.random_seed,
+                cfg.min_relative_effect,
             )
         )
     return details
