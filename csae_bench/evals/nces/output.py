@@ -26,7 +26,7 @@ SCHEMA_PATH = Path(__file__).with_name(f"eval_output_schema_{EVAL_TYPE_ID_NCES}.
 class NCESMetrics(BaseMetrics):
     nces_freq_weighted_mean: float | None = Field(
         title="NCES (Frequency-Weighted Mean)",
-        description="Mean of NCES_i = (E_i - R_i) / (E_i + R_i) over alive features, weighted by activation frequency (stratified-sample estimate). Higher is better; 0 = no more effect than a random direction of equal norm.",
+        description="Mean of NCES_i = (E_i - R_i) / (E_i + R_i) over alive features, weighted by activation frequency (stratified-sample estimate). Higher is better; 0 = no more effect than the control edit of equal norm (eval_config.control: by default another SAE feature's decoder direction, inactive at that token).",
         json_schema_extra=DEFAULT_DISPLAY,
     )
     nces_freq_weighted_mean_ci_low: float | None = Field(
@@ -68,7 +68,7 @@ class NCESMetrics(BaseMetrics):
     )
     effect_consistency: float | None = Field(
         title="Effect Consistency",
-        description="Mean over features of the mean pairwise cosine similarity, across contexts, of the intervention's logit-change vectors at the intervened position, minus the same for the random-direction control.",
+        description="Mean over features of the mean pairwise cosine similarity, across contexts, of the intervention's logit-change vectors at the intervened position, minus the same for the control edits (eval_config.control).",
     )
     n_alive_features: int = Field(
         title="Alive Features", description="Features active on at least one eval token."

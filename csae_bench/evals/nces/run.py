@@ -2,7 +2,10 @@
 
 For each sampled alive feature ``i`` and each of its sampled active tokens, the engine measures the
 exact effect (KL over the window) of the intervention ``h + (f'_i − f_i) d_i`` and of a control edit
-of the same norm in a seeded random direction at the same token; ``NCES_i = (E_i − R_i)/(E_i + R_i)``.
+of the same norm at the same token; ``NCES_i = (E_i − R_i)/(E_i + R_i)``. The control direction is
+``config.control`` (:mod:`csae_bench.interventions.controls`): by default (``"feature"``) the decoder
+row of a random other alive feature that is inactive at that token; ``"isotropic"`` is a seeded
+random unit vector (DESIGN §5's original control; docs/nces.md says why it is not the default).
 """
 
 from __future__ import annotations
@@ -33,7 +36,7 @@ from csae_bench.evals.nces.scoring import (
     mean_pairwise_cosine,
     score_feature,
 )
-from csae_bench.interventions.controls import make_control
+from csae_bench.interventions.controls import get_control
 from csae_bench.interventions.engine import EffectEngine, EngineConfig, check_sae_matches
 from csae_bench.interventions.types import feature_edit_BTD, make_intervention
 from csae_bench.stats import spearman, weighted_mean_ci
@@ -122,8 +125,7 @@ def evaluate_sae(
             feature_acts=f_M1F,
             generator=gen,
         )[:, 0]
-        control_MD = make_control(
-            config.control,
+        control_MD = get_control(config.control)(
             sae,
             delta_MD,
             feat_M,
@@ -310,8 +312,9 @@ def run_nces_eval(
     """NCES of several SAEs (``{sae_id: BaseSAE}``) on a model object and eval tokens.
 
     ``hook_name`` defaults to each SAE's ``cfg.hook_name``; SAEs at one hook share one clean pass.
-    With ``output_dir``, each result is written atomically to ``{sae_id}_nces.json`` (SAEBench's
-    naming) and an existing file is loaded instead of rerun unless ``force_rerun``."""
+    With ``output_dir``, each result is written atomically to ``{sae_id}_nces.json`` and an existing
+    file is loaded instead of rerun unless ``force_rerun``. (The pipeline writes SAEBench's
+    ``<release>_<sae_id>_eval_results.json`` instead; this helper is for direct API use.)"""
     from csae_bench.utils import atomic_write_text, eval_output_json
 
     config = config or NCESEvalConfig()
