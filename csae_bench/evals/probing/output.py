@@ -23,7 +23,7 @@ _JUDGED = " Mean over the tasks the model solves."
 
 def _acc(who: str, k: int | None, display: bool = False, judged: bool = True):
     what = (
-        f"the top {k} {'SAE latents' if who == 'sae' else 'residual-stream dimensions'} by class-mean difference"
+        f"the top {k} {'SAE features' if who == 'sae' else 'residual-stream dimensions'} by class-mean difference"
         if k
         else "the full residual stream"
     )
@@ -109,7 +109,7 @@ class ProbeAccuracyDetail:
         title="k", description="Probe size; null for the full residual-stream probe."
     )
     sae_test_accuracy: float | None = Field(
-        title="SAE Test Accuracy", description="Probe on the top-k SAE latents."
+        title="SAE Test Accuracy", description="Probe on the top-k SAE features."
     )
     llm_test_accuracy: float | None = Field(
         title="LLM Test Accuracy",
@@ -117,8 +117,8 @@ class ProbeAccuracyDetail:
     )
     sae_features: list[int] = Field(
         default_factory=list,
-        title="SAE Latents",
-        description="Selected latents, largest |mean difference| first.",
+        title="SAE Features",
+        description="Selected features, largest |mean difference| first.",
     )
 
 
@@ -194,8 +194,8 @@ class ProbingResultDetail(BaseResultDetail):
     )
     n_active_features: int = Field(
         default=0,
-        title="Active Latents",
-        description="Latents active on ≥ min_active_fraction of train examples (the random control's pool).",
+        title="Active Features",
+        description="Features active on ≥ min_active_fraction of train examples (the random control's pool).",
     )
     verification: list[InterventionVerificationDetail] = Field(
         default_factory=list,
@@ -217,10 +217,10 @@ class ProbingEvalOutput(
     BaseEvalOutput[ProbingEvalConfig, ProbingMetricCategories, ProbingResultDetail]
 ):
     """
-    Targeted probing that checks causality: k-sparse probes find the SAE latents that predict a
+    Targeted probing that checks causality: k-sparse probes find the SAE features that predict a
     label (templated tasks whose label decides the next token, VADER sentiment and domain), then
-    intervening on those latents must move the model's behaviour more than intervening on random
-    active latents.
+    intervening on those features must move the model's behaviour more than intervening on random
+    active features.
     """
 
     eval_config: ProbingEvalConfig

@@ -1,5 +1,5 @@
-"""The ``csae_probing`` eval: per task, k-sparse probes on SAE latents and on the residual stream,
-then causal verification of the selected latents against random active ones.
+"""The ``csae_probing`` eval: per task, k-sparse probes on SAE features and on the residual stream,
+then causal verification of the selected features against random active ones.
 
 Work that does not depend on the SAE (tokens, the residual at the hook, the clean behaviour, the
 residual-stream probes, the later-layer behaviour probe) is done once per task and kept in memory
