@@ -5,17 +5,17 @@ positions count (BOS and special tokens).
 Everything that reads or patches the residual stream (activation harvest, gradient pool, the
 intervention engine, the CSAE's causal terms, the core and probing evals) goes through these
 helpers, so a hook means the same layer, the same suffix of blocks and the same logits everywhere.
-TransformerLens's ``get_act_name`` and ``apply_softcap`` and SAELens's
-``extract_layer_from_tlens_hook_name`` do the parsing and the soft-cap.
-
-SAELens and TransformerLens are imported on first use, so that the CLI can check its input (which
-reads hook names) before either library is loaded.
+Hook layers follow SAELens's ``extract_layer_from_tlens_hook_name`` and the soft-cap is
+TransformerLens's ``apply_softcap``. Naming and parsing hooks imports neither library (the CLI
+checks its input, hook names included, before it loads any).
 
 Errors: the checks raise :class:`HookError` unless the caller passes its own ``error`` class (the
 activation, gradient and intervention code each keep the error type their callers catch).
 """
 
 from __future__ import annotations
+
+import re
 
 import torch
 from torch import Tensor
@@ -33,13 +33,20 @@ class HookError(BadInputError, ValueError):
 # ---------------------------------------------------------------- names and layers
 
 
+_LAYER = re.compile(r"\.(\d+)(?:\.|$)")
+
+
 def parse_layer(hook_name: str) -> int | None:
-    """The block index of a TransformerLens hook ``blocks.L.<hook>`` (None for any other name)."""
+    """The block index of a TransformerLens hook ``blocks.L.<hook>`` (None for any other name).
+
+    The rule of SAELens's ``extract_layer_from_tlens_hook_name`` (the first ``.<int>`` segment),
+    restricted to ``blocks.`` names; written out because importing ``sae_lens`` loads the whole
+    library, and the CLI reads hook names before it may load any (tests/test_hooks.py checks that
+    the two agree)."""
     if not hook_name.startswith("blocks."):
         return None
-    from sae_lens.util import extract_layer_from_tlens_hook_name
-
-    return extract_layer_from_tlens_hook_name(hook_name)
+    match = _LAYER.search(hook_name)
+    return None if match is None else int(match.group(1))
 
 
 def layer_of_hook(
@@ -56,18 +63,22 @@ def layer_of_hook(
     return layer
 
 
+def block_hook_name(layer: int, site: str = "resid_post") -> str:
+    """``blocks.{layer}.hook_{site}`` (TransformerLens's ``get_act_name(site, layer)`` for the
+    block hooks; spelled out here so that naming a hook imports no model library)."""
+    return f"blocks.{layer}.hook_{site}"
+
+
 def hook_name_for_layer(
     model, layer: int, site: str = "resid_post", error: type[Exception] = HookError
 ) -> str:
-    """``blocks.{layer}.hook_{site}``, checking the layer exists in ``model``."""
+    """:func:`block_hook_name`, checking the layer exists in ``model``."""
     n_layers = model.cfg.n_layers
     if not 0 <= layer < n_layers:
         raise error(
             f"Layer {layer} is out of range: {model.cfg.model_name} has layers 0..{n_layers - 1}."
         )
-    from transformer_lens.utilities import get_act_name
-
-    return get_act_name(site, layer)
+    return block_hook_name(layer, site)
 
 
 def hook_site(hook_name: str) -> str:
