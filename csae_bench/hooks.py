@@ -169,10 +169,35 @@ def unembed(
     ``d logits / d raw logits`` where a soft-cap is on (None otherwise). Pure in its inputs;
     callers bound ``N`` so that ``N × d_vocab`` stays small."""
     raw = x_ND @ W_U_DV + b_U_V
-    if not softcap_enabled(cap):
-        return raw, None
-    capped = cap * torch.tanh(raw / cap)
-    return capped, 1.0 - (capped / cap) ** 2
+    return softcap(raw, cap), softcap_slope(raw, cap)
+
+
+def logprob_grads(
+    x_RD: Tensor,
+    W_U_DV: Tensor,
+    b_U_V: Tensor,
+    cap: float | None,
+    tokens_RS: Tensor | None = None,
+    n_samples: int = 1,
+    generator: torch.Generator | None = None,
+) -> tuple[Tensor, Tensor]:
+    """``(dx_RSD, y_RS)``: ``∇_x log p(y)`` at final residuals ``x_RD`` for tokens ``y``, analytically
+    ``s'_y W_U[:, y] − W_U (p ⊙ s')`` (``s'`` the soft-cap slope, 1 without a cap). The tokens are
+    ``tokens_RS`` or, when None, ``n_samples`` draws per row from ``p(·|x)`` (with ``generator``).
+    Builds ``R × d_vocab`` logits: callers bound ``R`` (:func:`rows_per_chunk`)."""
+    logits_RV, slope_RV = unembed(x_RD, W_U_DV, b_U_V, cap)
+    p_RV = torch.softmax(logits_RV, dim=-1)
+    y_RS = (
+        torch.multinomial(p_RV, n_samples, replacement=True, generator=generator)
+        if tokens_RS is None
+        else tokens_RS
+    )
+    weight_RV = p_RV if slope_RV is None else p_RV * slope_RV
+    mean_RD = weight_RV @ W_U_DV.T
+    direct_RSD = W_U_DV.T[y_RS]
+    if slope_RV is not None:
+        direct_RSD = direct_RSD * slope_RV.gather(1, y_RS)[..., None]
+    return direct_RSD - mean_RD[:, None], y_RS
 
 
 def model_logits(model, x_ND: Tensor, token_ids: Tensor | None = None) -> Tensor:

@@ -156,35 +156,28 @@ def frozen(model) -> Iterator[None]:
             p.requires_grad_(flag)
 
 
-def logits_from_final(model, x_ND: Tensor) -> tuple[Tensor, Tensor | None]:
-    """``(logits_NV, softcap_slope_NV)`` of final residuals ``x_ND``: :func:`csae_bench.hooks.unembed`
-    with the model's unembedding and soft-cap."""
-    return hooks.unembed(x_ND, model.W_U, model.b_U, model.cfg.output_logits_soft_cap)
-
-
 @torch.no_grad()
 def sampled_logprob_grads(
     model, x_ND: Tensor, n_samples: int, generator: torch.Generator
 ) -> tuple[Tensor, Tensor]:
     """``(dx_SND, y_NS)``: ``∇_x log p(y_s)`` at final residuals ``x_ND`` for the sampled next
-    tokens ``y_s ~ p(·|x)`` (also returned), analytically
-    (``s'_y W_U[:, y] − W_U (p ⊙ s')``), in row chunks so at most ``MAX_LOGIT_ELEMENTS`` logits exist."""
+    tokens ``y_s ~ p(·|x)`` (also returned), analytically (:func:`csae_bench.hooks.logprob_grads`),
+    in row chunks so at most ``MAX_LOGIT_ELEMENTS`` logits exist."""
     W_U_DV = model.W_U
     out_SND = x_ND.new_empty(n_samples, *x_ND.shape)
     y_NS = torch.empty(len(x_ND), n_samples, dtype=torch.long, device=x_ND.device)
     step = rows_per_chunk(W_U_DV.shape[1])
     for start in range(0, len(x_ND), step):
         rows = slice(start, start + step)
-        logits_RV, slope_RV = logits_from_final(model, x_ND[rows])
-        p_RV = torch.softmax(logits_RV, dim=-1)
-        y_RS = torch.multinomial(p_RV, n_samples, replacement=True, generator=generator)
-        weight_RV = p_RV if slope_RV is None else p_RV * slope_RV
-        mean_RD = weight_RV @ W_U_DV.T
-        direct_RSD = W_U_DV.T[y_RS]
-        if slope_RV is not None:
-            direct_RSD = direct_RSD * slope_RV.gather(1, y_RS)[..., None]
-        out_SND[:, rows] = (direct_RSD - mean_RD[:, None]).transpose(0, 1)
-        y_NS[rows] = y_RS
+        dx_RSD, y_NS[rows] = hooks.logprob_grads(
+            x_ND[rows],
+            W_U_DV,
+            model.b_U,
+            model.cfg.output_logits_soft_cap,
+            n_samples=n_samples,
+            generator=generator,
+        )
+        out_SND[:, rows] = dx_RSD.transpose(0, 1)
     return out_SND, y_NS
 
 

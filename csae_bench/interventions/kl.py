@@ -1,5 +1,8 @@
 """Full-vocabulary KL, next-token loss and its gradient, without materializing full logits.
 
+The next-token loss's gradient (:func:`loss_grad_x`, for the engine's attribution) is the
+analytic ``∇_x log p`` of :func:`csae_bench.hooks.logprob_grads`, which the gradient pool uses too.
+
 Two evaluation orders of the same KL, for two jobs:
 
 * :func:`kl_and_losses` (the effect engine, no graph): the vocabulary in chunks with an online
@@ -24,7 +27,7 @@ import torch
 from torch import Tensor
 from torch.utils.checkpoint import checkpoint
 
-from csae_bench.hooks import rows_per_chunk, softcap, softcap_slope, unembed
+from csae_bench.hooks import logprob_grads, rows_per_chunk, softcap, unembed
 
 
 @dataclass
@@ -117,34 +120,18 @@ def kl_and_losses(
 
 @torch.no_grad()
 def loss_grad_x(unembed: ChunkedUnembed, x_RD: Tensor, next_tokens_R: Tensor) -> Tensor:
-    """``∂ loss / ∂ x`` per row for the next-token loss ``lse(z) − z_y`` with ``z = softcap(x W_U + b)``,
-    computed chunk-wise: ``Σ_v softmax_v s'_v W_U[:, v] − s'_y W_U[:, y]``."""
-    R, D = x_RD.shape
-    m = torch.full((R,), -torch.inf, dtype=torch.float64, device=x_RD.device)
-    s = torch.zeros(R, dtype=torch.float64, device=x_RD.device)
-    acc_RD = torch.zeros(R, D, dtype=torch.float64, device=x_RD.device)
-    cap = unembed.softcap
-    for start, stop in unembed.chunks():
-        raw = x_RD @ unembed.W_U_DV[:, start:stop] + unembed.b_U_V[start:stop]
-        z = softcap(raw, cap).double()
-        m_new = torch.maximum(m, z.max(-1).values)
-        scale = torch.exp(m - m_new)
-        e = torch.exp(z - m_new[:, None])
-        s = s * scale + e.sum(-1)
-        slope = softcap_slope(raw.double(), cap)
-        if slope is not None:
-            e = e * slope
-        acc_RD = (
-            acc_RD * scale[:, None] + (e.to(x_RD.dtype) @ unembed.W_U_DV[:, start:stop].T).double()
+    """``∂ loss / ∂ x`` per row for the next-token loss ``lse(z) − z_y`` with
+    ``z = softcap(x W_U + b)``: ``−∇_x log p(y)`` (:func:`csae_bench.hooks.logprob_grads`, the one
+    analytic gradient, which the gradient pool uses too), in row chunks of bounded logits."""
+    out_RD = torch.empty_like(x_RD)
+    step = rows_per_chunk(unembed.d_vocab)
+    for start in range(0, len(x_RD), step):
+        rows = slice(start, start + step)
+        dx_RSD, _ = logprob_grads(
+            x_RD[rows], unembed.W_U_DV, unembed.b_U_V, unembed.softcap, next_tokens_R[rows, None]
         )
-        m = m_new
-    g = acc_RD / s[:, None]
-    w_y = unembed.W_U_DV[:, next_tokens_R].T.double()
-    raw_y = (x_RD * unembed.W_U_DV[:, next_tokens_R].T).sum(-1) + unembed.b_U_V[next_tokens_R]
-    slope_y = softcap_slope(raw_y.double(), cap)
-    if slope_y is not None:
-        w_y = w_y * slope_y[:, None]
-    return (g - w_y).to(x_RD.dtype)
+        out_RD[rows] = -dx_RSD[:, 0]
+    return out_RD
 
 
 def _kl_rows(
