@@ -1,4 +1,5 @@
-"""Small shared helpers: atomic writes, seeding, provenance."""
+"""Small shared helpers: atomic writes, standard JSON, seeding. (Provenance — commit and versions —
+is :mod:`csae_bench.provenance`; its two helpers are re-exported here for existing callers.)"""
 
 from __future__ import annotations
 
@@ -8,7 +9,6 @@ import logging
 import math
 import os
 import random
-import subprocess
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -16,6 +16,8 @@ from typing import Any
 
 import numpy as np
 import torch
+
+from csae_bench.provenance import git_commit, versions  # noqa: F401  (re-exported)
 
 logger = logging.getLogger(__name__)
 
@@ -113,30 +115,3 @@ def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed % 2**32)
     torch.manual_seed(seed)
-
-
-def git_commit() -> str | None:
-    """The commit of the csae_bench checkout, if it is one."""
-    try:
-        out = subprocess.run(
-            ["git", "rev-parse", "HEAD"],
-            capture_output=True,
-            text=True,
-            cwd=Path(__file__).parent,
-            timeout=5,
-        )
-        return out.stdout.strip() or None
-    except (OSError, subprocess.SubprocessError):
-        return None
-
-
-def versions() -> dict[str, str]:
-    from importlib.metadata import PackageNotFoundError, version
-
-    out = {}
-    for pkg in ("csae_bench", "sae-bench", "sae-lens", "transformer-lens", "torch", "transformers"):
-        try:
-            out[pkg] = version(pkg)
-        except PackageNotFoundError:
-            out[pkg] = "not installed"
-    return out

@@ -11,6 +11,7 @@ from sae_bench.sae_bench_utils.testing_utils import validate_eval_output_format_
 from csae_bench.activations.harvest import harvest_activations
 from csae_bench.evals.core import CsaeCoreEvalOutput
 from csae_bench.evals.registry import EvalContext, get_eval
+from csae_bench.provenance import git_commit
 from csae_bench.reporting.results import flat_metrics
 
 HOOK = "blocks.2.hook_resid_post"
@@ -44,6 +45,9 @@ def test_core_output_validates_against_saebench_and_ours(ctx, tmp_path):
     for metric in spec.headline:
         assert metric in flat and flat[metric] == flat[metric], metric  # present and not NaN
     assert out.sae_lens_id == "relu-d256-s0" and out.sae_lens_release_id == "test-release"
+    # the envelope: SAEBench's version in SAEBench's field, our commit in our own
+    assert out.sae_bench_commit_hash.startswith("sae-bench==")
+    assert out.csae_bench_commit_hash == git_commit()
     assert len(out.eval_result_details) == 256
     # 16 contexts of 32 tokens in batches of 8: one reconstruction batch, two sparsity batches.
     assert out.eval_result_metrics.token_stats.total_tokens_eval_sparsity_variance == 16 * 32

@@ -42,6 +42,7 @@ def test_output_validates_against_saebench_format(tiny_result):
     validate_eval_output_format_file(str(path), NCESEvalOutput)
     data = json.loads(path.read_text())
     assert data["eval_type_id"] == "nces"
+    assert data["sae_bench_commit_hash"].startswith("sae-bench==") and "csae_bench_commit_hash" in data
     assert data["eval_config"]["intervention"] == "zero" and data["eval_config"]["effect_window"] == 4
     assert len(data["eval_result_details"]) == out.eval_result_metrics.nces.n_features_sampled
     cost = out.eval_result_metrics.cost

@@ -1,5 +1,5 @@
 """The causal probing eval (csae_probing) on tiny fixtures: selection finds planted informative
-latents; a planted causal latent passes verification and a planted non-causal one fails; bad input
+features; a planted causal feature passes verification and a planted non-causal one fails; bad input
 fails with clear errors; the output validates against SAEBench's format."""
 
 from __future__ import annotations
@@ -85,9 +85,9 @@ def _cfg(**kw) -> ProbingEvalConfig:
 
 
 def _planted_sae(model, task: ProbingTask, causal: bool, d_sae: int = 256, seed: int = 0) -> ReluSAE:
-    """Latent 7 reads the label direction at the last token. Its decoder is the residual direction
+    """Feature 7 reads the label direction at the last token. Its decoder is the residual direction
     the logit difference is most sensitive to (``causal``) or the one it is least sensitive to.
-    The other latents are random and sparse, with the same maximum activation as latent 7."""
+    The other features are random and sparse, with the same maximum activation as feature 7."""
     gen = torch.Generator().manual_seed(seed)
     batch = io.tokenize(model, task.texts)
     y = torch.tensor(task.labels)
@@ -107,7 +107,7 @@ def _planted_sae(model, task: ProbingTask, causal: bool, d_sae: int = 256, seed:
     u = H[y == 1].mean(0) - H[y == 0].mean(0)
     u_hat = u / u.norm()
     mid = (H[y == 1].mean(0) + H[y == 0].mean(0)) / 2
-    # scale: on label-1 texts the latent is about a quarter of the residual's norm
+    # scale: on label-1 texts the feature is about a quarter of the residual's norm
     alpha = 0.25 * H.norm(dim=1).mean() / (u.norm() / 2)
 
     D = model.cfg.d_model
@@ -123,7 +123,7 @@ def _planted_sae(model, task: ProbingTask, causal: bool, d_sae: int = 256, seed:
         sae.b_enc[7] = -alpha * (u_hat @ mid)
         W_dec[7] = d
         sae.W_dec.copy_(W_dec)
-        # random latents as strong as the planted one, so the control is a fair comparison
+        # random features as strong as the planted one, so the control is a fair comparison
         max_F = sae.encode(H).max(0).values
         scale_F = torch.where(max_F > 0, max_F[7] / max_F.clamp(min=1e-8), torch.ones_like(max_F))
         sae.W_enc.mul_(scale_F)
@@ -181,12 +181,12 @@ def test_the_tiny_model_solves_the_planted_task(prepared):
 
 
 @pytest.mark.parametrize("causal", [True, False])
-def test_planted_causal_latent_passes_and_non_causal_fails(word_model, word_task, prepared, causal_sae, causal):
+def test_planted_causal_feature_passes_and_non_causal_fails(word_model, word_task, prepared, causal_sae, causal):
     sae = causal_sae if causal else _planted_sae(word_model, word_task, causal=False)
     cfg = _cfg()
     detail = evaluate_task(word_model, sae, prepared, cfg)
     probe1 = next(p for p in detail.probes if p.k == 1)
-    assert probe1.sae_features == [7], "selection must find the planted latent"
+    assert probe1.sae_features == [7], "selection must find the planted feature"
     assert probe1.sae_test_accuracy >= 0.9
     zero = next(v for v in detail.verification if v.intervention == "zero")
     clamp = next(v for v in detail.verification if v.intervention == "clamp:2")
@@ -228,6 +228,7 @@ def test_run_writes_valid_saebench_output(word_model, word_task, causal_sae, tmp
     validate_eval_output_format_file(str(path), ProbingEvalOutput)
     m = out.eval_result_metrics
     assert out.eval_type_id == "csae_probing"
+    assert out.sae_bench_commit_hash.startswith("sae-bench==") and out.sae_cfg_dict["d_sae"] == causal_sae.cfg.d_sae
     assert m.tasks.n_tasks == 2
     by_name = {d.task_name: d for d in out.eval_result_details}
     assert by_name["last_word_e2e"].verified is True
@@ -239,6 +240,14 @@ def test_run_writes_valid_saebench_output(word_model, word_task, causal_sae, tmp
 
     assert prepared_task(word_model, HOOK, "last_word_e2e", cfg) is prepared_task(word_model, HOOK, "last_word_e2e", cfg)
     clear_cache()
+
+
+def test_schema_file_is_generated_and_current(tmp_path):
+    from csae_bench.evals.probing.output import SCHEMA_PATH, generate_schema
+
+    fresh = generate_schema(tmp_path / "schema.json")
+    assert json.loads(fresh.read_text()) == json.loads(SCHEMA_PATH.read_text()), (
+        f"{SCHEMA_PATH.name} is stale: run csae_bench.evals.probing.output.generate_schema()")
 
 
 def test_registered_with_the_runner():

@@ -31,15 +31,14 @@ from pathlib import Path
 
 import torch
 from torch import Tensor
-from transformer_lens.utilities.activation_functions import softcap_enabled
 
-from csae_bench.activations.harvest import ActivationError, layer_of_hook, progress
+from csae_bench import hooks
+from csae_bench.activations.harvest import ActivationError, progress
+from csae_bench.hooks import final_residual, non_bos_mask, rows_per_chunk
 from csae_bench.utils import atomic_path
 
 logger = logging.getLogger(__name__)
 
-#: Logit elements materialized at once (rows × vocab); 2**24 floats = 64 MiB.
-MAX_LOGIT_ELEMENTS = 2**24
 
 
 class GradientError(ActivationError):
@@ -138,30 +137,9 @@ def check_finite(**tensors: Tensor) -> None:
 
 
 def suffix_start(model, hook_name: str) -> int:
-    """The first block to run after ``hook_name`` (``start_at_layer``); the hook's residual is
-    ``model(tokens, stop_at_layer=suffix_start(...))``. Residual-stream hooks only."""
-    layer = layer_of_hook(hook_name)
-    n_layers = model.cfg.n_layers
-    if not 0 <= layer < n_layers:
-        raise GradientError(
-            f"Hook {hook_name} is out of range: {model.cfg.model_name} has layers 0..{n_layers - 1}."
-        )
-    site = hook_name.split(".", 2)[-1]
-    if site == "hook_resid_post":
-        return layer + 1
-    if site == "hook_resid_pre":
-        return layer
-    raise GradientError(
-        f"Causal terms need a residual-stream hook (blocks.L.hook_resid_post or hook_resid_pre), got {hook_name}."
-    )
-
-
-def non_bos_mask(model, tokens_BT: Tensor) -> Tensor:
-    """``[B, T]`` bool, False at BOS tokens — the same rule as ``harvest_activations``."""
-    tok = getattr(model, "tokenizer", None)
-    if tok is not None and tok.bos_token_id is not None:
-        return tokens_BT != tok.bos_token_id
-    return torch.ones_like(tokens_BT, dtype=torch.bool)
+    """:func:`csae_bench.hooks.resume_layer` (the first block after the residual-stream hook
+    ``hook_name``), raising :class:`GradientError`."""
+    return hooks.resume_layer(model, hook_name, error=GradientError)
 
 
 @contextlib.contextmanager
@@ -178,59 +156,28 @@ def frozen(model) -> Iterator[None]:
             p.requires_grad_(flag)
 
 
-def final_residual(model, resid_BTD: Tensor, start: int) -> Tensor:
-    """Run the blocks from ``start`` to the end and ``ln_final``; the input to the unembedding."""
-    x = model(resid_BTD, start_at_layer=start, stop_at_layer=model.cfg.n_layers)
-    if model.cfg.normalization_type is not None:
-        x = model.ln_final(x)
-    return x
-
-
-def logits_from_final(model, x_ND: Tensor) -> tuple[Tensor, Tensor | None]:
-    """``(logits_NV, softcap_slope_NV)``: the model's logits for final residuals ``x_ND`` (the
-    unembedding of TransformerLens, with its soft-cap) and ``d logits / d raw logits`` where a
-    soft-cap is on (None otherwise). Callers bound ``N`` so that ``N × d_vocab`` stays small."""
-    return unembed(x_ND, model.W_U, model.b_U, model.cfg.output_logits_soft_cap)
-
-
-def unembed(
-    x_ND: Tensor, W_U_DV: Tensor, b_U_V: Tensor, cap: float | None
-) -> tuple[Tensor, Tensor | None]:
-    """:func:`logits_from_final` with the unembedding passed explicitly (pure in its inputs)."""
-    raw = x_ND @ W_U_DV + b_U_V
-    if not softcap_enabled(cap):
-        return raw, None
-    capped = cap * torch.tanh(raw / cap)
-    return capped, 1.0 - (capped / cap) ** 2
-
-
-def rows_per_chunk(d_vocab: int, max_elements: int = MAX_LOGIT_ELEMENTS) -> int:
-    return max(1, max_elements // d_vocab)
-
-
 @torch.no_grad()
 def sampled_logprob_grads(
     model, x_ND: Tensor, n_samples: int, generator: torch.Generator
 ) -> tuple[Tensor, Tensor]:
     """``(dx_SND, y_NS)``: ``∇_x log p(y_s)`` at final residuals ``x_ND`` for the sampled next
-    tokens ``y_s ~ p(·|x)`` (also returned), analytically
-    (``s'_y W_U[:, y] − W_U (p ⊙ s')``), in row chunks so at most ``MAX_LOGIT_ELEMENTS`` logits exist."""
+    tokens ``y_s ~ p(·|x)`` (also returned), analytically (:func:`csae_bench.hooks.logprob_grads`),
+    in row chunks so at most ``MAX_LOGIT_ELEMENTS`` logits exist."""
     W_U_DV = model.W_U
     out_SND = x_ND.new_empty(n_samples, *x_ND.shape)
     y_NS = torch.empty(len(x_ND), n_samples, dtype=torch.long, device=x_ND.device)
     step = rows_per_chunk(W_U_DV.shape[1])
     for start in range(0, len(x_ND), step):
         rows = slice(start, start + step)
-        logits_RV, slope_RV = logits_from_final(model, x_ND[rows])
-        p_RV = torch.softmax(logits_RV, dim=-1)
-        y_RS = torch.multinomial(p_RV, n_samples, replacement=True, generator=generator)
-        weight_RV = p_RV if slope_RV is None else p_RV * slope_RV
-        mean_RD = weight_RV @ W_U_DV.T
-        direct_RSD = W_U_DV.T[y_RS]
-        if slope_RV is not None:
-            direct_RSD = direct_RSD * slope_RV.gather(1, y_RS)[..., None]
-        out_SND[:, rows] = (direct_RSD - mean_RD[:, None]).transpose(0, 1)
-        y_NS[rows] = y_RS
+        dx_RSD, y_NS[rows] = hooks.logprob_grads(
+            x_ND[rows],
+            W_U_DV,
+            model.b_U,
+            model.cfg.output_logits_soft_cap,
+            n_samples=n_samples,
+            generator=generator,
+        )
+        out_SND[:, rows] = dx_RSD.transpose(0, 1)
     return out_SND, y_NS
 
 

@@ -14,6 +14,7 @@ from pathlib import Path
 import torch
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
+from csae_bench import hooks
 from csae_bench.errors import BadInputError
 
 logger = logging.getLogger(__name__)
@@ -24,28 +25,13 @@ class ActivationError(BadInputError, RuntimeError):
 
 
 def hook_name_for_layer(model, layer: int, site: str = "resid_post") -> str:
-    """``blocks.{layer}.hook_{site}``, checking the layer exists in ``model``."""
-    n_layers = model.cfg.n_layers
-    if not 0 <= layer < n_layers:
-        raise ActivationError(
-            f"Layer {layer} is out of range: {model.cfg.model_name} has layers 0..{n_layers - 1}."
-        )
-    return f"blocks.{layer}.hook_{site}"
+    """:func:`csae_bench.hooks.hook_name_for_layer`, raising :class:`ActivationError`."""
+    return hooks.hook_name_for_layer(model, layer, site, error=ActivationError)
 
 
-def layer_of_hook(hook_name: str) -> int:
-    try:
-        return int(hook_name.split(".")[1])
-    except (IndexError, ValueError):
-        raise ActivationError(
-            f"Cannot read a layer from hook name {hook_name!r} (expected blocks.L.hook_...)."
-        ) from None
-
-
-def bos_token_id(model) -> int | None:
-    """The BOS id of ``model``'s tokenizer (None for a model without one)."""
-    tok = getattr(model, "tokenizer", None)
-    return getattr(tok, "bos_token_id", None)
+def layer_of_hook(hook_name: str, n_layers: int | None = None) -> int:
+    """:func:`csae_bench.hooks.layer_of_hook`, raising :class:`ActivationError`."""
+    return hooks.layer_of_hook(hook_name, n_layers, error=ActivationError)
 
 
 def progress(description: str) -> Progress:
@@ -72,11 +58,7 @@ def harvest_activations(
 ) -> torch.Tensor:
     """Activations at ``hook_name`` for every token of ``tokens`` ``[n_ctx, ctx]``, as
     ``[n_tokens, d_model]`` in context order (BOS positions removed when ``drop_bos``)."""
-    layer = layer_of_hook(hook_name)
-    if not 0 <= layer < model.cfg.n_layers:
-        raise ActivationError(
-            f"Hook {hook_name} is out of range: the model has layers 0..{model.cfg.n_layers - 1}."
-        )
+    layer = layer_of_hook(hook_name, model.cfg.n_layers)
     if tokens.ndim != 2:
         raise ActivationError(
             f"tokens must be [n_contexts, context_size], got shape {tuple(tokens.shape)}."
@@ -93,9 +75,8 @@ def harvest_activations(
                 batch, names_filter=[hook_name], stop_at_layer=layer + 1
             )
             acts = cache[hook_name]
-            bos = bos_token_id(model)
-            if drop_bos and bos is not None:
-                acts = acts[batch != bos]
+            if drop_bos:
+                acts = acts[hooks.non_bos_mask(model, batch)]
             else:
                 acts = acts.reshape(-1, acts.shape[-1])
             out.append(acts.to("cpu", dtype))
@@ -140,8 +121,7 @@ class ActivationSource:
     @property
     def n_tokens(self) -> int:
         """Tokens served per epoch (BOS positions excluded)."""
-        bos = bos_token_id(self.model)
-        return int((self.tokens != bos).sum()) if bos is not None else self.tokens.numel()
+        return int(hooks.non_bos_mask(self.model, self.tokens).sum())
 
     def _chunk(self, i: int) -> torch.Tensor:
         sl = self.tokens[i * self.contexts_per_chunk : (i + 1) * self.contexts_per_chunk]

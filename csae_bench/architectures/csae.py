@@ -52,10 +52,11 @@ logger = logging.getLogger(__name__)
 
 
 def _causal() -> ModuleType:
-    """``csae_bench.training.causal``, imported on first use (tests may substitute a stand-in)."""
-    from csae_bench.training import causal
+    """``csae_bench.architectures.csae_losses``, imported on first use (it pulls in the gradient
+    pool and the model-side helpers, which the registry does not need)."""
+    from csae_bench.architectures import csae_losses
 
-    return causal
+    return csae_losses
 
 
 FISHER_MODES = ("mean", "per-token")

@@ -22,19 +22,11 @@ from sae_bench.custom_saes.topk_sae import TopKSAE as SAEBenchTopKSAE
 import csae_bench.architectures.saelens  # noqa: F401  (registers csae / random-decoder with SAELens)
 from csae_bench.architectures import FROM_SAELENS, TOPK_FAMILY
 from csae_bench.errors import BadInputError
+from csae_bench.hooks import layer_of_hook
 
 
 class ExportError(BadInputError, ValueError):
     """An SAE cannot be converted to a SAEBench ``BaseSAE``; the message says why."""
-
-
-def _layer_of(hook_name: str) -> int:
-    try:
-        return int(hook_name.split(".")[1])
-    except (IndexError, ValueError):
-        raise ExportError(
-            f"Cannot read a layer from hook name {hook_name!r} (expected blocks.L.hook_...)."
-        ) from None
 
 
 @torch.no_grad()
@@ -66,7 +58,7 @@ def to_base_sae(
             f"normalize_activations={sae.cfg.normalize_activations!r}: fold the "
             "normalization into the weights first (SAE.fold_activation_norm_scaling_factor)."
         )
-    layer = _layer_of(hook_name)
+    layer = layer_of_hook(hook_name, error=ExportError)
     d_in, d_sae = sae.cfg.d_in, sae.cfg.d_sae
     device = torch.device(device)
 

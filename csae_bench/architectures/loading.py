@@ -16,6 +16,7 @@ from typing import Any
 
 import csae_bench.architectures.saelens  # noqa: F401  (registers csae / random-decoder with SAELens)
 from csae_bench.errors import SaeMismatchError
+from csae_bench.hooks import parse_layer
 
 logger = logging.getLogger(__name__)
 
@@ -122,13 +123,12 @@ def check_sae_fits(
     from csae_bench.evals.registry import get_eval
 
     n_layers, d_model = int(model.cfg.n_layers), int(model.cfg.d_model)
-    match = re.match(r"^blocks\.(\d+)\.", hook_name or "")
-    if match is None:
+    layer = parse_layer(hook_name or "")
+    if layer is None:
         raise SaeMismatchError(
             f"SAE {name}: hook {hook_name!r} is not a blocks.L.<hook> of the model; "
             "evaluate it on a model and hook it was trained for."
         )
-    layer = int(match.group(1))
     if layer >= n_layers:
         raise SaeMismatchError(
             f"SAE {name}: hook {hook_name} is in layer {layer} but the model has layers "

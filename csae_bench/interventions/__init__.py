@@ -1,7 +1,9 @@
 """Intervention types and the batch-wise causal effect engine (DESIGN §4)."""
 
 from csae_bench.interventions.controls import (
-    make_control,
+    CONTROLS,
+    get_control,
+    isotropic_control,
     other_feature_control,
     random_direction_control,
 )
@@ -31,7 +33,9 @@ __all__ = [
     "EffectEngine",
     "Effects",
     "EngineConfig",
-    "make_control",
+    "CONTROLS",
+    "get_control",
+    "isotropic_control",
     "other_feature_control",
     "random_direction_control",
 ]

@@ -1,25 +1,25 @@
 """Control edits for NCES: edits of the same size as a feature's edit, in a direction that is
 not the feature's.
 
-* ``isotropic`` — a seeded random unit vector (DESIGN §4's random-direction control).
-* ``feature`` — the decoder row of a random *other* alive feature of the same SAE, one not active
-  at that token, with the same coefficient ``f'_i − f_i``. On Gemma-3-270M the model is ~15× more
+* ``feature`` (the NCES default) — the decoder row of a random *other* alive feature of the same
+  SAE, one not active at that token, with the same coefficient ``f'_i − f_i``. On Gemma-3-270M the model is ~15× more
   sensitive to isotropic directions than to in-distribution ones (docs/nces.md), so against the
   isotropic control every on-manifold direction looks "anti-causal"; the other-feature control asks
   whether the active feature's direction matters more *here* than dictionary directions that are
   not active here. For a dictionary of random directions both controls give NCES ≈ 0.
+* ``isotropic`` — a seeded random unit vector of the same norm (DESIGN §5's random-direction
+  control).
 """
 
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 
 import torch
 from torch import Tensor
 
 logger = logging.getLogger(__name__)
-
-CONTROLS = ("feature", "isotropic")
 
 
 def random_direction_control(delta_MD: Tensor, generator: torch.Generator | None = None) -> Tensor:
@@ -74,8 +74,7 @@ def other_feature_control(
     return out
 
 
-def make_control(
-    kind: str,
+def isotropic_control(
     sae,
     delta_MD: Tensor,
     feature_M: Tensor,
@@ -83,8 +82,21 @@ def make_control(
     generator: torch.Generator | None = None,
     alive_F: Tensor | None = None,
 ) -> Tensor:
-    if kind == "isotropic":
-        return random_direction_control(delta_MD, generator)
-    if kind == "feature":
-        return other_feature_control(sae, delta_MD, feature_M, feature_acts_MF, generator, alive_F)
-    raise ValueError(f"Unknown control {kind!r}; valid: {', '.join(CONTROLS)}.")
+    """:func:`random_direction_control` with the signature every control shares (the SAE and the
+    token's features are not needed)."""
+    return random_direction_control(delta_MD, generator)
+
+
+Control = Callable[..., Tensor]
+"""``control(sae, delta_MD, feature_M, feature_acts_MF, generator, alive_F) -> control_MD``."""
+
+CONTROLS: dict[str, Control] = {"feature": other_feature_control, "isotropic": isotropic_control}
+"""Every NCES control by name (``NCESEvalConfig.control``)."""
+
+
+def get_control(kind: str) -> Control:
+    """The control called ``kind``; raises ``ValueError`` listing the valid names."""
+    try:
+        return CONTROLS[kind]
+    except KeyError:
+        raise ValueError(f"Unknown control {kind!r}; valid: {', '.join(CONTROLS)}.") from None

@@ -29,6 +29,7 @@ from torch import Tensor
 from transformer_lens.cache.key_value_cache import TransformerLensKeyValueCache
 from transformer_lens.cache.key_value_cache_entry import TransformerLensKeyValueCacheEntry
 
+from csae_bench import hooks
 from csae_bench.interventions.controls import random_direction_control
 from csae_bench.interventions.kl import ChunkedUnembed, kl_and_losses, loss_grad_x
 from csae_bench.interventions.types import InterventionError
@@ -107,8 +108,8 @@ class EffectEngine:
         self.model = model
         self.hook_name = hook_name
         self.config = config or EngineConfig()
-        self.layer = _layer_of(hook_name, model.cfg.n_layers)
-        if not hook_name.endswith("hook_resid_post"):
+        self.layer = hooks.layer_of_hook(hook_name, model.cfg.n_layers, error=InterventionError)
+        if hooks.hook_site(hook_name) != "hook_resid_post":
             raise InterventionError(
                 f"The engine patches the residual stream: use a blocks.L.hook_resid_post hook, got {hook_name!r}."
             )
@@ -152,11 +153,8 @@ class EffectEngine:
             batch = self.tokens[start : start + self.config.context_batch]
             h_b = self.model(batch, stop_at_layer=L + 1)
             cache = TransformerLensKeyValueCache.init_cache(self.model.cfg, self.device, len(batch))
-            resid = self.model(
-                h_b, start_at_layer=L + 1, stop_at_layer=n_layers, past_kv_cache=cache
-            )
             h.append(h_b)
-            x.append(self._final_norm(resid))
+            x.append(hooks.final_residual(self.model, h_b, L + 1, past_kv_cache=cache))
             if self.config.reuse_kv:
                 for layer in range(L + 1, n_layers):
                     keys[layer].append(cache[layer].past_keys)
@@ -169,11 +167,6 @@ class EffectEngine:
         self.values = {
             layer: torch.cat(values[layer]) for layer in range(L + 1, n_layers) if values[layer]
         }
-
-    def _final_norm(self, resid: Tensor) -> Tensor:
-        return (
-            self.model.ln_final(resid) if self.model.cfg.normalization_type is not None else resid
-        )
 
     # ------------------------------------------------------------------ exact effects
 
@@ -226,8 +219,11 @@ class EffectEngine:
     ) -> Effects:
         """Exact effects of the edits ``h[ctx, pos] += delta`` (one per row).
 
-        ``control=True`` runs the random-direction control instead: each edit keeps its norm and
-        gets a random unit direction drawn from ``generator`` (:func:`random_direction_control`)."""
+        ``control=True`` runs the isotropic control instead: each edit keeps its norm and gets a
+        random unit direction drawn from ``generator`` (:func:`random_direction_control`). The NCES
+        eval does not use this option: it builds its control edits with
+        :func:`csae_bench.interventions.controls.get_control` (another feature's direction by
+        default) and passes them as ordinary edits."""
         ctx_idx_M = torch.as_tensor(ctx_idx_M, dtype=torch.long, device=self.device)
         pos_M = torch.as_tensor(pos_M, dtype=torch.long, device=self.device)
         if control:
@@ -288,13 +284,7 @@ class EffectEngine:
         inp = self.h_clean_NTD[ctx_b, p : p + seq].clone()
         inp[torch.arange(B, device=self.device), rel] += delta_MD[sel]
         cache = self._prefix_cache(ctx_b, p) if p > 0 else None
-        resid = self.model(
-            inp,
-            start_at_layer=self.layer + 1,
-            stop_at_layer=self.model.cfg.n_layers,
-            past_kv_cache=cache,
-        )
-        x_int = self._final_norm(resid)
+        x_int = hooks.final_residual(self.model, inp, self.layer + 1, past_kv_cache=cache)
         # window rows: (intervention b, offset w) for w < wlen_b
         W_max = int(wlen_b.max())
         w = torch.arange(W_max, device=self.device)
@@ -364,10 +354,7 @@ class EffectEngine:
                 .requires_grad_(True)
             )
             with torch.enable_grad():
-                resid = self.model(
-                    h, start_at_layer=self.layer + 1, stop_at_layer=self.model.cfg.n_layers
-                )
-                x = self._final_norm(resid)[:, :-1]
+                x = hooks.final_residual(self.model, h, self.layer + 1)[:, :-1]
                 B = x.shape[0]
                 nxt = self.tokens[start : start + B, 1:].reshape(-1)
                 g_x = loss_grad_x(self.unembed, x.detach().reshape(-1, self.d_model), nxt)
@@ -401,16 +388,3 @@ def check_sae_matches(sae, model, hook_name: str, name: str = "given") -> None:
     except SaeMismatchError as err:
         raise InterventionError(str(err)) from None
 
-
-def _layer_of(hook_name: str, n_layers: int) -> int:
-    try:
-        layer = int(hook_name.split(".")[1])
-    except (IndexError, ValueError):
-        raise InterventionError(
-            f"Cannot read a layer from hook {hook_name!r} (expected blocks.L.hook_resid_post)."
-        ) from None
-    if not 0 <= layer < n_layers:
-        raise InterventionError(
-            f"Hook {hook_name!r} is out of range: the model has layers 0..{n_layers - 1}."
-        )
-    return layer

@@ -1,4 +1,14 @@
-"""Full-vocabulary KL and loss without materializing full logits.
+"""Full-vocabulary KL, next-token loss and its gradient, without materializing full logits.
+
+The next-token loss's gradient (:func:`loss_grad_x`, for the engine's attribution) is the
+analytic ``∇_x log p`` of :func:`csae_bench.hooks.logprob_grads`, which the gradient pool uses too.
+
+Two evaluation orders of the same KL, for two jobs:
+
+* :func:`kl_and_losses` (the effect engine, no graph): the vocabulary in chunks with an online
+  logsumexp, sums in float64 — memory ``rows × chunk``;
+* :func:`mean_kl` (the CSAE's end-to-end term, differentiable): rows in chunks with a full
+  ``log_softmax`` each, every chunk checkpointed so the backward pass recomputes its logits.
 
 The unembedding is applied in vocabulary chunks; log-normalizers are accumulated with an online
 logsumexp, so one pass over the vocabulary gives ``KL(p ‖ q)`` and both next-token losses, with
@@ -15,7 +25,9 @@ from dataclasses import dataclass
 
 import torch
 from torch import Tensor
-from transformer_lens.utilities.activation_functions import apply_softcap
+from torch.utils.checkpoint import checkpoint
+
+from csae_bench.hooks import logprob_grads, rows_per_chunk, softcap, unembed
 
 
 @dataclass
@@ -37,11 +49,11 @@ class ChunkedUnembed:
 
     def logits(self, x_RD: Tensor, start: int, stop: int) -> Tensor:
         z = x_RD @ self.W_U_DV[:, start:stop] + self.b_U_V[start:stop]
-        return apply_softcap(z, self.softcap)
+        return softcap(z, self.softcap)
 
     def token_logit(self, x_RD: Tensor, tokens_R: Tensor) -> Tensor:
         z = (x_RD * self.W_U_DV[:, tokens_R].T).sum(-1) + self.b_U_V[tokens_R]
-        return apply_softcap(z, self.softcap)
+        return softcap(z, self.softcap)
 
     def chunks(self):
         for start in range(0, self.d_vocab, self.chunk):
@@ -108,32 +120,43 @@ def kl_and_losses(
 
 @torch.no_grad()
 def loss_grad_x(unembed: ChunkedUnembed, x_RD: Tensor, next_tokens_R: Tensor) -> Tensor:
-    """``∂ loss / ∂ x`` per row for the next-token loss ``lse(z) − z_y`` with ``z = softcap(x W_U + b)``,
-    computed chunk-wise: ``Σ_v softmax_v s'_v W_U[:, v] − s'_y W_U[:, y]``."""
-    R, D = x_RD.shape
-    m = torch.full((R,), -torch.inf, dtype=torch.float64, device=x_RD.device)
-    s = torch.zeros(R, dtype=torch.float64, device=x_RD.device)
-    acc_RD = torch.zeros(R, D, dtype=torch.float64, device=x_RD.device)
-    cap = unembed.softcap
-    capped = cap is not None and cap > 0
-    for start, stop in unembed.chunks():
-        raw = x_RD @ unembed.W_U_DV[:, start:stop] + unembed.b_U_V[start:stop]
-        z = apply_softcap(raw, cap).double()
-        m_new = torch.maximum(m, z.max(-1).values)
-        scale = torch.exp(m - m_new)
-        e = torch.exp(z - m_new[:, None])
-        if capped:
-            e = e * (1 - torch.tanh(raw.double() / cap) ** 2)
-            s = s * scale + torch.exp(z - m_new[:, None]).sum(-1)
-        else:
-            s = s * scale + e.sum(-1)
-        acc_RD = (
-            acc_RD * scale[:, None] + (e.to(x_RD.dtype) @ unembed.W_U_DV[:, start:stop].T).double()
+    """``∂ loss / ∂ x`` per row for the next-token loss ``lse(z) − z_y`` with
+    ``z = softcap(x W_U + b)``: ``−∇_x log p(y)`` (:func:`csae_bench.hooks.logprob_grads`, the one
+    analytic gradient, which the gradient pool uses too), in row chunks of bounded logits."""
+    out_RD = torch.empty_like(x_RD)
+    step = rows_per_chunk(unembed.d_vocab)
+    for start in range(0, len(x_RD), step):
+        rows = slice(start, start + step)
+        dx_RSD, _ = logprob_grads(
+            x_RD[rows], unembed.W_U_DV, unembed.b_U_V, unembed.softcap, next_tokens_R[rows, None]
         )
-        m = m_new
-    g = acc_RD / s[:, None]
-    w_y = unembed.W_U_DV[:, next_tokens_R].T.double()
-    if capped:
-        raw_y = (x_RD * unembed.W_U_DV[:, next_tokens_R].T).sum(-1) + unembed.b_U_V[next_tokens_R]
-        w_y = w_y * (1 - torch.tanh(raw_y.double() / cap) ** 2)[:, None]
-    return (g - w_y).to(x_RD.dtype)
+        out_RD[rows] = -dx_RSD[:, 0]
+    return out_RD
+
+
+def _kl_rows(
+    clean_x_RD: Tensor, spliced_x_RD: Tensor, W_U_DV: Tensor, b_U_V: Tensor, cap: float | None
+) -> Tensor:
+    """Summed ``KL(p_clean ‖ p_spliced)`` over a chunk of rows, over the full vocabulary."""
+    clean_logp = torch.log_softmax(unembed(clean_x_RD, W_U_DV, b_U_V, cap)[0], dim=-1)
+    spliced_logp = torch.log_softmax(unembed(spliced_x_RD, W_U_DV, b_U_V, cap)[0], dim=-1)
+    return (clean_logp.exp() * (clean_logp - spliced_logp)).sum()
+
+
+def mean_kl(model, clean_x_ND: Tensor, spliced_x_ND: Tensor) -> Tensor:
+    """Mean per-row ``KL(p_clean ‖ p_spliced)`` of final residuals (after ``ln_final``), in row
+    chunks; with a graph, each chunk is checkpointed so that the backward pass recomputes its
+    logits instead of keeping ``N × d_vocab`` of them alive. The unembedding enters detached: only
+    the path to the spliced residual carries gradients."""
+    W_U_DV, b_U_V = model.W_U.detach(), model.b_U.detach()
+    cap = model.cfg.output_logits_soft_cap
+    step = rows_per_chunk(W_U_DV.shape[1])
+    total = spliced_x_ND.new_zeros(())
+    for start in range(0, len(spliced_x_ND), step):
+        rows = slice(start, start + step)
+        args = (clean_x_ND[rows], spliced_x_ND[rows], W_U_DV, b_U_V, cap)
+        if spliced_x_ND.requires_grad:
+            total = total + checkpoint(_kl_rows, *args, use_reentrant=False)
+        else:
+            total = total + _kl_rows(*args)
+    return total / len(spliced_x_ND)

@@ -8,8 +8,9 @@ Statistics (means, maxima, resample pools) come from the eval tokens through :me
 (one tensor) or :meth:`Intervention.fit_stats` (a :class:`FeatureStats` accumulated over batches,
 for eval sets too large to hold ``[n_tokens, d_sae]`` at once).
 
-The random-direction control is not an intervention type: it is an engine option (``control=True``)
-that keeps the delta's norm and replaces its direction by a seeded random unit vector.
+Controls are not intervention types: :mod:`csae_bench.interventions.controls` turns a feature's
+delta into an equal-norm control edit (another feature's direction, the NCES default, or a seeded
+random unit vector), which the engine then measures like any other edit.
 """
 
 from __future__ import annotations

@@ -8,7 +8,7 @@ tokens, d_sae 2048, k 32) it harvests one activation stream and one gradient poo
 and CSAEs that differ only in the causal term — its weight, and the ``"per-token"`` estimator it
 replaced — on the same stream, for each seed. Every SAE is measured the same way on held-out
 contexts of the eval split: the exact KL(clean ‖ SAE spliced in at every position), mean nats per
-token (:func:`csae_bench.training.causal.spliced_kl`), next to the training summary's mean-centred
+token (:func:`csae_bench.architectures.csae_losses.spliced_kl`), next to the training summary's mean-centred
 explained variance, L0 and dead fraction. L0 is matched by construction (TopK k for all).
 
 The sweep runs on the studies harness (:mod:`csae_bench.studies.harness`): every unit (the
@@ -134,7 +134,7 @@ class SplicedKlJob(RecordJob):
 
         from csae_bench.architectures.export import load_base_sae
         from csae_bench.training import SUMMARY_NAME
-        from csae_bench.training.causal import spliced_kl
+        from csae_bench.architectures.csae_losses import spliced_kl
 
         summary = json.loads((self.folder / SUMMARY_NAME).read_text())
         sae = load_base_sae(self.folder)

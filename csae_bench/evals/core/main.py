@@ -17,11 +17,11 @@ from typing import Any
 import torch
 from sae_bench.evals.core import main as sb_core
 from sae_bench.evals.core.eval_config import CoreEvalConfig
-from sae_bench.sae_bench_utils import get_eval_uuid, get_sae_bench_version, get_sae_lens_version
 from sae_bench.sae_bench_utils.general_utils import load_and_format_sae
 
-from csae_bench.activations.harvest import layer_of_hook
+from csae_bench import hooks
 from csae_bench.errors import SaeMismatchError
+from csae_bench.evals._envelope import envelope
 from csae_bench.evals.core.output import (
     CsaeCoreEvalOutput,
     CsaeCoreMetricCategories,
@@ -56,15 +56,6 @@ def make_core_config(ctx: EvalContext, overrides: dict[str, Any]) -> CoreEvalCon
     )
     settings.update(overrides)
     return CoreEvalConfig(**settings)
-
-
-def special_token_ids(ctx: EvalContext) -> set[int | None]:
-    """Tokens excluded from the metrics, as SAEBench does: BOS/EOS/PAD of the tokenizer, or —
-    for a model without one — the BOS that starts every eval context."""
-    tok = getattr(ctx.model, "tokenizer", None)
-    if tok is not None:
-        return {t for t in (tok.pad_token_id, tok.eos_token_id, tok.bos_token_id) if t is not None}
-    return {int(t) for t in ctx.eval_tokens[:, 0].unique()}
 
 
 class _BatchRecorder:
@@ -116,7 +107,7 @@ def check_finite_sae(sae, sae_id: str, model, hook_name: str, tokens_BT: torch.T
             f"SAE {sae_id} has NaN or infinite weights ({', '.join(bad)}); it cannot be "
             "evaluated. Re-export or retrain it."
         )
-    layer = layer_of_hook(hook_name)
+    layer = hooks.layer_of_hook(hook_name)
     with torch.no_grad():
         _, cache = model.run_with_cache(
             tokens_BT, names_filter=[hook_name], stop_at_layer=layer + 1, prepend_bos=False
@@ -145,14 +136,11 @@ def mean_centred_explained_variance(
 ) -> float:
     """``1 - Σ‖x - x̂‖² / Σ‖x - mean(x)‖²`` (float64) over the non-special tokens of ``tokens_BT``
     (:func:`csae_bench.metrics.explained_variance_mean_centred`)."""
-    layer = layer_of_hook(hook_name)
+    layer = hooks.layer_of_hook(hook_name)
     _, cache = model.run_with_cache(
         tokens_BT, names_filter=[hook_name], stop_at_layer=layer + 1, prepend_bos=False
     )
-    keep_BT = torch.ones_like(tokens_BT, dtype=torch.bool)
-    for t in ignore:
-        if t is not None:
-            keep_BT &= tokens_BT != t
+    keep_BT = hooks.keep_mask(tokens_BT, ignore)
     x_ND = cache[hook_name][keep_BT].to(sae.W_dec.device, sae.W_dec.dtype)
     x_hat_ND = sae.decode(sae.encode(x_ND))
     return explained_variance_mean_centred(x_ND, x_hat_ND, dtype=torch.float64)
@@ -198,7 +186,7 @@ def run_core_eval(ctx: EvalContext, sae, sae_id: str, config: CoreEvalConfig) ->
             device=ctx.device,
         )
     recorder = _BatchRecorder(store)
-    ignore = special_token_ids(ctx)
+    ignore = hooks.special_token_ids(ctx.model, ctx.eval_tokens)
     model = SharedPasses(
         ctx.model, ctx.cache
     )  # clean and zero-ablated passes computed once per run
@@ -251,17 +239,11 @@ def run_core_eval(ctx: EvalContext, sae, sae_id: str, config: CoreEvalConfig) ->
     )
     return CsaeCoreEvalOutput(
         eval_config=config,
-        eval_id=get_eval_uuid(),
-        datetime_epoch_millis=int(time.time() * 1000),
         eval_result_metrics=categories,
         eval_result_details=details,
         # seconds_total is read by the overhead checks
         eval_result_unstructured={"seconds_total": seconds, "non_finite_metrics": non_finite},
-        sae_bench_commit_hash=get_sae_bench_version(),
-        sae_lens_id=sae_id,
-        sae_lens_release_id=release,
-        sae_lens_version=get_sae_lens_version(),
-        sae_cfg_dict=sae.cfg.to_dict(),
+        **envelope(sae, sae_id, release),
     )
 
 

@@ -1,4 +1,5 @@
-"""The core eval's output: SAEBench's ``CoreEvalOutput`` with one added, labelled metric.
+"""The core eval's output: SAEBench's ``CoreEvalOutput`` with one added, labelled metric (and
+csae_bench's commit, :mod:`csae_bench.evals._envelope`).
 
 ``reconstruction_quality.explained_variance_mean_centred`` sits next to SAEBench's own
 ``explained_variance``. SAEBench 0.6's denominator is ``E‖x‖²`` minus the square of the mean
@@ -18,6 +19,8 @@ from sae_bench.evals.core.eval_output import (
     CoreMetricCategories,
     ReconstructionQualityMetrics,
 )
+
+from csae_bench.evals._envelope import CSAE_BENCH_COMMIT_FIELD, SAE_BENCH_COMMIT_FIELD
 
 
 @dataclass
@@ -46,3 +49,5 @@ class CsaeCoreEvalOutput(CoreEvalOutput):
     """SAEBench's core eval output plus a mean-centred explained variance (eval type ``core``)."""
 
     eval_result_metrics: CsaeCoreMetricCategories
+    sae_bench_commit_hash: str = SAE_BENCH_COMMIT_FIELD
+    csae_bench_commit_hash: str | None = CSAE_BENCH_COMMIT_FIELD

@@ -7,7 +7,7 @@ from pydantic import Field, model_validator
 from pydantic.dataclasses import dataclass
 from sae_bench.evals.base_eval_output import BaseEvalConfig
 
-from csae_bench.interventions.controls import CONTROLS
+from csae_bench.interventions.controls import get_control
 from csae_bench.interventions.types import make_intervention
 
 
@@ -112,8 +112,7 @@ class NCESEvalConfig(BaseEvalConfig):
     @model_validator(mode="after")
     def _check(self):
         make_intervention(self.intervention)  # raises with the valid names
-        if self.control not in CONTROLS:
-            raise ValueError(f"Unknown control {self.control!r}; valid: {', '.join(CONTROLS)}.")
+        get_control(self.control)  # raises with the valid names
         if self.effect_window is not None and self.effect_window < 1:
             raise ValueError(f"effect_window={self.effect_window}: use W >= 1 or null.")
         if self.n_features < 1 or self.tokens_per_feature < 1 or self.n_frequency_strata < 1:

@@ -14,6 +14,8 @@ from sae_bench.evals.base_eval_output import (
     BaseResultDetail,
 )
 
+from csae_bench.evals import _envelope
+from csae_bench.evals._envelope import CSAE_BENCH_COMMIT_FIELD, SAE_BENCH_COMMIT_FIELD
 from csae_bench.evals.nces.config import NCESEvalConfig
 
 EVAL_TYPE_ID_NCES = "nces"
@@ -24,7 +26,7 @@ SCHEMA_PATH = Path(__file__).with_name(f"eval_output_schema_{EVAL_TYPE_ID_NCES}.
 class NCESMetrics(BaseMetrics):
     nces_freq_weighted_mean: float | None = Field(
         title="NCES (Frequency-Weighted Mean)",
-        description="Mean of NCES_i = (E_i - R_i) / (E_i + R_i) over alive features, weighted by activation frequency (stratified-sample estimate). Higher is better; 0 = no more effect than a random direction of equal norm.",
+        description="Mean of NCES_i = (E_i - R_i) / (E_i + R_i) over alive features, weighted by activation frequency (stratified-sample estimate). Higher is better; 0 = no more effect than the control edit of equal norm (eval_config.control: by default another SAE feature's decoder direction, inactive at that token).",
         json_schema_extra=DEFAULT_DISPLAY,
     )
     nces_freq_weighted_mean_ci_low: float | None = Field(
@@ -66,7 +68,7 @@ class NCESMetrics(BaseMetrics):
     )
     effect_consistency: float | None = Field(
         title="Effect Consistency",
-        description="Mean over features of the mean pairwise cosine similarity, across contexts, of the intervention's logit-change vectors at the intervened position, minus the same for the random-direction control.",
+        description="Mean over features of the mean pairwise cosine similarity, across contexts, of the intervention's logit-change vectors at the intervened position, minus the same for the control edits (eval_config.control).",
     )
     n_alive_features: int = Field(
         title="Alive Features", description="Features active on at least one eval token."
@@ -224,14 +226,10 @@ class NCESEvalOutput(BaseEvalOutput[NCESEvalConfig, NCESMetricCategories, NCESFe
     eval_type_id: str = Field(
         default=EVAL_TYPE_ID_NCES, title="Eval Type ID", description="The type of the evaluation"
     )
+    sae_bench_commit_hash: str = SAE_BENCH_COMMIT_FIELD
+    csae_bench_commit_hash: str | None = CSAE_BENCH_COMMIT_FIELD
 
 
 def generate_schema(path: str | Path = SCHEMA_PATH) -> Path:
     """Write the JSON schema of :class:`NCESEvalOutput` the way SAEBench does for its own evals."""
-    from sae_bench.evals.generate_json_schemas import generate_json_schema
-
-    from csae_bench.utils import atomic_path
-
-    with atomic_path(path) as tmp:
-        generate_json_schema(NCESEvalOutput, str(tmp))
-    return Path(path)
+    return _envelope.generate_schema(NCESEvalOutput, path)

@@ -2,22 +2,25 @@
 
 For each sampled alive feature ``i`` and each of its sampled active tokens, the engine measures the
 exact effect (KL over the window) of the intervention ``h + (f'_i − f_i) d_i`` and of a control edit
-of the same norm in a seeded random direction at the same token; ``NCES_i = (E_i − R_i)/(E_i + R_i)``.
+of the same norm at the same token; ``NCES_i = (E_i − R_i)/(E_i + R_i)``. The control direction is
+``config.control`` (:mod:`csae_bench.interventions.controls`): by default (``"feature"``) the decoder
+row of a random other alive feature that is inactive at that token; ``"isotropic"`` is a seeded
+random unit vector (DESIGN §5's original control; docs/nces.md says why it is not the default).
 """
 
 from __future__ import annotations
 
 import logging
 import time
-import uuid
 from collections.abc import Mapping
-from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 
 import numpy as np
 import torch
 from torch import Tensor
 
+from csae_bench import hooks
+from csae_bench.evals._envelope import envelope
 from csae_bench.evals.nces.config import NCESEvalConfig
 from csae_bench.evals.nces.output import (
     NCESAttributionMetrics,
@@ -33,7 +36,7 @@ from csae_bench.evals.nces.scoring import (
     mean_pairwise_cosine,
     score_feature,
 )
-from csae_bench.interventions.controls import make_control
+from csae_bench.interventions.controls import get_control
 from csae_bench.interventions.engine import EffectEngine, EngineConfig, check_sae_matches
 from csae_bench.interventions.types import feature_edit_BTD, make_intervention
 from csae_bench.stats import spearman, weighted_mean_ci
@@ -95,16 +98,13 @@ def evaluate_sae(
     elif engine.hook_name != hook_name:
         raise ValueError(f"The engine was built for {engine.hook_name!r}, not {hook_name!r}.")
     toks = engine.tokens
-    n_ctx, ctx_len = toks.shape
+    ctx_len = toks.shape[1]
     gen = torch.Generator().manual_seed(config.random_seed)
     rng = np.random.default_rng(config.random_seed)
 
     # which tokens count (not BOS) and which can carry an intervention (a full window fits)
     positions = torch.arange(ctx_len, device=toks.device)
-    bos = getattr(getattr(model, "tokenizer", None), "bos_token_id", None)
-    counted = (positions > 0)[None, :].expand(n_ctx, -1).clone()
-    if bos is not None:
-        counted &= toks != bos
+    counted = (positions > 0)[None, :] & hooks.non_bos_mask(model, toks)
     eligible = counted & (positions <= engine.max_position())[None, :]
     active, stats = collect_active(sae, engine.h_clean_NTD, eligible, counted, config.random_seed)
     intervention = make_intervention(config.intervention).fit_stats(stats)
@@ -125,8 +125,7 @@ def evaluate_sae(
             feature_acts=f_M1F,
             generator=gen,
         )[:, 0]
-        control_MD = make_control(
-            config.control,
+        control_MD = get_control(config.control)(
             sae,
             delta_MD,
             feat_M,
@@ -231,23 +230,17 @@ def evaluate_sae(
     )
     return NCESEvalOutput(
         eval_config=config,
-        eval_id=str(uuid.uuid4()),
-        datetime_epoch_millis=int(time.time() * 1000),
         eval_result_metrics=NCESMetricCategories(
             nces=nces_metrics, attribution=attr_metrics, cost=cost
         ),
         eval_result_details=details,
-        sae_bench_commit_hash=_pkg("sae-bench"),
-        sae_lens_id=sae_id,
-        sae_lens_release_id="csae_bench",
-        sae_lens_version=_pkg("sae-lens"),
-        sae_cfg_dict=_sae_cfg(sae),
         eval_result_unstructured={
             "intervention": intervention.name,
             "control": config.control,
             "engine_stats": eff.stats,
             "hook_name": hook_name,
         },
+        **envelope(sae, sae_id, "csae_bench"),
     )
 
 
@@ -297,24 +290,6 @@ def _finite(x: float) -> float | None:
     return None if x is None or not np.isfinite(x) else float(x)
 
 
-def _pkg(name: str) -> str:
-    try:
-        return f"{name}=={version(name)}"
-    except PackageNotFoundError:
-        return "unknown"
-
-
-def _sae_cfg(sae) -> dict | None:
-    cfg = getattr(sae, "cfg", None)
-    if cfg is None:
-        return None
-    d = cfg.to_dict() if hasattr(cfg, "to_dict") else dict(vars(cfg))
-    return {
-        k: (v if isinstance(v, (int, float, str, bool, type(None), list)) else str(v))
-        for k, v in d.items()
-    }
-
-
 # ---------------------------------------------------------------------- entry points
 
 
@@ -337,8 +312,9 @@ def run_nces_eval(
     """NCES of several SAEs (``{sae_id: BaseSAE}``) on a model object and eval tokens.
 
     ``hook_name`` defaults to each SAE's ``cfg.hook_name``; SAEs at one hook share one clean pass.
-    With ``output_dir``, each result is written atomically to ``{sae_id}_nces.json`` (SAEBench's
-    naming) and an existing file is loaded instead of rerun unless ``force_rerun``."""
+    With ``output_dir``, each result is written atomically to ``{sae_id}_nces.json`` and an existing
+    file is loaded instead of rerun unless ``force_rerun``. (The pipeline writes SAEBench's
+    ``<release>_<sae_id>_eval_results.json`` instead; this helper is for direct API use.)"""
     from csae_bench.utils import atomic_write_text, eval_output_json
 
     config = config or NCESEvalConfig()

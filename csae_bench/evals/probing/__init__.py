@@ -1,6 +1,6 @@
-"""Causal probing eval (``csae_probing``, DESIGN §7): k-sparse probes find the SAE latents that
+"""Causal probing eval (``csae_probing``, DESIGN §7): k-sparse probes find the SAE features that
 predict a label; intervening on them must move the behaviour the label drives more than
-intervening on random active latents. See ``docs/probing.md``."""
+intervening on random active features. See ``docs/probing.md``."""
 
 from __future__ import annotations
 
@@ -30,7 +30,7 @@ SPEC = register_eval(
             "causal.mean_causal_effect_size": "higher",
         },
         make_config=make_config,
-        description="Targeted probing with causal verification of the selected latents.",
+        description="Targeted probing with causal verification of the selected features.",
         hook_kinds=("hook_resid_pre", "hook_resid_post"),  # model_io.resume reads both
     )
 )

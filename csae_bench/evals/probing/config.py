@@ -34,7 +34,7 @@ class ProbingEvalConfig(BaseEvalConfig):
     ks: list[int] = Field(
         default_factory=lambda: [1, 2, 5, 10],
         title="Probe Sizes k",
-        description="Numbers of features (SAE latents or residual dimensions) selected by mean "
+        description="Numbers of inputs (SAE features or residual dimensions) selected by mean "
         "difference for the k-sparse probes.",
     )
     verify_k: int = Field(

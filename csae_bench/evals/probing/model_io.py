@@ -9,6 +9,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
+from csae_bench import hooks
 from csae_bench.activations.harvest import ActivationError
 from csae_bench.data import DataError
 
@@ -76,30 +77,17 @@ def single_token_id(model, text: str) -> int:
     return ids[0]
 
 
-def hook_layer(model, hook_name: str) -> tuple[int, int]:
-    """``(layer, start)``: the block of ``hook_name`` and the block to resume from after it.
-    Only residual-stream hooks can be resumed from."""
-    parts = hook_name.split(".")
-    if (
-        len(parts) != 3
-        or parts[0] != "blocks"
-        or parts[2] not in ("hook_resid_pre", "hook_resid_post")
-    ):
-        raise ActivationError(
-            f"The probing eval needs a residual-stream hook (blocks.L.hook_resid_pre/post), got {hook_name!r}."
-        )
-    layer = int(parts[1])
-    if not 0 <= layer < model.cfg.n_layers:
-        raise ActivationError(
-            f"Hook {hook_name} is out of range: the model has layers 0..{model.cfg.n_layers - 1}."
-        )
-    return layer, layer + (parts[2] == "hook_resid_post")
+def resume_layer(model, hook_name: str) -> int:
+    """:func:`csae_bench.hooks.resume_layer` (the block to resume from after the residual-stream
+    hook ``hook_name``), raising :class:`ActivationError`."""
+    return hooks.resume_layer(model, hook_name, error=ActivationError)
 
 
 @torch.no_grad()
 def residual_at(model, hook_name: str, batch: Batch) -> Tensor:
     """The residual ``[B, T, D]`` at ``hook_name`` (layers after it are not run)."""
-    layer, _ = hook_layer(model, hook_name)
+    resume_layer(model, hook_name)
+    layer = hooks.layer_of_hook(hook_name)
     device = next(model.parameters()).device
     _, cache = model.run_with_cache(
         batch.tokens_BT.to(device), names_filter=[hook_name], stop_at_layer=layer + 1
@@ -112,30 +100,19 @@ def resume(model, hook_name: str, resid_BTD: Tensor, stop_at_layer: int | None =
     """Run from the residual at ``hook_name`` to the residual before block ``stop_at_layer``
     (``None``: after the last block, before the final norm). Padding is on the right, so causal
     attention keeps it from touching real tokens."""
-    _, start = hook_layer(model, hook_name)
+    start = resume_layer(model, hook_name)
     stop = model.cfg.n_layers if stop_at_layer is None else stop_at_layer
     if stop < start:
         raise ActivationError(
             f"Cannot read layer {stop} from hook {hook_name}: it comes before the hook."
         )
-    if stop == start:
-        return resid_BTD
-    return model(resid_BTD, start_at_layer=start, stop_at_layer=stop)
+    return hooks.run_from(model, resid_BTD, start, stop)
 
 
 def answer_logits(model, final_resid_ND: Tensor, token_ids: Tensor) -> Tensor:
     """Logits ``[N, len(token_ids)]`` of a few vocabulary entries, from final residuals
     ``[N, D]`` (final norm, those unembedding columns, the model's logit softcap)."""
-    normed = (
-        model.ln_final(final_resid_ND[:, None, :])[:, 0]
-        if model.cfg.normalization_type is not None
-        else final_resid_ND
-    )
-    logits = normed @ model.W_U[:, token_ids] + model.b_U[token_ids]
-    cap = getattr(model.cfg, "output_logits_soft_cap", -1.0) or -1.0
-    if cap > 0:
-        logits = cap * torch.tanh(logits / cap)
-    return logits
+    return hooks.model_logits(model, hooks.final_norm(model, final_resid_ND), token_ids)
 
 
 def pool(x_BTF: Tensor, batch: Batch, read: str) -> Tensor:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from pydantic import ConfigDict, Field
 from pydantic.dataclasses import dataclass
 from sae_bench.evals.base_eval_output import (
@@ -12,6 +14,8 @@ from sae_bench.evals.base_eval_output import (
     BaseResultDetail,
 )
 
+from csae_bench.evals import _envelope
+from csae_bench.evals._envelope import CSAE_BENCH_COMMIT_FIELD, SAE_BENCH_COMMIT_FIELD
 from csae_bench.evals.probing.config import EVAL_TYPE_ID_CSAE_PROBING, ProbingEvalConfig
 
 _JUDGED = " Mean over the tasks the model solves."
@@ -19,7 +23,7 @@ _JUDGED = " Mean over the tasks the model solves."
 
 def _acc(who: str, k: int | None, display: bool = False, judged: bool = True):
     what = (
-        f"the top {k} {'SAE latents' if who == 'sae' else 'residual-stream dimensions'} by class-mean difference"
+        f"the top {k} {'SAE features' if who == 'sae' else 'residual-stream dimensions'} by class-mean difference"
         if k
         else "the full residual stream"
     )
@@ -105,7 +109,7 @@ class ProbeAccuracyDetail:
         title="k", description="Probe size; null for the full residual-stream probe."
     )
     sae_test_accuracy: float | None = Field(
-        title="SAE Test Accuracy", description="Probe on the top-k SAE latents."
+        title="SAE Test Accuracy", description="Probe on the top-k SAE features."
     )
     llm_test_accuracy: float | None = Field(
         title="LLM Test Accuracy",
@@ -113,8 +117,8 @@ class ProbeAccuracyDetail:
     )
     sae_features: list[int] = Field(
         default_factory=list,
-        title="SAE Latents",
-        description="Selected latents, largest |mean difference| first.",
+        title="SAE Features",
+        description="Selected features, largest |mean difference| first.",
     )
 
 
@@ -190,8 +194,8 @@ class ProbingResultDetail(BaseResultDetail):
     )
     n_active_features: int = Field(
         default=0,
-        title="Active Latents",
-        description="Latents active on ≥ min_active_fraction of train examples (the random control's pool).",
+        title="Active Features",
+        description="Features active on ≥ min_active_fraction of train examples (the random control's pool).",
     )
     verification: list[InterventionVerificationDetail] = Field(
         default_factory=list,
@@ -213,10 +217,10 @@ class ProbingEvalOutput(
     BaseEvalOutput[ProbingEvalConfig, ProbingMetricCategories, ProbingResultDetail]
 ):
     """
-    Targeted probing that checks causality: k-sparse probes find the SAE latents that predict a
+    Targeted probing that checks causality: k-sparse probes find the SAE features that predict a
     label (templated tasks whose label decides the next token, VADER sentiment and domain), then
-    intervening on those latents must move the model's behaviour more than intervening on random
-    active latents.
+    intervening on those features must move the model's behaviour more than intervening on random
+    active features.
     """
 
     eval_config: ProbingEvalConfig
@@ -229,3 +233,13 @@ class ProbingEvalOutput(
         description="Probe accuracies and causal verification for each task.",
     )
     eval_type_id: str = Field(default=EVAL_TYPE_ID_CSAE_PROBING)
+    sae_bench_commit_hash: str = SAE_BENCH_COMMIT_FIELD
+    csae_bench_commit_hash: str | None = CSAE_BENCH_COMMIT_FIELD
+
+
+SCHEMA_PATH = Path(__file__).with_name(f"eval_output_schema_{EVAL_TYPE_ID_CSAE_PROBING}.json")
+
+
+def generate_schema(path: str | Path = SCHEMA_PATH) -> Path:
+    """Write the JSON schema of :class:`ProbingEvalOutput` the way SAEBench does for its own evals."""
+    return _envelope.generate_schema(ProbingEvalOutput, path)

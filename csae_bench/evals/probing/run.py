@@ -1,5 +1,5 @@
-"""The ``csae_probing`` eval: per task, k-sparse probes on SAE latents and on the residual stream,
-then causal verification of the selected latents against random active ones.
+"""The ``csae_probing`` eval: per task, k-sparse probes on SAE features and on the residual stream,
+then causal verification of the selected features against random active ones.
 
 Work that does not depend on the SAE (tokens, the residual at the hook, the clean behaviour, the
 residual-stream probes, the later-layer behaviour probe) is done once per task and kept in memory
@@ -11,7 +11,6 @@ from __future__ import annotations
 import logging
 import random
 import time
-import uuid
 import weakref
 from dataclasses import dataclass
 
@@ -19,6 +18,7 @@ import torch
 from torch import Tensor
 
 from csae_bench.errors import SaeMismatchError
+from csae_bench.evals._envelope import envelope
 from csae_bench.evals.probing import model_io as io
 from csae_bench.evals.probing.config import ProbingEvalConfig
 from csae_bench.evals.probing.output import (
@@ -78,7 +78,7 @@ def prepare_task(model, hook_name: str, task: ProbingTask, cfg: ProbingEvalConfi
     split = split_task(task, cfg.test_fraction, cfg.random_seed)
     labels = torch.tensor(task.labels)
     tokens = io.tokenize(model, task.texts, cfg.max_tokens)
-    layer, start = io.hook_layer(model, hook_name)
+    start = io.resume_layer(model, hook_name)
     later_stop = min(model.cfg.n_layers, start + cfg.behaviour_layer_offset)
     chunks, pooled, later = [], [], []
     for rows in io.batched(len(task.texts), cfg.batch_size):
@@ -226,29 +226,16 @@ def verify_features(
 
         delta_sel = effect(selected, sign_K)
         delta_rand = torch.stack([effect(idx, s) for idx, s in zip(random_sets, random_signs)])
-        stats = compare_effects(
-            spec,
-            delta_sel,
-            delta_rand,
-            clean,
-            cfg.n_bootstrap,
-            cfg.confidence,
-            cfg.random_seed,
-            cfg.min_relative_effect,
-        )
         details.append(
-            InterventionVerificationDetail(
-                intervention=stats.intervention,
-                effect_selected=stats.effect_selected,
-                effect_random=stats.effect_random,
-                effect_random_per_set=list(stats.effect_random_per_set),
-                difference=stats.difference,
-                ci_low=stats.ci_low,
-                ci_high=stats.ci_high,
-                relative_effect=stats.relative_effect,
-                cohens_dz=stats.cohens_dz,
-                passed=stats.passed,
-                n_examples=stats.n_examples,
+            compare_effects(
+                spec,
+                delta_sel,
+                delta_rand,
+                clean,
+                cfg.n_bootstrap,
+                cfg.confidence,
+                cfg.random_seed,
+                cfg.min_relative_effect,
             )
         )
     return details
@@ -357,8 +344,6 @@ def aggregate(details: list[ProbingResultDetail]) -> ProbingMetricCategories:
 
 def run(ctx, sae, sae_id: str, config: ProbingEvalConfig) -> ProbingEvalOutput:
     """Evaluate ``sae`` on every task of ``config`` (see the module docstring)."""
-    from sae_lens import __version__ as sae_lens_version
-
     hook_name = getattr(getattr(sae, "cfg", None), "hook_name", None) or ctx.hook_name
     if ctx.hook_name and hook_name != ctx.hook_name:
         raise SaeMismatchError(
@@ -376,30 +361,10 @@ def run(ctx, sae, sae_id: str, config: ProbingEvalConfig) -> ProbingEvalOutput:
             details[-1].model_clean_accuracy,
             details[-1].verified,
         )
-    cfg_dict = (
-        sae.cfg.to_dict()
-        if hasattr(getattr(sae, "cfg", None), "to_dict")
-        else dict(vars(getattr(sae, "cfg", object())))
-    )
     return ProbingEvalOutput(
         eval_config=config,
-        eval_id=str(uuid.uuid4()),
-        datetime_epoch_millis=int(time.time() * 1000),
         eval_result_metrics=aggregate(details),
         eval_result_details=details,
-        sae_bench_commit_hash=_sae_bench_version(),
-        sae_lens_id=sae_id,
-        sae_lens_release_id=None,
-        sae_lens_version=sae_lens_version,
-        sae_cfg_dict={
-            k: (v if isinstance(v, (int, float, str, bool, type(None), list)) else str(v))
-            for k, v in cfg_dict.items()
-        },
         eval_result_unstructured={"seconds": time.time() - t0, "hook_name": hook_name},
+        **envelope(sae, sae_id, None),
     )
-
-
-def _sae_bench_version() -> str:
-    from importlib.metadata import version
-
-    return f"sae-bench=={version('sae-bench')}"

@@ -20,7 +20,9 @@ Every task is binary (labels 0/1); :func:`split_task` makes the stratified train
 
 from __future__ import annotations
 
+import functools
 import itertools
+import json
 import random
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -113,213 +115,39 @@ def split_task(
 
 # ---------------------------------------------------------------- templated generators
 
-_SINGULAR_PLURAL = [
-    ("key", "keys"),
-    ("dog", "dogs"),
-    ("teacher", "teachers"),
-    ("book", "books"),
-    ("car", "cars"),
-    ("girl", "girls"),
-    ("boy", "boys"),
-    ("doctor", "doctors"),
-    ("house", "houses"),
-    ("bird", "birds"),
-    ("student", "students"),
-    ("table", "tables"),
-    ("window", "windows"),
-    ("farmer", "farmers"),
-    ("painting", "paintings"),
-    ("computer", "computers"),
-    ("song", "songs"),
-    ("tree", "trees"),
-    ("letter", "letters"),
-    ("player", "players"),
-    ("road", "roads"),
-    ("friend", "friends"),
-    ("picture", "pictures"),
-    ("river", "rivers"),
-    ("writer", "writers"),
-    ("phone", "phones"),
-    ("horse", "horses"),
-    ("officer", "officers"),
-    ("building", "buildings"),
-    ("lamp", "lamps"),
-]
-_ATTRACTOR_FRAMES = [
-    "near the {}",
-    "next to the {}",
-    "behind the {}",
-    "on the {}",
-    "of the {}",
-    "with the {}",
-]
-_SV_TEMPLATES = [
-    "The {subj}",
-    "The {subj} {pp}",
-    "I think that the {subj}",
-    "I think that the {subj} {pp}",
-]
+WORDS_PATH = Path(__file__).with_name("templated_words.json")
+"""Word lists and templates of the templated tasks (package data)."""
 
-_MALE_NAMES = [
-    "John",
-    "Michael",
-    "David",
-    "James",
-    "Robert",
-    "William",
-    "Thomas",
-    "Daniel",
-    "Paul",
-    "Mark",
-    "George",
-    "Peter",
-    "Richard",
-    "Charles",
-    "Steven",
-    "Kevin",
-    "Brian",
-    "Edward",
-    "Jason",
-    "Matthew",
-    "Anthony",
-    "Frank",
-    "Henry",
-    "Jack",
-    "Samuel",
-]
-_FEMALE_NAMES = [
-    "Mary",
-    "Sarah",
-    "Emily",
-    "Jennifer",
-    "Elizabeth",
-    "Susan",
-    "Lisa",
-    "Anna",
-    "Laura",
-    "Jessica",
-    "Rachel",
-    "Linda",
-    "Karen",
-    "Emma",
-    "Olivia",
-    "Sophie",
-    "Alice",
-    "Helen",
-    "Julia",
-    "Rebecca",
-    "Kate",
-    "Nancy",
-    "Grace",
-    "Amy",
-    "Claire",
-]
-_PRONOUN_TEMPLATES = [
-    "{name} went to the market because",
-    "{name} was tired, so",
-    "When {name} came home,",
-    "{name} called the office and said that",
-    "After dinner, {name} said that",
-    "{name} loves music, and every morning",
-    "{name} missed the bus, so",
-    "{name} opened the letter and then",
-]
 
-_FRENCH_CITIES = [
-    "Paris",
-    "Lyon",
-    "Marseille",
-    "Toulouse",
-    "Nice",
-    "Bordeaux",
-    "Lille",
-    "Nantes",
-    "Strasbourg",
-    "Montpellier",
-    "Rennes",
-    "Grenoble",
-    "Dijon",
-    "Reims",
-    "Toulon",
-    "Angers",
-    "Brest",
-    "Limoges",
-    "Tours",
-    "Amiens",
-    "Metz",
-    "Rouen",
-    "Caen",
-    "Nancy",
-    "Avignon",
-]
-_ITALIAN_CITIES = [
-    "Rome",
-    "Milan",
-    "Naples",
-    "Turin",
-    "Palermo",
-    "Genoa",
-    "Bologna",
-    "Florence",
-    "Bari",
-    "Catania",
-    "Venice",
-    "Verona",
-    "Messina",
-    "Padua",
-    "Trieste",
-    "Brescia",
-    "Parma",
-    "Modena",
-    "Pisa",
-    "Siena",
-    "Perugia",
-    "Cagliari",
-    "Salerno",
-    "Ravenna",
-    "Bergamo",
-]
-_CITY_TEMPLATES = [
-    "{city} is a city in",
-    "The city of {city} is located in",
-    "I flew to {city}, which is in",
-    "{city} is one of the largest cities in",
-    "We spent a week in {city}, a beautiful city in",
-    "My cousin lives in {city}, in the north of",
-]
+@functools.cache
+def _words() -> dict:
+    return json.loads(WORDS_PATH.read_text(encoding="utf-8"))
 
 
 def _sv_examples() -> tuple[list[str], list[int]]:
+    words = _words()["sv_agreement"]
+    pairs = [tuple(p) for p in words["noun_pairs"]]
     examples: dict[str, int] = {}  # ordered, de-duplicated
-    for (sg, pl), tpl in itertools.product(_SINGULAR_PLURAL, _SV_TEMPLATES):
+    for (sg, pl), tpl in itertools.product(pairs, words["templates"]):
         attractors = (
-            [(asg, apl) for asg, apl in _SINGULAR_PLURAL[::7] if asg != sg]
-            if "{pp}" in tpl
-            else [("", "")]
+            [(asg, apl) for asg, apl in pairs[::7] if asg != sg] if "{pp}" in tpl else [("", "")]
         )
-        for (asg, apl), frame in itertools.product(attractors, _ATTRACTOR_FRAMES[:2]):
+        for (asg, apl), frame in itertools.product(attractors, words["attractor_frames"][:2]):
             # the attractor noun has the other number than the subject
             examples[tpl.format(subj=sg, pp=frame.format(apl))] = 0
             examples[tpl.format(subj=pl, pp=frame.format(asg))] = 1
     return list(examples), list(examples.values())
 
 
-def _pronoun_examples() -> tuple[list[str], list[int]]:
+def _cross_product(task: str) -> tuple[list[str], list[int]]:
+    """Every template of ``task`` with every word of class 0, then of class 1, template by
+    template (the words fill the template's one ``{slot}``)."""
+    words = _words()[task]
     texts, labels = [], []
-    for tpl in _PRONOUN_TEMPLATES:
-        for label, names in ((0, _MALE_NAMES), (1, _FEMALE_NAMES)):
-            for name in names:
-                texts.append(tpl.format(name=name))
-                labels.append(label)
-    return texts, labels
-
-
-def _city_examples() -> tuple[list[str], list[int]]:
-    texts, labels = [], []
-    for tpl in _CITY_TEMPLATES:
-        for label, cities in ((0, _FRENCH_CITIES), (1, _ITALIAN_CITIES)):
-            for city in cities:
-                texts.append(tpl.format(city=city))
+    for tpl in words["templates"]:
+        for label, fillers in enumerate(words["classes"]):
+            for filler in fillers:
+                texts.append(tpl.format(**{words["slot"]: filler}))
                 labels.append(label)
     return texts, labels
 
@@ -340,13 +168,13 @@ TEMPLATED: dict[str, _TemplatedSpec] = {
         "subject–verb number: 'The keys near the table' -> ' are' / ' is'",
     ),
     "pronoun_gender": _TemplatedSpec(
-        _pronoun_examples,
+        functools.partial(_cross_product, "pronoun_gender"),
         ("male", "female"),
         (" he", " she"),
         "pronoun after a first name: 'Mary was tired, so' -> ' she' / ' he'",
     ),
     "city_country": _TemplatedSpec(
-        _city_examples,
+        functools.partial(_cross_product, "city_country"),
         ("France", "Italy"),
         (" France", " Italy"),
         "a city's country: 'Lyon is a city in' -> ' France' / ' Italy'",

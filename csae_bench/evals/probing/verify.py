@@ -37,6 +37,7 @@ from torch import Tensor
 
 from csae_bench.errors import BadInputError
 from csae_bench.evals.probing import model_io as io
+from csae_bench.evals.probing.output import InterventionVerificationDetail
 from csae_bench.interventions import Intervention, make_intervention
 from csae_bench.interventions.types import FeatureStats, feature_edit_BTD
 
@@ -173,24 +174,6 @@ def edit_residual(
 # ---------------------------------------------------------------- statistic
 
 
-@dataclass(frozen=True)
-class VerificationStats:
-    intervention: str
-    effect_selected: float
-    """Mean Δ over examples for the selected features."""
-    effect_random: float
-    """Mean Δ over examples and random sets."""
-    effect_random_per_set: tuple[float, ...]
-    difference: float
-    ci_low: float
-    ci_high: float
-    relative_effect: float
-    """``difference`` / mean |clean margin|."""
-    cohens_dz: float
-    passed: bool
-    n_examples: int
-
-
 def compare_effects(
     intervention: str,
     delta_sel_N: Tensor,
@@ -200,8 +183,9 @@ def compare_effects(
     confidence: float,
     seed: int,
     min_relative_effect: float = 0.0,
-) -> VerificationStats:
-    """Selected-vs-random statistic with a two-level bootstrap CI (sets, then examples)."""
+) -> InterventionVerificationDetail:
+    """Selected-vs-random statistic with a two-level bootstrap CI (sets, then examples), as the
+    result detail the eval output stores (its fields are described there)."""
     sel = delta_sel_N.double().numpy()
     rand = delta_rand_RN.double().numpy()
     n_sets, n = rand.shape
@@ -217,11 +201,11 @@ def compare_effects(
     per_example = sel - rand.mean(0)
     sd = per_example.std(ddof=1) if n > 1 else 0.0
     scale = float(clean_margin_N.abs().mean())
-    return VerificationStats(
+    return InterventionVerificationDetail(
         intervention=intervention,
         effect_selected=float(sel.mean()),
         effect_random=float(rand.mean()),
-        effect_random_per_set=tuple(float(x) for x in rand.mean(1)),
+        effect_random_per_set=[float(x) for x in rand.mean(1)],
         difference=diff,
         ci_low=float(lo),
         ci_high=float(hi),

@@ -2,6 +2,11 @@
 the exact end-to-end KL it approximates, cheap Fisher NCES estimates for the verification loop,
 and the sensitive directions used to re-initialize causally dead features.
 
+They live next to the architecture that trains with them (:mod:`csae_bench.architectures.csae`)
+and build only on the layers below it: the gradient pool (:mod:`csae_bench.activations`), the
+model-side helpers (:mod:`csae_bench.hooks`) and the one full-vocabulary KL
+(:mod:`csae_bench.interventions.kl`).
+
 Notation: ``h`` the residual at the hook, ``ĥ`` the SAE reconstruction, ``g`` a sampled-token
 gradient ``∇_h Σ_{t'} log p(y_{t'})`` (see :mod:`csae_bench.activations.gradient_pool`).
 """
@@ -12,18 +17,15 @@ from collections.abc import Callable
 
 import torch
 from torch import Tensor
-from torch.utils.checkpoint import checkpoint
 
 from csae_bench.activations.gradient_pool import (
     GradientError,
     check_finite,
-    final_residual,
     frozen,
-    non_bos_mask,
-    rows_per_chunk,
     suffix_start,
-    unembed,
 )
+from csae_bench.hooks import final_residual, non_bos_mask
+from csae_bench.interventions.kl import mean_kl
 
 
 def _check_batch(acts_BD: Tensor, grads_BSD: Tensor, **others: Tensor) -> None:
@@ -126,33 +128,6 @@ def metric_faithfulness(err_BD: Tensor, factor_DR: Tensor) -> Tensor:
     return loss
 
 
-def _kl_rows(
-    clean_x_RD: Tensor, spliced_x_RD: Tensor, W_U_DV: Tensor, b_U_V: Tensor, cap: float | None
-) -> Tensor:
-    """Summed ``KL(p_clean ‖ p_spliced)`` over a chunk of rows, over the full vocabulary."""
-    clean_logp = torch.log_softmax(unembed(clean_x_RD, W_U_DV, b_U_V, cap)[0], dim=-1)
-    spliced_logp = torch.log_softmax(unembed(spliced_x_RD, W_U_DV, b_U_V, cap)[0], dim=-1)
-    return (clean_logp.exp() * (clean_logp - spliced_logp)).sum()
-
-
-def _mean_kl(model, clean_x_ND: Tensor, spliced_x_ND: Tensor) -> Tensor:
-    """Mean per-row KL, in row chunks; with a graph, each chunk is checkpointed so that the
-    backward pass recomputes its logits instead of keeping ``N × d_vocab`` of them alive.
-    The unembedding enters detached: only the path to the spliced residual carries gradients."""
-    W_U_DV, b_U_V = model.W_U.detach(), model.b_U.detach()
-    cap = model.cfg.output_logits_soft_cap
-    step = rows_per_chunk(W_U_DV.shape[1])
-    total = spliced_x_ND.new_zeros(())
-    for start in range(0, len(spliced_x_ND), step):
-        rows = slice(start, start + step)
-        args = (clean_x_ND[rows], spliced_x_ND[rows], W_U_DV, b_U_V, cap)
-        if spliced_x_ND.requires_grad:
-            total = total + checkpoint(_kl_rows, *args, use_reentrant=False)
-        else:
-            total = total + _kl_rows(*args)
-    return total / len(spliced_x_ND)
-
-
 def end_to_end_kl(
     model, hook_name: str, tokens_BT: torch.LongTensor, sae_forward: Callable[[Tensor], Tensor]
 ) -> Tensor:
@@ -181,7 +156,7 @@ def end_to_end_kl(
             )
         spliced_BTD = h_BTD.masked_scatter(keep_BT[..., None], recon_ND.to(h_BTD.dtype))
         spliced_x_ND = final_residual(model, spliced_BTD, start)[keep_BT]
-        kl = _mean_kl(model, clean_x_ND, spliced_x_ND)
+        kl = mean_kl(model, clean_x_ND, spliced_x_ND)
     if not torch.isfinite(kl):
         check_finite(reconstruction=recon_ND)
         raise GradientError(
