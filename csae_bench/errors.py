@@ -27,6 +27,10 @@ class JobFailedError(CsaeBenchError):
     """A job failed on valid input (CLI exit code 1; finished work is kept)."""
 
 
+class DataError(BadInputError, RuntimeError):
+    """Data could not be loaded or is unusable; the message says what to do."""
+
+
 class SaeMismatchError(BadInputError, ValueError):
     """An SAE cannot be evaluated as given (wrong model, width, hook, normalization, duplicate
     id); the message names the SAE."""
@@ -47,4 +51,11 @@ def one_line(err: Exception) -> str:
     return text.splitlines()[0] if text else type(err).__name__
 
 
-__all__ = ["BadInputError", "CsaeBenchError", "JobFailedError", "SaeMismatchError", "one_line"]
+__all__ = [
+    "BadInputError",
+    "CsaeBenchError",
+    "DataError",
+    "JobFailedError",
+    "SaeMismatchError",
+    "one_line",
+]

@@ -17,7 +17,8 @@ from pathlib import Path
 import pytest
 
 from csae_bench.corpus import build, clean, sources
-from csae_bench.data import DataError, _is_eval_doc, load_corpus
+from csae_bench.data import DataError, load_corpus
+from csae_bench.data.corpus import _is_eval_doc
 from csae_bench.errors import BadInputError
 
 PROSE = "The quick brown fox jumps over the lazy dog near the quiet river bank today."

@@ -350,7 +350,8 @@ def test_corpus_archive_cannot_write_outside_its_folder_or_follow_links(tmp_path
     import io
     import tarfile
 
-    from csae_bench.data import VADER_SOURCES, DataError, _extract_vader
+    from csae_bench.data import VADER_SOURCES, DataError
+    from csae_bench.data.vader import _extract_vader
 
     inner = io.BytesIO()
     with tarfile.open(fileobj=inner, mode="w:gz") as tar:

@@ -24,7 +24,8 @@ from pathlib import Path
 
 from csae_bench.corpus import clean, sources
 from csae_bench.corpus.sources import SOURCES, Source
-from csae_bench.data import EVAL_FRACTION, DataError, _is_eval_doc
+from csae_bench.data.corpus import EVAL_FRACTION, _is_eval_doc
+from csae_bench.errors import DataError
 from csae_bench.models import cache_dir
 
 logger = logging.getLogger(__name__)

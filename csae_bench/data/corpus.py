@@ -1,5 +1,5 @@
-"""Corpora and labelled sets: a Hugging Face dataset, local text/JSONL files, and the embedded
-default (real English from the VADER ground-truth sentences, fetched from PyPI on first use).
+"""Corpora: a Hugging Face dataset, local text/JSONL files, the ``english`` corpus and the
+embedded default (real English from the VADER ground-truth sentences).
 
 Tokens come out as ``LongTensor[n_contexts, context_size]`` packed the way SAELens/SAEBench
 pack them (``transformer_lens.utils.tokenize_and_concatenate``: documents joined by EOS, each
@@ -12,138 +12,19 @@ import contextlib
 import hashlib
 import json
 import logging
-import os
-import random
-import subprocess
-import sys
-import tarfile
-import tempfile
 from collections.abc import Iterator
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 
-from csae_bench.errors import BadInputError
-from csae_bench.models import cache_dir
+from csae_bench.data.vader import load_vader
+from csae_bench.errors import DataError
 
 logger = logging.getLogger(__name__)
 
 EMBEDDED = "embedded"
 ENGLISH = "english"  # tens of millions of tokens from Debian/PyPI packages: csae_bench/corpus
-VADER_SDIST = "vaderSentiment==3.3.2"
-# The four VADER sources, which are also the labels of the domain task.
-VADER_SOURCES = {
-    "movie": "movieReviewSnippets_GroundTruth.txt",
-    "tweet": "tweets_GroundTruth.txt",
-    "amazon": "amazonReviewSnippets_GroundTruth.txt",
-    "nyt": "nytEditorialSnippets_GroundTruth.txt",
-}
 EVAL_FRACTION = 0.1  # documents (by stable hash) held out of SAE training for evals
-
-
-class DataError(BadInputError, RuntimeError):
-    """Data could not be loaded or is unusable; the message says what to do."""
-
-
-# ---------------------------------------------------------------- VADER (embedded real English)
-
-
-@dataclass(frozen=True)
-class VaderSentence:
-    source: str  # movie | tweet | amazon | nyt
-    doc_id: str  # sentences of one NYT editorial / Amazon review share a doc id
-    score: float  # mean human rating in [-4, 4]
-    text: str
-
-
-def vader_dir() -> Path:
-    """The extracted VADER ground-truth files, downloaded from PyPI (sdist) on first use.
-
-    Set ``CSAE_BENCH_VADER_SDIST`` to a local ``vaderSentiment-3.3.2.tar.gz`` to skip the download.
-    """
-    target = cache_dir() / "vader"
-    if all((target / f).exists() for f in VADER_SOURCES.values()):
-        return target
-    target.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(dir=target.parent, prefix=".vader-") as tmp:
-        tmp_path = Path(tmp)
-        sdist = os.environ.get("CSAE_BENCH_VADER_SDIST")
-        if sdist is None:
-            logger.info(
-                "Fetching the embedded corpus (%s sdist) from the package registry", VADER_SDIST
-            )
-            cmd = [
-                sys.executable,
-                "-m",
-                "pip",
-                "download",
-                "--no-deps",
-                "--no-binary",
-                ":all:",
-                "--quiet",
-                "-d",
-                str(tmp_path),
-                VADER_SDIST,
-            ]
-            proc = subprocess.run(cmd, capture_output=True, text=True)
-            found = list(tmp_path.glob("vaderSentiment-*.tar.gz"))
-            if proc.returncode != 0 or not found:
-                raise DataError(
-                    f"Could not download the embedded corpus ({VADER_SDIST} sdist) with pip: "
-                    f"{proc.stderr.strip()[-300:]}. Download vaderSentiment-3.3.2.tar.gz on a machine "
-                    "with PyPI access and set CSAE_BENCH_VADER_SDIST to its path, or pass "
-                    "--corpus with a local text/JSONL file."
-                )
-            sdist = str(found[0])
-        _extract_vader(Path(sdist), tmp_path / "out")
-        if target.exists():
-            import shutil
-
-            shutil.rmtree(target)
-        (tmp_path / "out").rename(target)
-    return target
-
-
-def _extract_vader(sdist: Path, out: Path) -> None:
-    out.mkdir(parents=True)
-    try:
-        with tarfile.open(sdist) as outer:
-            inner = next(
-                m for m in outer.getmembers() if m.name.endswith("hutto_ICWSM_2014.tar.gz")
-            )
-            fh = outer.extractfile(inner)
-            assert fh is not None
-            with tarfile.open(fileobj=fh) as tar:
-                for member in tar.getmembers():
-                    # Only regular files, written under their base name: no link is followed and
-                    # no member path (``../``, absolute) can place a file outside ``out``.
-                    name = Path(member.name).name
-                    if member.isfile() and name in VADER_SOURCES.values():
-                        data = tar.extractfile(member)
-                        assert data is not None
-                        (out / name).write_bytes(data.read())
-    except (tarfile.TarError, StopIteration, OSError) as err:
-        raise DataError(f"{sdist} is not a valid vaderSentiment 3.3.2 sdist ({err}).") from err
-    missing = [f for f in VADER_SOURCES.values() if not (out / f).exists()]
-    if missing:
-        raise DataError(f"{sdist} lacks the VADER ground-truth files {missing}.")
-
-
-def load_vader() -> list[VaderSentence]:
-    """All ~24k human-rated VADER sentences, in file order."""
-    sentences = []
-    root = vader_dir()
-    for source, fname in VADER_SOURCES.items():
-        for line in (root / fname).read_text(encoding="utf-8", errors="replace").splitlines():
-            parts = line.strip().split("\t")
-            if len(parts) < 3 or not parts[2].strip():
-                continue
-            doc_id = parts[0].split("_")[0] if source in ("nyt", "amazon") else parts[0]
-            sentences.append(
-                VaderSentence(source, f"{source}:{doc_id}", float(parts[1]), parts[2].strip())
-            )
-    return sentences
 
 
 def _is_eval_doc(doc_id: str) -> bool:
@@ -158,9 +39,6 @@ def _embedded_documents() -> list[tuple[str, str]]:
     for s in load_vader():
         docs.setdefault(s.doc_id, []).append(s.text.replace("''", '"'))
     return [(doc_id, " ".join(parts)) for doc_id, parts in docs.items()]
-
-
-# ---------------------------------------------------------------- corpora
 
 
 def load_corpus(
@@ -347,92 +225,3 @@ def contexts_for_tokens(n_tokens: int, context_size: int, *, bos_counts: bool) -
     """
     per_context = context_size if bos_counts else context_size - 1
     return max(1, -(-n_tokens // per_context))
-
-
-# ---------------------------------------------------------------- labelled sets
-
-
-@dataclass
-class LabelledSet:
-    """Texts with integer labels; ``label_names[label]`` names each class."""
-
-    name: str
-    texts: list[str]
-    labels: list[int]
-    label_names: list[str]
-    meta: dict = field(default_factory=dict)
-
-    def __post_init__(self) -> None:
-        if len(self.texts) != len(self.labels):
-            raise DataError(f"{self.name}: {len(self.texts)} texts but {len(self.labels)} labels.")
-        present = set(self.labels)
-        if len(present) < 2:
-            raise DataError(
-                f"{self.name}: only one class present ({sorted(present)}); a probing task needs at least two."
-            )
-        bad = [y for y in present if not 0 <= y < len(self.label_names)]
-        if bad:
-            raise DataError(
-                f"{self.name}: labels {bad} have no name in label_names={self.label_names}."
-            )
-
-
-def load_labelled(
-    name: str, max_per_class: int | None = None, seed: int = 0, margin: float = 1.0
-) -> LabelledSet:
-    """A labelled set by name: ``vader_sentiment`` (scores ≤ −margin vs ≥ +margin),
-    ``vader_domain`` (movie / tweet / amazon / nyt), or a path to a JSONL file with ``text`` and
-    ``label`` fields."""
-    if name == "vader_sentiment":
-        sents = [s for s in load_vader() if abs(s.score) >= margin]
-        ls = LabelledSet(
-            name,
-            [s.text for s in sents],
-            [int(s.score > 0) for s in sents],
-            ["negative", "positive"],
-            {"margin": margin},
-        )
-    elif name == "vader_domain":
-        sources = list(VADER_SOURCES)
-        sents = load_vader()
-        ls = LabelledSet(
-            name, [s.text for s in sents], [sources.index(s.source) for s in sents], sources
-        )
-    elif Path(name).exists():
-        ls = _labelled_from_jsonl(Path(name))
-    else:
-        raise DataError(
-            f"Unknown labelled set {name!r}: use vader_sentiment, vader_domain or a JSONL path."
-        )
-    return balance(ls, max_per_class, seed) if max_per_class else ls
-
-
-def _labelled_from_jsonl(path: Path) -> LabelledSet:
-    texts, raw_labels = [], []
-    for i, line in enumerate(path.read_text(encoding="utf-8").splitlines()):
-        if not line.strip():
-            continue
-        try:
-            row = json.loads(line)
-            texts.append(str(row["text"]))
-            raw_labels.append(str(row["label"]))
-        except (json.JSONDecodeError, KeyError, TypeError):
-            raise DataError(
-                f"{path}:{i + 1} does not parse: each line must be a JSON object with 'text' and 'label'."
-            ) from None
-    names = sorted(set(raw_labels))
-    return LabelledSet(path.stem, texts, [names.index(y) for y in raw_labels], names)
-
-
-def balance(ls: LabelledSet, max_per_class: int, seed: int = 0) -> LabelledSet:
-    """At most ``max_per_class`` examples of each class, chosen with ``seed``."""
-    rng = random.Random(seed)
-    by_class: dict[int, list[int]] = {}
-    for i, y in enumerate(ls.labels):
-        by_class.setdefault(y, []).append(i)
-    keep = sorted(
-        i for idx in by_class.values() for i in rng.sample(idx, min(len(idx), max_per_class))
-    )
-    return LabelledSet(
-        ls.name, [ls.texts[i] for i in keep], [ls.labels[i] for i in keep], ls.label_names, ls.meta
-    )
