@@ -21,7 +21,9 @@ import torch
 from safetensors.torch import save_file
 
 from csae_bench import releases as sp
+from csae_bench.releases import checks as release_checks
 from csae_bench.run import EXIT_USAGE, main
+from csae_bench.suite import SuiteError
 
 REPO = Path(__file__).resolve().parents[1]
 GS2 = "gemma-scope-2-270m-pt-res-all"
@@ -128,7 +130,7 @@ def hub(tmp_path, monkeypatch):
     stand_in = StandInHub(tmp_path / "hub")
     monkeypatch.setattr(loaders, "hf_hub_download", stand_in.hf_hub_download)
     monkeypatch.setattr(loaders.requests, "get", stand_in.get)
-    monkeypatch.setattr(sp, "_hub_reachable", lambda timeout_s=3.0: True)  # the network probe
+    monkeypatch.setattr(release_checks, "_hub_reachable", lambda timeout_s=3.0: True)  # the network probe
     monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
     sp.release_config.cache_clear()
     yield stand_in
@@ -154,7 +156,7 @@ def test_split_sae_entries_separates_folders_from_release_ids(tmp_path):
     )
     assert folders == [str(folder)]
     assert releases == [f"{GS2}:layer_6_width_16k_l0_small", f"{GS2}:layer_6_width_16k_l0_big"]
-    with pytest.raises(sp.SuiteError, match="release:sae_id"):
+    with pytest.raises(SuiteError, match="release:sae_id"):
         sp.split_sae_entries(f"{GS2}:")
 
 
