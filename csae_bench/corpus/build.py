@@ -22,7 +22,7 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from csae_bench.corpus import clean, sources
+from csae_bench.corpus import clean, registry
 from csae_bench.corpus.sources import SOURCES, Source
 from csae_bench.data.corpus import EVAL_FRACTION, _is_eval_doc
 from csae_bench.errors import DataError
@@ -263,8 +263,8 @@ def build(
     info: dict[str, dict] = {}
     for i, source in enumerate(todo, 1):
         t0 = time.perf_counter()
-        archive = sources.download(source, work / "download" / source.name)
-        root = sources.unpack(archive, work / "unpacked" / source.name)
+        archive = registry.download(source, work / "download" / source.name)
+        root = registry.unpack(archive, work / "unpacked" / source.name)
         before = (dedup.dropped_paragraphs, dedup.dropped_documents)
         docs = source_documents(source, root, dedup)
         _count_all(docs, count_tokens)
@@ -274,7 +274,7 @@ def build(
         info[source.name] = {
             "registry": source.registry,
             "package": source.package,
-            "version": sources.package_version(archive),
+            "version": registry.package_version(archive),
             "license": source.license,
             "tokens_before_cap": sum(d.tokens for d in docs),
             "duplicate_paragraphs_dropped": dedup.dropped_paragraphs - before[0],
