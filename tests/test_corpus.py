@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from csae_bench.corpus import build, clean, rdata, registry, sources
+from csae_bench.corpus import build, clean, documents, rdata, registry, sources
 from csae_bench.data import DataError, load_corpus
 from csae_bench.data.corpus import _is_eval_doc
 from csae_bench.errors import BadInputError
@@ -382,13 +382,15 @@ def test_stub_documents_are_dropped(tmp_path):
     page = "<html><body><p>The node you are looking for is at XREFfoo here.</p></body></html>"
     _text(root / "usr/share/doc/python3.11/html/stub.html", page)
     make_tree(tmp_path / "perl", "perl-doc")
-    assert build.source_documents(source("python-doc"), root, build.Deduplicator()) == []
-    docs = build.source_documents(source("perl-doc"), tmp_path / "perl", build.Deduplicator())
+    assert documents.source_documents(source("python-doc"), root, documents.Deduplicator()) == []
+    docs = documents.source_documents(
+        source("perl-doc"), tmp_path / "perl", documents.Deduplicator()
+    )
     assert len(docs) == 1 and sentence("perl-doc", 5) in docs[0].text
 
 
 def test_document_dedup_is_exact_and_normalized():
-    dedup = build.Deduplicator()
+    dedup = documents.Deduplicator()
     assert dedup.new_document(PROSE)
     assert not dedup.new_document(PROSE)
     assert not dedup.new_document(PROSE.upper().replace(" ", "  ") + "!")

@@ -1,5 +1,6 @@
 """Build the ``english`` corpus once and cache it: fetch each source, clean, deduplicate, cap
 each source's share of the tokens, hold out a split, write JSONL shards and ``composition.json``.
+Cleaning and deduplication of one source's documents live in :mod:`csae_bench.corpus.documents`.
 
 The cache is ``<cache_dir>/corpus/english-v<VERSION>/``. It is built in a temporary folder next
 to it and renamed into place only when complete (a killed build leaves nothing that is trusted;
@@ -14,15 +15,20 @@ import fcntl
 import hashlib
 import json
 import logging
-import re
 import shutil
 import tempfile
 import time
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 
 from csae_bench.corpus import clean, registry
+from csae_bench.corpus.documents import (
+    MAX_DOC_CHARS,
+    MIN_DOC_CHARS,
+    Deduplicator,
+    Document,
+    source_documents,
+)
 from csae_bench.corpus.sources import SOURCES, Source
 from csae_bench.data.corpus import EVAL_FRACTION, _is_eval_doc
 from csae_bench.errors import DataError
@@ -33,91 +39,13 @@ logger = logging.getLogger(__name__)
 NAME = "english"
 VERSION = 1  # bump when sources or cleaning change: a new version is a new cache folder
 CAP_FRACTION = 0.30  # no source above this share of the corpus's tokens
-MAX_DOC_CHARS = 6000  # paragraphs are grouped into documents of at most about this size
-MIN_DOC_CHARS = 200  # shorter documents are stubs ("The node you are looking for is at …")
-MIN_DEDUP_CHARS = 80  # shorter paragraphs ("Exit.", "See also") may repeat legitimately
 SHARD_BYTES = 64 << 20
 
 TokenCounter = Callable[[list[str]], list[int]]
 
 
-@dataclass
-class Document:
-    doc_id: str
-    source: str
-    text: str
-    tokens: int = 0
-
-
 def corpus_dir() -> Path:
     return cache_dir() / "corpus" / f"{NAME}-v{VERSION}"
-
-
-# ---------------------------------------------------------------- cleaning and deduplication
-
-
-def _norm_hash(text: str) -> bytes:
-    """Hash of the text with case, punctuation and whitespace differences removed."""
-    return hashlib.blake2b(re.sub(r"[\W_]+", "", text.lower()).encode(), digest_size=16).digest()
-
-
-def _exact_hash(text: str) -> bytes:
-    return hashlib.blake2b(text.encode(), digest_size=16).digest()
-
-
-class Deduplicator:
-    """Drops paragraphs already seen (normalized hash, paragraphs of ``MIN_DEDUP_CHARS`` or
-    more) and documents already seen (exact and normalized hash), across all sources."""
-
-    def __init__(self) -> None:
-        self.paragraphs: set[bytes] = set()
-        self.documents: set[bytes] = set()
-        self.dropped_paragraphs = 0
-        self.dropped_documents = 0
-
-    def new_paragraph(self, paragraph: str) -> bool:
-        if len(paragraph) < MIN_DEDUP_CHARS:
-            return True
-        h = _norm_hash(paragraph)
-        if h in self.paragraphs:
-            self.dropped_paragraphs += 1
-            return False
-        self.paragraphs.add(h)
-        return True
-
-    def new_document(self, text: str) -> bool:
-        hashes = (b"x" + _exact_hash(text), b"n" + _norm_hash(text))
-        if any(h in self.documents for h in hashes):
-            self.dropped_documents += 1
-            return False
-        self.documents.update(hashes)
-        return True
-
-
-def chunk(paragraphs: Sequence[str], max_chars: int = MAX_DOC_CHARS) -> list[str]:
-    """Consecutive paragraphs joined by blank lines into documents of at most ``max_chars``
-    (a longer paragraph is a document of its own)."""
-    docs, current, size = [], [], 0
-    for p in paragraphs:
-        if current and size + len(p) > max_chars:
-            docs.append("\n\n".join(current))
-            current, size = [], 0
-        current.append(p)
-        size += len(p) + 2
-    if current:
-        docs.append("\n\n".join(current))
-    return docs
-
-
-def source_documents(source: Source, root: Path, dedup: Deduplicator) -> list[Document]:
-    """The cleaned, deduplicated documents of one unpacked source."""
-    docs = []
-    for key, paragraphs in source.extract(root):
-        kept = [p for p in paragraphs if clean.is_prose(p, min_words=3) and dedup.new_paragraph(p)]
-        for i, text in enumerate(chunk(kept)):
-            if len(text) >= MIN_DOC_CHARS and dedup.new_document(text):
-                docs.append(Document(f"{source.name}:{key}:{i}", source.name, text))
-    return docs
 
 
 # ---------------------------------------------------------------- per-source cap
