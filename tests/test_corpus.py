@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from csae_bench.corpus import build, clean, documents, rdata, registry, sources
+from csae_bench.corpus import build, clean, clean_html, documents, rdata, registry, sources
 from csae_bench.data import DataError, load_corpus
 from csae_bench.data.corpus import _is_eval_doc
 from csae_bench.errors import BadInputError
@@ -52,7 +52,7 @@ def test_html_keeps_prose_and_drops_code_tables_navigation():
     <div class="sphinxsidebar"><p>Quick search box in the sidebar here</p></div>
     <div id="docs-sidebar"><p>Session and sessionmaker menu of the theme</p></div>
     </body></html>"""
-    paras = clean.html_to_paragraphs(page)
+    paras = clean_html.html_to_paragraphs(page)
     assert "The frobnicator turns input into useful & tidy output for everyone." in paras
     assert "First item of a list that reads like a sentence." in paras
     text = " ".join(paras)

@@ -13,6 +13,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 from csae_bench.corpus import clean
+from csae_bench.corpus.clean_html import html_to_paragraphs
 from csae_bench.corpus.rdata import read_r_lazyload
 from csae_bench.data import DataError
 
@@ -43,7 +44,7 @@ def _key(root: Path, path: Path) -> str:
 def html_tree(subdir: str, exclude: tuple[str, ...] = ()) -> Callable[[Path], Paragraphs]:
     def extract(root: Path) -> Paragraphs:
         for path in _files(root / subdir, "**/*.html", exclude):
-            yield _key(root, path), clean.html_to_paragraphs(_read(path))
+            yield _key(root, path), html_to_paragraphs(_read(path))
 
     return extract
 
@@ -53,7 +54,7 @@ def html_files(subdir: str, names: list[str]) -> Callable[[Path], Paragraphs]:
         for name in names:
             path = root / subdir / name
             if path.is_file():
-                yield _key(root, path), clean.html_to_paragraphs(_read(path))
+                yield _key(root, path), html_to_paragraphs(_read(path))
 
     return extract
 
