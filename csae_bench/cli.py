@@ -234,9 +234,10 @@ def config_from_args(args: argparse.Namespace) -> RunConfig:
     cfg = build_config(args.suite, **{name: getattr(args, name) for _, name, _ in RUN_FLAGS})
     validate_names(cfg)
     if cfg.trains:
+        from csae_bench.hooks import block_hook_name
         from csae_bench.pipeline import check_train_settings
 
-        check_train_settings(cfg, f"blocks.{cfg.layer}.hook_resid_post")
+        check_train_settings(cfg, block_hook_name(cfg.layer))
     return cfg
 
 

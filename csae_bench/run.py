@@ -96,11 +96,12 @@ def _execute(cfg: RunConfig, resources, plots: bool, console, wide: bool) -> dic
 def _run_plan(
     cfg: RunConfig, executor, res, external, releases, out: Path, plots: bool, console, wide: bool
 ) -> dict:
+    from csae_bench.hooks import block_hook_name
     from csae_bench.pipeline import plan
     from csae_bench.reporting.leaderboard import leaderboard_path
     from csae_bench.reporting.table import render_table
 
-    hook_name = f"blocks.{cfg.layer}.hook_resid_post"
+    hook_name = block_hook_name(cfg.layer)
     if cfg.trains:
         # Fail on a layer the model lacks before any work, but only load the model if work remains.
         jobs = plan(cfg, hook_name)

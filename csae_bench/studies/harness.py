@@ -62,6 +62,27 @@ class RecordJob(Job):
         atomic_write_json(self.path, self.record(res))
 
 
+STUDY_MODEL = "embedded"
+"""The model every study runs on (the embedded Gemma-3-270M)."""
+
+
+def embedded_run_config(cfg: Any, out: Path) -> RunConfig:
+    """The shared resources of a study on the embedded model and corpus: ``cfg``'s layer, seeds,
+    width, training tokens, batch size, context size and eval contexts (eval split, seed 0: the same
+    for every seed and SAE)."""
+    return RunConfig(
+        model=STUDY_MODEL,
+        layer=cfg.layer,
+        seeds=list(cfg.seeds),
+        d_sae=cfg.d_sae,
+        train_tokens=cfg.train_tokens,
+        batch_size=cfg.batch_size,
+        context_size=cfg.context_size,
+        eval_contexts=cfg.eval_contexts,
+        out=str(out),
+    )
+
+
 @dataclass(frozen=True)
 class Study:
     """What a study is made of (see the module docstring)."""

@@ -69,4 +69,6 @@ class AblationConfig:
 
     @property
     def hook_name(self) -> str:
-        return f"blocks.{self.layer}.hook_resid_post"
+        from csae_bench.hooks import block_hook_name
+
+        return block_hook_name(self.layer)

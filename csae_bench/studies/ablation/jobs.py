@@ -25,29 +25,18 @@ from csae_bench.pipeline import (
     TrainJob,
 )
 from csae_bench.studies.ablation.config import RANDOM_CONTROL, AblationConfig
-from csae_bench.studies.harness import RecordJob
+from csae_bench.studies.harness import STUDY_MODEL, RecordJob, embedded_run_config
 from csae_bench.suite import RunConfig
 
-MODEL = "embedded"
+MODEL = STUDY_MODEL
 NCES_ENGINE = "ablation.nces_engine"
 """Key of the NCES engine in ``Resources.eval_cache``: built once, shared by every NCES record
 (same model, hook and eval tokens)."""
 
 
 def run_config(cfg: AblationConfig, out: Path) -> RunConfig:
-    """The shared resources of the study: the embedded model and corpus, ``cfg``'s context size,
-    training tokens and eval contexts (eval split, seed 0, the same for every seed and SAE)."""
-    return RunConfig(
-        model=MODEL,
-        layer=cfg.layer,
-        seeds=list(cfg.seeds),
-        d_sae=cfg.d_sae,
-        train_tokens=cfg.train_tokens,
-        batch_size=cfg.batch_size,
-        context_size=cfg.context_size,
-        eval_contexts=cfg.eval_contexts,
-        out=str(out),
-    )
+    """The study's shared resources (:func:`~csae_bench.studies.harness.embedded_run_config`)."""
+    return embedded_run_config(cfg, out)
 
 
 def _eval_context(res: Resources, hook_name: str, seed: int):
