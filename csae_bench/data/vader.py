@@ -6,8 +6,6 @@ from __future__ import annotations
 
 import logging
 import os
-import subprocess
-import sys
 import tarfile
 import tempfile
 from dataclasses import dataclass
@@ -15,6 +13,7 @@ from pathlib import Path
 
 from csae_bench.errors import DataError
 from csae_bench.models import cache_dir
+from csae_bench.pypi import pip_download_sdist
 
 logger = logging.getLogger(__name__)
 
@@ -52,29 +51,15 @@ def vader_dir() -> Path:
             logger.info(
                 "Fetching the embedded corpus (%s sdist) from the package registry", VADER_SDIST
             )
-            cmd = [
-                sys.executable,
-                "-m",
-                "pip",
-                "download",
-                "--no-deps",
-                "--no-binary",
-                ":all:",
-                "--quiet",
-                "-d",
-                str(tmp_path),
-                VADER_SDIST,
-            ]
-            proc = subprocess.run(cmd, capture_output=True, text=True)
-            found = list(tmp_path.glob("vaderSentiment-*.tar.gz"))
-            if proc.returncode != 0 or not found:
+            found, error = pip_download_sdist(VADER_SDIST, tmp_path, "vaderSentiment-*.tar.gz")
+            if found is None:
                 raise DataError(
                     f"Could not download the embedded corpus ({VADER_SDIST} sdist) with pip: "
-                    f"{proc.stderr.strip()[-300:]}. Download vaderSentiment-3.3.2.tar.gz on a machine "
+                    f"{error[-300:]}. Download vaderSentiment-3.3.2.tar.gz on a machine "
                     "with PyPI access and set CSAE_BENCH_VADER_SDIST to its path, or pass "
                     "--corpus with a local text/JSONL file."
                 )
-            sdist = str(found[0])
+            sdist = str(found)
         _extract_vader(Path(sdist), tmp_path / "out")
         if target.exists():
             import shutil
