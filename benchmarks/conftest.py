@@ -6,12 +6,16 @@ built once per session and shared, so the rows of one run compare like for like.
 from __future__ import annotations
 
 import os
+import sys
+from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))  # the tests' helpers
 
 import pytest
 import torch
+from helpers import embedded_model, embedded_tokens
 
 HOOK = "blocks.6.hook_resid_post"
 TRAIN_TOKENS = 32_768
@@ -21,17 +25,13 @@ CONTEXT = 128
 
 @pytest.fixture(scope="session")
 def model():
-    from csae_bench.models import load_model
-
-    return load_model("embedded")
+    return embedded_model()
 
 
 @pytest.fixture(scope="session")
 def train_tokens(model):
-    from csae_bench.data import load_tokens
-
-    return load_tokens(model.tokenizer, split="train", context_size=CONTEXT,
-                       n_contexts=-(-TRAIN_TOKENS // (CONTEXT - 1)), seed=0)
+    return embedded_tokens(model, split="train", context_size=CONTEXT,
+                           n_contexts=-(-TRAIN_TOKENS // (CONTEXT - 1)), seed=0)
 
 
 @pytest.fixture(scope="session")
@@ -48,18 +48,15 @@ def activation_source(model, train_tokens, tmp_path_factory):
 @pytest.fixture(scope="session")
 def heldout_acts(model):
     from csae_bench.activations.harvest import harvest_activations
-    from csae_bench.data import load_tokens
 
-    toks = load_tokens(model.tokenizer, split="eval", context_size=CONTEXT, n_contexts=8, seed=1)
+    toks = embedded_tokens(model, split="eval", context_size=CONTEXT, n_contexts=8, seed=1)
     return harvest_activations(model, HOOK, toks)
 
 
 @pytest.fixture(scope="session")
 def eval_tokens(model):
     """The eval set of the eval benchmarks (as the run's ``eval_contexts`` x ``context_size``)."""
-    from csae_bench.data import load_tokens
-
-    return load_tokens(model.tokenizer, split="eval", context_size=CONTEXT, n_contexts=8, seed=0)
+    return embedded_tokens(model, split="eval", context_size=CONTEXT, n_contexts=8, seed=0)
 
 
 @pytest.fixture(scope="session")

@@ -1,15 +1,11 @@
-"""Engine speed, side by side on the same interventions (run: pytest benchmarks/ --benchmark-only).
+"""Engine speed, side by side on the same interventions (run: pytest benchmarks/ --benchmark-only),
+on the embedded model and eval tokens of ``benchmarks/conftest.py``.
 
 Groups: ``engine-vs-naive`` (exact batched engine, truncation-only engine, naive hooked loop, and
 attribution), ``window`` (the engine at W = 1, 4, 16). ``extra_info`` holds interventions per
 second; the naive/engine ratio is the speed-up."""
 
 from __future__ import annotations
-
-import os
-
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
-os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 
 import pytest
 import torch
@@ -23,30 +19,16 @@ N_INTERVENTIONS = 2 * N_TOKENS
 
 
 @pytest.fixture(scope="session")
-def bench_model():
-    from csae_bench.models import load_model
-
-    return load_model("embedded")
-
-
-@pytest.fixture(scope="session")
-def bench_tokens(bench_model):
-    from csae_bench.data import load_tokens
-
-    return load_tokens(bench_model.tokenizer, split="eval", context_size=128, n_contexts=8)
-
-
-@pytest.fixture(scope="session")
-def bench_interventions(bench_model, bench_tokens):
+def bench_interventions(model, eval_tokens):
     """As the NCES eval runs them: at 16 seeded random (context, position) tokens, an edit of a
     typical feature-edit size (norm 150, the median zero-ablation of a TopK SAE at this hook) and
     its random-direction control of equal norm — 32 interventions."""
     from csae_bench.interventions import random_direction_control
 
     gen = torch.Generator().manual_seed(0)
-    ctx = torch.randint(0, len(bench_tokens), (N_TOKENS,), generator=gen)
-    pos = torch.randint(1, bench_tokens.shape[1] - 20, (N_TOKENS,), generator=gen)
-    edit = 150.0 * torch.nn.functional.normalize(torch.randn(N_TOKENS, bench_model.cfg.d_model, generator=gen), dim=-1)
+    ctx = torch.randint(0, len(eval_tokens), (N_TOKENS,), generator=gen)
+    pos = torch.randint(1, eval_tokens.shape[1] - 20, (N_TOKENS,), generator=gen)
+    edit = 150.0 * torch.nn.functional.normalize(torch.randn(N_TOKENS, model.cfg.d_model, generator=gen), dim=-1)
     ctx, pos = ctx.repeat(2), pos.repeat(2)
     delta = torch.cat([edit, random_direction_control(edit, gen)])
     return ctx, pos, delta
@@ -60,17 +42,17 @@ def _record(benchmark, n: int) -> None:
 
 
 @pytest.fixture(scope="module")
-def engines(bench_model, bench_tokens):
+def engines(model, eval_tokens):
     return {
-        "reuse_kv": EffectEngine(bench_model, HOOK, bench_tokens, EngineConfig(window=4)),
-        "truncate": EffectEngine(bench_model, HOOK, bench_tokens, EngineConfig(window=4, reuse_kv=False)),
+        "reuse_kv": EffectEngine(model, HOOK, eval_tokens, EngineConfig(window=4)),
+        "truncate": EffectEngine(model, HOOK, eval_tokens, EngineConfig(window=4, reuse_kv=False)),
     }
 
 
 @pytest.mark.benchmark(group="engine-vs-naive")
-def test_bench_naive_loop(benchmark, bench_model, bench_tokens, bench_interventions):
+def test_bench_naive_loop(benchmark, model, eval_tokens, bench_interventions):
     ctx, pos, delta = bench_interventions
-    benchmark.pedantic(naive_effects, args=(bench_model, HOOK, bench_tokens, ctx, pos, delta, 4), **PEDANTIC)
+    benchmark.pedantic(naive_effects, args=(model, HOOK, eval_tokens, ctx, pos, delta, 4), **PEDANTIC)
     _record(benchmark, N_INTERVENTIONS)
 
 
@@ -84,9 +66,9 @@ def test_bench_engine_exact(benchmark, engines, bench_interventions, variant):
 
 
 @pytest.mark.benchmark(group="engine-vs-naive")
-def test_bench_attribution(benchmark, bench_model, bench_tokens, bench_interventions):
+def test_bench_attribution(benchmark, model, eval_tokens, bench_interventions):
     ctx, pos, delta = bench_interventions
-    engine = EffectEngine(bench_model, HOOK, bench_tokens, EngineConfig(window=4))
+    engine = EffectEngine(model, HOOK, eval_tokens, EngineConfig(window=4))
 
     def attribute():
         engine._grad_NTD = None  # time the backward pass, not the cache
@@ -98,8 +80,8 @@ def test_bench_attribution(benchmark, bench_model, bench_tokens, bench_intervent
 
 @pytest.mark.benchmark(group="window")
 @pytest.mark.parametrize("window", [1, 4, 16])
-def test_bench_window(benchmark, bench_model, bench_tokens, bench_interventions, window):
+def test_bench_window(benchmark, model, eval_tokens, bench_interventions, window):
     ctx, pos, delta = bench_interventions
-    engine = EffectEngine(bench_model, HOOK, bench_tokens, EngineConfig(window=window))
+    engine = EffectEngine(model, HOOK, eval_tokens, EngineConfig(window=window))
     benchmark.pedantic(engine.effects, args=(ctx, pos, delta), **PEDANTIC)
     _record(benchmark, N_INTERVENTIONS)

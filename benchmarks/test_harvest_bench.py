@@ -8,22 +8,16 @@ from __future__ import annotations
 import resource
 
 import pytest
+from helpers import embedded_tokens
 
 from csae_bench.activations.harvest import harvest_activations
-from csae_bench.data import load_tokens
-from csae_bench.models import load_model
 
 N_CONTEXTS, CONTEXT = 32, 128
 
 
 @pytest.fixture(scope="module")
-def model():
-    return load_model("embedded")
-
-
-@pytest.fixture(scope="module")
-def tokens(model):
-    return load_tokens(model.tokenizer, split="train", context_size=CONTEXT, n_contexts=N_CONTEXTS)
+def tokens(model):  # the embedded model: benchmarks/conftest.py
+    return embedded_tokens(model, split="train", context_size=CONTEXT, n_contexts=N_CONTEXTS)
 
 
 @pytest.mark.parametrize("layer", [6])

@@ -1,4 +1,16 @@
-"""Shared fixtures. Tests run offline; the embedded model is loaded once per session."""
+"""Shared fixtures (built by ``helpers``) and the test tiers. Tests run offline; the embedded model
+is loaded once per session.
+
+Tiers (markers, assigned here at collection, so a new test gets one without thinking):
+
+- ``e2e``: runs a whole suite or job through the CLI or the pipeline; marked explicitly
+  (``@pytest.mark.e2e``), or uses a Ray cluster (the ``cluster`` fixture);
+- ``integration``: loads the embedded Gemma-3-270M (the ``embedded_model`` fixture), or is marked
+  ``@pytest.mark.integration`` where it loads it another way (through the CLI);
+- ``unit``: everything else (tiny models built in the test; seconds).
+
+``slow`` is an alias added to every ``integration`` and ``e2e`` test (``-m "not slow"`` = ``-m unit``).
+``tests/test_tiers.py`` fails if a test ends up with no tier or two."""
 
 from __future__ import annotations
 
@@ -9,21 +21,42 @@ os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 
 import pytest
 import torch
+from helpers import embedded_model as load_embedded_model
+from helpers import embedded_tokens, random_tokens
+from helpers import tiny_model as build_tiny_model
+
+TIERS = ("unit", "integration", "e2e")
+E2E_FIXTURES = {"cluster"}
+"""Fixtures that make a test end-to-end: a Ray cluster runs whole jobs on worker processes."""
+INTEGRATION_FIXTURES = {"embedded_model"}
+"""Fixtures that make a test an integration test: the embedded model."""
+ALL_ITEMS = pytest.StashKey[list]()
+"""Every collected test, before ``-m`` deselects any (for ``test_tiers.py``)."""
 
 
-def tiny_config(arch: str = "gemma3", d_model: int = 64, n_layers: int = 4, d_vocab: int = 512):
-    """A tiny random TransformerLens config of a given family (gemma3 / gpt2 / gemma2)."""
-    from transformer_lens import HookedTransformerConfig
+def tier_of(marks: set[str], fixtures: set[str]) -> set[str]:
+    """The tiers of a test with these marker and fixture names: its explicit tier marks if it has
+    any, else ``e2e`` / ``integration`` / ``unit`` by the fixtures it uses (in that order)."""
+    explicit = marks & set(TIERS)
+    if explicit:
+        return explicit
+    if fixtures & E2E_FIXTURES:
+        return {"e2e"}
+    if fixtures & INTEGRATION_FIXTURES:
+        return {"integration"}
+    return {"unit"}
 
-    common = dict(n_layers=n_layers, d_model=d_model, n_ctx=128, d_head=16, n_heads=d_model // 16,
-                  d_vocab=d_vocab, seed=0, device="cpu")
-    if arch == "gpt2":
-        return HookedTransformerConfig(**common, d_mlp=4 * d_model, act_fn="gelu_new",
-                                       normalization_type="LN", positional_embedding_type="standard")
-    return HookedTransformerConfig(**common, d_mlp=2 * d_model, act_fn="gelu_pytorch_tanh",
-                                   normalization_type="RMS", positional_embedding_type="rotary",
-                                   gated_mlp=True, use_normalization_before_and_after=True,
-                                   n_key_value_heads=2, final_rms=True)
+
+@pytest.hookimpl(tryfirst=True)  # before -m deselects by these marks
+def pytest_collection_modifyitems(config, items):
+    for item in items:
+        marks = {m.name for m in item.iter_markers()}
+        tiers = tier_of(marks, set(item.fixturenames))
+        for name in sorted(tiers - marks):
+            item.add_marker(name)
+        if tiers & {"integration", "e2e"}:
+            item.add_marker("slow")
+    config.stash[ALL_ITEMS] = list(items)
 
 
 @pytest.fixture(scope="module")
@@ -39,35 +72,31 @@ def one_thread():
 @pytest.fixture(scope="session")
 def tiny_model():
     """A tiny random Gemma-like HookedTransformer (no tokenizer: feed token ids)."""
-    from transformer_lens import HookedTransformer
-
-    torch.manual_seed(0)
-    model = HookedTransformer(tiny_config())
-    model.eval()
-    return model
+    return build_tiny_model()
 
 
 @pytest.fixture(scope="session")
 def tiny_tokens():
-    gen = torch.Generator().manual_seed(0)
-    toks = torch.randint(3, 512, (8, 32), generator=gen)
-    toks[:, 0] = 2  # BOS
-    return toks
+    return random_tokens(8, 32, seed=0)
+
+
+@pytest.fixture(scope="session")
+def tiny_run(tmp_path_factory):
+    """A real results folder, read-only: the tiny run (2 architectures, core eval; ``helpers.run_tiny``)."""
+    from helpers import run_tiny
+
+    return run_tiny(tmp_path_factory.mktemp("tiny_run"))
 
 
 @pytest.fixture(scope="session")
 def embedded_model():
     """The real embedded Gemma-3-270M (converted once into the user cache, ~10 s per load)."""
-    from csae_bench.models import load_model
-
-    return load_model("embedded")
+    return load_embedded_model()
 
 
 @pytest.fixture(scope="session")
 def embedded_eval_tokens(embedded_model):
-    from csae_bench.data import load_tokens
-
-    return load_tokens(embedded_model.tokenizer, split="eval", context_size=64, n_contexts=16)
+    return embedded_tokens(embedded_model, split="eval", context_size=64, n_contexts=16)
 
 
 @pytest.fixture(scope="session")

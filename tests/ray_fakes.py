@@ -7,7 +7,7 @@ import os
 import time
 from pathlib import Path
 
-from pipeline_fakes import tiny_model, tiny_tokens
+from helpers import tiny_model, tiny_tokens
 
 from csae_bench.pipeline import Resources, load_sae
 
@@ -66,7 +66,7 @@ class BadEvalTokens:
 
 def ray_resources(cfg, model_log: Path | None = None, **seams) -> Resources:
     """``tiny_resources`` with picklable callables (they travel to Ray workers)."""
-    from pipeline_fakes import fast_train
+    from helpers import fast_train
 
     loader = CountingModelLoader(model_log) if model_log else CountingModelLoader(os.devnull)
     return Resources(cfg, model_loader=loader, token_loader=seams.pop("token_loader", tiny_tokens),

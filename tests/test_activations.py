@@ -15,11 +15,9 @@ from csae_bench.activations.harvest import (
 
 @pytest.fixture(scope="module")
 def model(word_tokenizer):
-    from conftest import tiny_config
-    from transformer_lens import HookedTransformer
+    from helpers import tiny_model
 
-    torch.manual_seed(0)
-    model = HookedTransformer(tiny_config()).eval()
+    model = tiny_model()
     model.tokenizer = word_tokenizer  # only bos_token_id is used by the harvest
     return model
 

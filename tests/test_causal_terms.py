@@ -5,8 +5,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from conftest import tiny_config
-from transformer_lens import HookedTransformer
+from helpers import tiny_model as _tiny
 
 from csae_bench.activations.gradient_pool import (
     GradientError,
@@ -27,14 +26,6 @@ from csae_bench.architectures.csae_losses import (
 )
 
 HOOK = "blocks.1.hook_resid_post"
-
-
-def _tiny(arch: str = "gemma3", softcap: float | None = None) -> HookedTransformer:
-    cfg = tiny_config(arch)
-    if softcap is not None:
-        cfg.output_logits_soft_cap = softcap
-    torch.manual_seed(0)
-    return HookedTransformer(cfg).eval()
 
 
 def _naive_logprob_grads(model, hook_name, tokens_BT, y_BTS):
@@ -352,7 +343,6 @@ def test_last_layer_and_resid_pre_hooks(tiny_model, tiny_tokens):
 # --- the embedded model ----------------------------------------------------------------------
 
 
-@pytest.mark.slow
 def test_embedded_model_gradients_and_kl(embedded_model):
     """Gemma-3-270M (262k vocab, BOS dropped): pool gradients and the end-to-end KL agree with
     naive full-logit autograd on a few short contexts."""

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+from helpers import random_tokens
 from sae_bench.custom_saes.relu_sae import ReluSAE
 from sae_bench.evals.core.eval_output import CoreEvalOutput
 from sae_bench.sae_bench_utils.testing_utils import validate_eval_output_format_file
@@ -28,9 +29,7 @@ def _relu_sae(d_in: int, d_sae: int, seed: int = 0) -> ReluSAE:
 
 @pytest.fixture(scope="module")
 def ctx(tiny_model):
-    gen = torch.Generator().manual_seed(1)
-    toks = torch.randint(3, 512, (16, 32), generator=gen)
-    toks[:, 0] = 2
+    toks = random_tokens(16, 32, seed=1)
     return EvalContext(tiny_model, HOOK, toks, model_name="tiny", extra={"sae_release": "test-release"})
 
 
@@ -224,12 +223,12 @@ def test_upstream_per_sae_user_warnings_are_silenced_only_there(ctx, monkeypatch
     assert len(caught) == 1
 
 
-@pytest.mark.slow
+@pytest.mark.integration  # loads the embedded model through the CLI
 def test_nan_row_gemma3_sae_folder_exits_2_naming_it(tmp_path, caplog):
     """Issue 17.2 as reported: an SAELens 6 folder for google/gemma-3-270m blocks.6.hook_resid_post
     (d_in 640, d_sae 256, random weights, one NaN decoder row) run through the CLI on the embedded
     model: the job fails naming the SAE; no result file, no leaderboard row."""
-    from test_leaderboard import write_saelens6_folder
+    from helpers import write_saelens6_folder
 
     from csae_bench.run import main
 

@@ -7,8 +7,7 @@ import copy
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import tiny_config
-from test_interventions import SPECS, random_sae
+from helpers import SPECS, random_sae, tiny_model
 
 from csae_bench.interventions import InterventionError, feature_edit_BTD, make_intervention
 from csae_bench.interventions.engine import (
@@ -35,10 +34,7 @@ def tiny64(tiny_model):
 
 @pytest.fixture(scope="module")
 def tiny_gpt2():
-    from transformer_lens import HookedTransformer
-
-    torch.manual_seed(0)
-    return HookedTransformer(tiny_config("gpt2")).to(torch.float64).eval()
+    return tiny_model("gpt2").to(torch.float64)
 
 
 def sae_interventions(engine, sae, spec: str, n: int, seed: int = 0):
@@ -186,7 +182,6 @@ def test_attribution_is_the_first_order_term(tiny64, tiny_tokens):
     torch.testing.assert_close(attr, exact.to(attr), rtol=1e-2, atol=1e-9)
 
 
-@pytest.mark.slow
 @pytest.mark.parametrize("spec", ["zero", "clamp:-1", "control"])
 def test_engine_equals_naive_on_the_embedded_model(embedded_model, embedded_eval_tokens, spec):
     hook = "blocks.6.hook_resid_post"

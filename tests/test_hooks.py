@@ -5,19 +5,10 @@ from __future__ import annotations
 
 import pytest
 import torch
-from conftest import tiny_config
-from transformer_lens import HookedTransformer
+from helpers import tiny_model as _tiny
 from transformer_lens.utilities import get_act_name
 
 from csae_bench import hooks
-
-
-def _tiny(arch: str, softcap: float | None = None) -> HookedTransformer:
-    cfg = tiny_config(arch)
-    if softcap is not None:
-        cfg.output_logits_soft_cap = softcap
-    torch.manual_seed(0)
-    return HookedTransformer(cfg).eval()
 
 
 def test_names_and_layers():

@@ -17,7 +17,7 @@ from csae_bench.run import EXIT_USAGE, guarded, main
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 GEMMA = dict(d_in=640, d_sae=256, hook="blocks.6.hook_resid_post", model="google/gemma-3-270m")
-TINY = dict(d_in=64, d_sae=32, hook="blocks.2.hook_resid_post", model="tiny")  # pipeline_fakes
+TINY = dict(d_in=64, d_sae=32, hook="blocks.2.hook_resid_post", model="tiny")  # helpers
 
 
 def write_sae(folder: Path, d_in, d_sae, hook, model, normalize="none", seed=0) -> Path:
@@ -59,8 +59,8 @@ def write_legacy_sae(folder: Path, d_in, d_sae, hook, model, normalize=False) ->
 
 
 def run_tiny(tmp_path: Path, caplog, saes: Path | None = None, **overrides) -> int:
-    """The CLI's guarded run on the tiny model (pipeline_fakes); returns the exit code."""
-    from pipeline_fakes import tiny_resources, tiny_run_config
+    """The CLI's guarded run on the tiny model (helpers); returns the exit code."""
+    from helpers import tiny_resources, tiny_run_config
 
     from csae_bench.run import execute
 
@@ -151,7 +151,7 @@ def test_colliding_sae_ids_are_refused_naming_both_folders(tmp_path, caplog):
 
 def test_two_jobs_writing_one_file_are_refused(tmp_path):
     """The whole kind: any plan where two jobs share an output (the second would be skipped)."""
-    from pipeline_fakes import tiny_resources, tiny_run_config
+    from helpers import tiny_resources, tiny_run_config
 
     from csae_bench.pipeline import plan, run_jobs
     from csae_bench.suite import SuiteError
@@ -323,7 +323,7 @@ def test_wrong_width_sae_exits_2_before_any_eval(tmp_path, caplog):
 
 
 def test_bad_corpus_found_inside_a_job_exits_2_without_traceback(tmp_path, caplog):
-    from pipeline_fakes import tiny_model, tiny_run_config
+    from helpers import tiny_model, tiny_run_config
 
     from csae_bench.data import load_tokens
     from csae_bench.pipeline import Resources

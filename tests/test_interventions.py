@@ -4,8 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from sae_bench.custom_saes.relu_sae import ReluSAE
-from sae_bench.custom_saes.topk_sae import TopKSAE
+from helpers import SPECS, random_sae
 
 from csae_bench.interventions import (
     Clamp,
@@ -20,24 +19,6 @@ from csae_bench.interventions import (
 
 # Tiny ops on a shared 2-core machine run far faster on one thread (fixture in conftest).
 pytestmark = pytest.mark.usefixtures("one_thread")
-
-
-SPECS = ["zero", "mean", "mean_all", "resample", "clamp:5", "clamp:-1"]
-
-
-def random_sae(kind: str = "topk", d_in: int = 64, d_sae: int = 256, seed: int = 0):
-    """A SAEBench SAE with random weights and unit-norm decoder rows."""
-    gen = torch.Generator().manual_seed(seed)
-    if kind == "topk":
-        sae = TopKSAE(d_in, d_sae, 8, "tiny", 1, torch.device("cpu"), torch.float32)
-    else:
-        sae = ReluSAE(d_in, d_sae, "tiny", 1, torch.device("cpu"), torch.float32)
-    with torch.no_grad():
-        sae.W_enc.copy_(torch.randn(d_in, d_sae, generator=gen) / d_in**0.5)
-        W = torch.randn(d_sae, d_in, generator=gen)
-        sae.W_dec.copy_(W / W.norm(dim=1, keepdim=True))
-        sae.b_enc.copy_(0.1 * torch.randn(d_sae, generator=gen))
-    return sae
 
 
 @pytest.fixture

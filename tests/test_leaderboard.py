@@ -7,31 +7,19 @@ import re
 import shutil
 
 import pytest
+from helpers import write_saelens6_folder
 
 from csae_bench.reporting.leaderboard import build_leaderboard, write_leaderboard
 from csae_bench.reporting.table import render_table
 from csae_bench.run import main
 
 
-@pytest.fixture(scope="module")
-def tiny_results(tmp_path_factory):
-    """A real results folder: the tiny run (2 architectures, core eval)."""
-    from pipeline_fakes import tiny_resources, tiny_run_config
-
-    from csae_bench.run import execute
-
-    out = tmp_path_factory.mktemp("results")
-    cfg = tiny_run_config(out)
-    execute(cfg, tiny_resources(cfg), plots=False)
-    return out
-
-
 @pytest.fixture
-def mixed_results(tiny_results, tmp_path):
+def mixed_results(tiny_run, tmp_path):
     """Our results plus a result of an eval type csae_bench does not know (as SAEBench writes
     them), a truncated JSON and a JSON that is not an eval result."""
     out = tmp_path / "mixed"
-    shutil.copytree(tiny_results / "eval_results", out / "eval_results")
+    shutil.copytree(tiny_run / "eval_results", out / "eval_results")
     ours = json.loads(next((out / "eval_results" / "core").glob("*relu*")).read_text())
     foreign = {
         "eval_type_id": "absorption_first_letter",
@@ -50,8 +38,8 @@ def mixed_results(tiny_results, tmp_path):
     return out
 
 
-def test_rows_metrics_and_directions(tiny_results):
-    board, _ = build_leaderboard(tiny_results, requested_evals=["core"])
+def test_rows_metrics_and_directions(tiny_run):
+    board, _ = build_leaderboard(tiny_run, requested_evals=["core"])
     assert [(r["architecture"], r["d_sae"], r["seed"]) for r in board["rows"]] == [("relu", 128, 0), ("topk", 128, 0)]
     for row in board["rows"]:
         assert row["missing_evals"] == []
@@ -61,7 +49,7 @@ def test_rows_metrics_and_directions(tiny_results):
         assert core["model_performance_preservation.ce_loss_score"]["direction"] == "higher"
         assert core["reconstruction_quality.mse"]["direction"] == "lower"
         assert all(isinstance(m["value"], float) for m in core.values())
-        saved = json.loads(next((tiny_results / "eval_results" / "core").glob(f"*{row['sae_id']}*")).read_text())
+        saved = json.loads(next((tiny_run / "eval_results" / "core").glob(f"*{row['sae_id']}*")).read_text())
         assert row["l0"] == saved["eval_result_metrics"]["sparsity"]["l0"]
     topk = board["rows"][1]
     assert topk["l0"] == pytest.approx(8.0)  # TopK with k = 8
@@ -85,9 +73,9 @@ def test_unknown_eval_types_and_corrupt_files(mixed_results):
     assert made[0].read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
-def test_result_that_fails_validation_is_skipped(tiny_results, tmp_path):
+def test_result_that_fails_validation_is_skipped(tiny_run, tmp_path):
     out = tmp_path / "r"
-    shutil.copytree(tiny_results / "eval_results", out / "eval_results")
+    shutil.copytree(tiny_run / "eval_results", out / "eval_results")
     path = next((out / "eval_results" / "core").glob("*topk*"))
     data = json.loads(path.read_text())
     del data["eval_result_metrics"]["sparsity"]["l0"]
@@ -99,11 +87,11 @@ def test_result_that_fails_validation_is_skipped(tiny_results, tmp_path):
         "does not validate as CoreEvalOutput: eval_result_metrics.sparsity.l0: Field required")
 
 
-def test_table_renders(tiny_results):
+def test_table_renders(tiny_run):
     from rich.console import Console
 
     console = Console(record=True, width=200)
-    board, _ = build_leaderboard(tiny_results)
+    board, _ = build_leaderboard(tiny_run)
     render_table(board, console, wide=True)
     text = console.export_text()
     assert "relu-d128-s0" in text and "topk-d128-s0" in text and "ce_loss_score↑" in text
@@ -140,11 +128,11 @@ def _strict_json(path):
 
 
 @pytest.fixture
-def varied_results(tiny_results, tmp_path):
+def varied_results(tiny_run, tmp_path):
     """Ours (relu, topk) + a random-decoder control whose kl_div_score is -inf (stored the way our
     writer stores it: "-inf") + SAEBench's own core file for an SAE of another model and hook."""
     out = tmp_path / "varied"
-    shutil.copytree(tiny_results / "eval_results", out / "eval_results")
+    shutil.copytree(tiny_run / "eval_results", out / "eval_results")
     core = out / "eval_results" / "core"
     ours = json.loads(next(core.glob("*relu*")).read_text())
     control = json.loads(json.dumps(ours))
@@ -175,9 +163,9 @@ def test_saebench_own_core_file_is_read_with_our_metric_empty(varied_results):
     assert isinstance(ours["metrics"]["core"]["reconstruction_quality.explained_variance_mean_centred"]["value"], float)
 
 
-def test_skip_reasons_name_every_offending_field(tiny_results, tmp_path):
+def test_skip_reasons_name_every_offending_field(tiny_run, tmp_path):
     out = tmp_path / "r"
-    shutil.copytree(tiny_results / "eval_results", out / "eval_results")
+    shutil.copytree(tiny_run / "eval_results", out / "eval_results")
     (out / "eval_results" / "core" / "nometrics_eval_results.json").write_text(
         json.dumps({"eval_type_id": "core", "eval_result_metrics": [1]}))
     (out / "eval_results" / "core" / "notype_eval_results.json").write_text(json.dumps({"eval_result_metrics": {}}))
@@ -197,13 +185,13 @@ def test_skip_reasons_name_every_offending_field(tiny_results, tmp_path):
     assert "eval_result_metrics.sparsity.l1: Input should be a valid number" in reason
 
 
-def test_saebench_nan_sentinels_never_rank(tiny_results, tmp_path):
+def test_saebench_nan_sentinels_never_rank(tiny_run, tmp_path):
     """Issue 17.2: an SAE with a NaN decoder row, evaluated by SAEBench itself, gets -1 for every
     metric computed from its reconstruction (SAEBench's NaN→-1). Those are read as the sentinel
     (mse cannot be negative) and shown as null with a flag — never an mse of -1 ranked best.
     JSON's own NaN/-Infinity in a foreign file are null with a flag too."""
     out = tmp_path / "r"
-    shutil.copytree(tiny_results / "eval_results", out / "eval_results")
+    shutil.copytree(tiny_run / "eval_results", out / "eval_results")
     core = out / "eval_results" / "core"
     ours = json.loads(next(core.glob("*relu*")).read_text())
     m = ours["eval_result_metrics"]
@@ -295,10 +283,10 @@ def test_default_table_fits_80_columns_and_tells_saes_apart(varied_results):
     assert len(set(data.values())) == 4
 
 
-def test_one_model_and_hook_gives_one_table(tiny_results):
+def test_one_model_and_hook_gives_one_table(tiny_run):
     from rich.console import Console
 
-    board, _ = build_leaderboard(tiny_results)
+    board, _ = build_leaderboard(tiny_run)
     console = Console(record=True, width=80)
     render_table(board, console)
     lines = _lines(console)
@@ -371,30 +359,11 @@ def test_l0_axis_has_plain_tick_labels():
         assert all(label.replace(".", "").replace("−", "").isdigit() for label in labels), labels
 
 
-def write_saelens6_folder(folder, d_in: int, d_sae: int, hook: str, model_name: str, nan_row: int | None = None):
-    """An SAELens 6 SAE folder (cfg.json with metadata + sae_weights.safetensors) of random
-    weights; with ``nan_row``, that decoder row is NaN."""
-    import torch
-    from sae_lens import StandardSAE, StandardSAEConfig
-
-    torch.manual_seed(0)
-    cfg = StandardSAEConfig(d_in=d_in, d_sae=d_sae, dtype="float32", device="cpu")
-    cfg.metadata.model_name, cfg.metadata.hook_name = model_name, hook
-    sae = StandardSAE(cfg)
-    with torch.no_grad():
-        sae.W_dec.copy_(torch.nn.functional.normalize(torch.randn(d_sae, d_in), dim=1))
-        sae.W_enc.copy_(sae.W_dec.T)
-        if nan_row is not None:
-            sae.W_dec[nan_row] = float("nan")
-    sae.save_model(str(folder))
-    return folder
-
-
 def test_sae_with_a_nan_decoder_row_fails_its_eval_and_never_ranks(tmp_path, caplog):
     """Issue 17.2 end to end (tiny model, --saes): the run fails with a message naming the
     SAE and its NaN weights; no result file, so no leaderboard row, is written for it. Bad input
     (the SAE cannot be evaluated as given): exit 2."""
-    from pipeline_fakes import tiny_resources, tiny_run_config
+    from helpers import tiny_resources, tiny_run_config
 
     from csae_bench.run import execute, guarded
 

@@ -152,7 +152,6 @@ def test_corrupt_embedded_cache_is_detected(tmp_path, monkeypatch, damage):
     assert rebuilt == [target]
 
 
-@pytest.mark.slow
 def test_embedded_model_is_a_real_pretrained_model_and_matches_hf(embedded_model):
     from transformers import AutoModelForCausalLM
 

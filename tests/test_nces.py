@@ -8,8 +8,8 @@ import math
 import numpy as np
 import pytest
 import torch
+from helpers import random_sae
 from sae_bench.sae_bench_utils.testing_utils import validate_eval_output_format_file
-from test_interventions import random_sae
 
 from csae_bench.evals.nces import NCESEvalConfig, NCESEvalOutput, evaluate_sae, run_nces_eval
 from csae_bench.evals.nces.output import SCHEMA_PATH, generate_schema

@@ -346,7 +346,7 @@ def test_embedded_model_id_says_dequantized():
 def test_trained_saes_and_release_in_one_run(hub, tmp_path, caplog):
     """Suite key ``extra_saes``: the run trains as usual and evaluates the release beside; the
     leaderboard keeps them apart by ``source`` and names the release SAE by release and id."""
-    from pipeline_fakes import tiny_resources, tiny_run_config
+    from helpers import tiny_resources, tiny_run_config
 
     from csae_bench.run import execute
 
@@ -370,7 +370,7 @@ def test_trained_saes_and_release_in_one_run(hub, tmp_path, caplog):
 
 
 def test_saes_release_only_trains_nothing(hub, tmp_path):
-    from pipeline_fakes import tiny_resources, tiny_run_config
+    from helpers import tiny_resources, tiny_run_config
 
     from csae_bench.run import execute
 
@@ -423,7 +423,7 @@ def test_suite_keys_for_releases(tmp_path):
 def test_resid_pre_release_runs_every_eval_at_the_previous_resid_post(hub, tmp_path):
     """A ``blocks.L.hook_resid_pre`` release through core and NCES (whose engine patches only
     ``hook_resid_post``): both read it at ``blocks.{L-1}.hook_resid_post``."""
-    from pipeline_fakes import tiny_resources, tiny_run_config
+    from helpers import tiny_resources, tiny_run_config
 
     from csae_bench.run import execute
 

@@ -35,12 +35,9 @@ class WordTokenizer:
 
 @pytest.fixture(scope="module")
 def word_model():
-    from conftest import tiny_config
-    from transformer_lens import HookedTransformer
+    from helpers import tiny_model
 
-    torch.manual_seed(0)
-    model = HookedTransformer(tiny_config())
-    model.eval()
+    model = tiny_model()
     model.tokenizer = WordTokenizer()
     with torch.no_grad():  # loud label words (w1, w2), so the random model's output follows them
         model.W_E[[4, 5]] *= 20

@@ -45,14 +45,9 @@ def cluster(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def local_board(tmp_path_factory):
+def local_board(tiny_run):
     """The reference: the tiny run with the local executor, in this process."""
-    from pipeline_fakes import tiny_resources, tiny_run_config
-
-    out = tmp_path_factory.mktemp("local")
-    cfg = tiny_run_config(out)
-    execute(cfg, tiny_resources(cfg), plots=False)
-    return json.loads((out / "leaderboard.json").read_text())
+    return json.loads((tiny_run / "leaderboard.json").read_text())
 
 
 def _comparable(board: dict) -> dict:
@@ -94,7 +89,7 @@ def _assert_complete(out: Path, n: int) -> None:
 
 def test_ray_run_gives_the_local_leaderboard(cluster, tmp_path, local_board, monkeypatch):
     """A relative --out too: it names the driver's folder, not the workers' working folder."""
-    from pipeline_fakes import tiny_run_config
+    from helpers import tiny_run_config
     from ray_fakes import ray_resources
 
     monkeypatch.chdir(tmp_path)
@@ -119,7 +114,7 @@ def test_ray_run_gives_the_local_leaderboard(cluster, tmp_path, local_board, mon
 def test_worker_keeps_its_model_and_eval_cache_between_tasks(tmp_path):
     """The per-process cache behind the Ray tasks: the same run's tasks get the same Resources
     (model, tokens, eval cache); another run's drop them."""
-    from pipeline_fakes import tiny_run_config
+    from helpers import tiny_run_config
     from ray_fakes import ray_resources
 
     from csae_bench.executors.ray_worker import _keep_model, fingerprint, worker_resources
@@ -142,7 +137,7 @@ def test_worker_keeps_its_model_and_eval_cache_between_tasks(tmp_path):
 def test_worker_killed_during_an_eval_is_retried(cluster, tmp_path, local_board):
     """SIGKILL the worker process of a running eval: Ray retries the task on another worker and
     the run completes with every result present, valid and equal to the local run's."""
-    from pipeline_fakes import tiny_run_config
+    from helpers import tiny_run_config
     from ray_fakes import StallFirstEval, ray_resources
 
     flags = tmp_path / "flags"
@@ -173,7 +168,7 @@ def test_worker_killed_during_an_eval_is_retried(cluster, tmp_path, local_board)
 
 
 def test_bad_input_in_a_job_is_not_retried_and_exits_2(cluster, tmp_path, caplog):
-    from pipeline_fakes import tiny_run_config
+    from helpers import tiny_run_config
     from ray_fakes import BadEvalTokens, ray_resources
 
     out = tmp_path / "ray"
@@ -194,7 +189,7 @@ def test_bad_input_in_a_job_is_not_retried_and_exits_2(cluster, tmp_path, caplog
 
 
 def test_failing_job_ends_the_run_with_exit_1(cluster, tmp_path, caplog):
-    from pipeline_fakes import tiny_run_config
+    from helpers import tiny_run_config
     from ray_fakes import ray_resources
 
     from csae_bench.run import EXIT_FAILED
@@ -274,7 +269,7 @@ def test_local_executor_never_imports_ray(tmp_path):
     script = (
         "import sys\n"
         f"sys.path[:0] = [{str(REPO)!r}, {str(TESTS)!r}]\n"
-        "from pipeline_fakes import tiny_resources, tiny_run_config\n"
+        "from helpers import tiny_resources, tiny_run_config\n"
         "from csae_bench.run import execute\n"
         f"cfg = tiny_run_config({str(tmp_path)!r}, executor='local')\n"
         "execute(cfg, tiny_resources(cfg), plots=False)\n"
@@ -320,7 +315,7 @@ def test_bad_executor_settings_are_named(kwargs, named):
 # ---------------------------------------------------------------- the CI smoke suite through Ray
 
 
-@pytest.mark.slow
+@pytest.mark.e2e
 def test_smoke_suite_through_ray_within_the_regression_tolerances(tmp_path):
     """The smoke suite (every architecture and eval, embedded model) with ``--executor ray`` on a
     local cluster the run starts itself: complete, and every metric within the tolerances of the

@@ -76,7 +76,7 @@ def test_bad_dtype_or_threads_exit_2(tmp_path, caplog, capsys):
 
 def test_pinned_threads_hold_for_the_run_and_are_restored(tmp_path, monkeypatch):
     import torch
-    from pipeline_fakes import tiny_resources, tiny_run_config
+    from helpers import tiny_resources, tiny_run_config
 
     from csae_bench import run
 
@@ -144,7 +144,7 @@ def test_flags_override_suite(tmp_path):
 def _run_tiny(out: Path, delay: float) -> subprocess.Popen:
     env = {**os.environ, "CSAE_TEST_TRAIN_DELAY": str(delay), "HF_HUB_OFFLINE": "1",
            "HF_DATASETS_OFFLINE": "1", "PYTHONWARNINGS": "ignore"}
-    code = f"import sys; sys.path.insert(0, {str(TESTS)!r}); from pipeline_fakes import run_in_subprocess; run_in_subprocess({str(out)!r})"
+    code = f"import sys; sys.path.insert(0, {str(TESTS)!r}); from helpers import run_in_subprocess; run_in_subprocess({str(out)!r})"
     return subprocess.Popen([sys.executable, "-c", code], env=env, cwd=REPO,
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
 
@@ -183,20 +183,8 @@ def _assert_same(a, b, where="board"):
         assert a == b, where
 
 
-@pytest.fixture(scope="module")
-def uninterrupted(tmp_path_factory):
-    """The reference: the tiny run done in one go (in this process)."""
-    from pipeline_fakes import tiny_resources, tiny_run_config
-
-    from csae_bench.run import execute
-
-    out = tmp_path_factory.mktemp("uninterrupted")
-    cfg = tiny_run_config(out)
-    execute(cfg, tiny_resources(cfg), plots=False)
-    return out
-
-
-def test_killed_run_resumes_to_the_same_leaderboard(tmp_path, uninterrupted):
+@pytest.mark.e2e
+def test_killed_run_resumes_to_the_same_leaderboard(tmp_path, tiny_run):
     """Kill a run twice (SIGKILL, SIGINT) and resume it: the leaderboard equals the straight run's.
 
     Both runs happen on this machine with the same inputs and one torch thread (the tiny run
@@ -226,7 +214,7 @@ def test_killed_run_resumes_to_the_same_leaderboard(tmp_path, uninterrupted):
 
     # 3. Re-run to the end (here, in-process): earlier work is reused, and the leaderboard
     #    matches the uninterrupted run's.
-    from pipeline_fakes import tiny_resources, tiny_run_config
+    from helpers import tiny_resources, tiny_run_config
 
     from csae_bench.run import execute
 
@@ -235,13 +223,13 @@ def test_killed_run_resumes_to_the_same_leaderboard(tmp_path, uninterrupted):
     assert harvest.stat().st_mtime_ns == harvest_mtime
     assert (seed_dir / "saes" / "relu" / "sae_weights.safetensors").stat().st_mtime_ns == relu_mtime
     resumed = json.loads((out / "leaderboard.json").read_text())
-    reference = json.loads((uninterrupted / "leaderboard.json").read_text())
+    reference = json.loads((tiny_run / "leaderboard.json").read_text())
     assert len(resumed["rows"]) == 2 and all(not r["missing_evals"] for r in resumed["rows"])
     _assert_same(_comparable(resumed), _comparable(reference))
 
 
 def test_rerun_skips_finished_work_and_redoes_a_corrupt_result(tmp_path):
-    from pipeline_fakes import tiny_resources, tiny_run_config
+    from helpers import tiny_resources, tiny_run_config
     from sae_bench.sae_bench_utils.testing_utils import validate_eval_output_format_file
 
     from csae_bench.evals.core import CsaeCoreEvalOutput
@@ -264,7 +252,7 @@ def test_rerun_skips_finished_work_and_redoes_a_corrupt_result(tmp_path):
 
 
 def test_eval_failure_is_raised_not_swallowed(tmp_path):
-    from pipeline_fakes import tiny_resources, tiny_run_config
+    from helpers import tiny_resources, tiny_run_config
 
     from csae_bench.pipeline import PipelineError
     from csae_bench.run import execute
@@ -275,20 +263,20 @@ def test_eval_failure_is_raised_not_swallowed(tmp_path):
     assert not list(tmp_path.rglob("*_eval_results.json"))
 
 
-def test_evaluate_existing_saes_folder(tmp_path, uninterrupted):
+def test_evaluate_existing_saes_folder(tmp_path, tiny_run):
     """--saes: SAELens-format folders trained elsewhere are evaluated, nothing is trained."""
-    from pipeline_fakes import tiny_resources, tiny_run_config
+    from helpers import tiny_resources, tiny_run_config
 
     from csae_bench.run import execute
 
-    saes = uninterrupted / "tiny" / "blocks.2.hook_resid_post" / "seed0" / "saes"
+    saes = tiny_run / "tiny" / "blocks.2.hook_resid_post" / "seed0" / "saes"
     cfg = tiny_run_config(tmp_path / "out", saes=str(saes))
     board = execute(cfg, tiny_resources(cfg), plots=False)
     assert sorted(r["sae_id"] for r in board["rows"]) == ["relu", "topk"]
     assert not (tmp_path / "out" / "tiny").exists()
 
 
-@pytest.mark.slow
+@pytest.mark.e2e
 def test_smoke_suite_end_to_end(tmp_path):
     """The CI smoke run: every architecture and every eval on the embedded model, offline. The
     suite pins its dtype and thread count, so the one recorded reference serves every machine; its

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from helpers import random_tokens
 from sae_lens import SAE
 
 from csae_bench.activations.gradient_pool import GradientPool
@@ -35,10 +36,7 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 
 @pytest.fixture(scope="module")
 def tokens():
-    gen = torch.Generator().manual_seed(1)
-    toks = torch.randint(3, 512, (24, 32), generator=gen)
-    toks[:, 0] = 2
-    return toks
+    return random_tokens(24, 32, seed=1)
 
 
 @pytest.fixture(scope="module")
@@ -50,9 +48,7 @@ def source(tiny_model, tokens):
 def heldout(tiny_model):
     from csae_bench.activations.harvest import harvest_activations
 
-    gen = torch.Generator().manual_seed(2)
-    toks = torch.randint(3, 512, (8, 32), generator=gen)
-    toks[:, 0] = 2
+    toks = random_tokens(8, 32, seed=2)
     return harvest_activations(tiny_model, HOOK, toks, show_progress=False)
 
 
