@@ -98,9 +98,17 @@ def _run_flag_help(name: str, extra: str | None) -> str:
     return text if shown in (None, "", False) else f"{text} [default: {shown}]"
 
 
+class OneLineParser(argparse.ArgumentParser):
+    """argparse with its usage errors as one line on stderr (exit 2), not a usage block."""
+
+    def error(self, message: str):  # type: ignore[override]
+        sys.stderr.write(f"{self.prog}: {message} (see {self.prog} --help)\n")
+        raise SystemExit(EXIT_USAGE)
+
+
 def _report_options() -> argparse.ArgumentParser:
     """``--no-plots`` and ``--wide``: shared by ``run`` and ``leaderboard`` (a parent parser)."""
-    parser = argparse.ArgumentParser(add_help=False)
+    parser = OneLineParser(add_help=False)
     parser.add_argument("--no-plots", action="store_true", help="skip the PNG plots")
     parser.add_argument("--wide", action="store_true", help=WIDE_HELP)
     return parser
@@ -129,7 +137,7 @@ def build_parser(run_prog: str | None = None) -> argparse.ArgumentParser:
     subcommands show (``python -m csae_bench.run`` for that entry point)."""
     from csae_bench import regression
 
-    parser = argparse.ArgumentParser(
+    parser = OneLineParser(
         prog="csae-bench",
         description="Causal SAEs and causal-effect evals (NCES, causal probing) on SAEBench. "
         "Without a subcommand, the flags are those of 'run'.",

@@ -1,4 +1,4 @@
-"""Does the CSAE's causal term lower the spliced-in KL versus TopK at matched L0? (issue 3)
+"""Does the CSAE's causal term lower the spliced-in KL versus TopK at matched L0?
 
     python -m csae_bench.studies.csae_sweep --out results_csae_sweep --docs docs   # trains, measures, writes docs/csae.md
     python -m csae_bench.studies.csae_sweep --out results_csae_sweep --docs docs --report-only

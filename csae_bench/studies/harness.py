@@ -24,7 +24,6 @@ and writes its report; :func:`csae_bench.studies.names` finds it.
 
 from __future__ import annotations
 
-import argparse
 import json
 import logging
 import time
@@ -165,8 +164,10 @@ def replace_between_markers(page: Path, marker: str, body: str, title: str) -> P
 def study_main(study: Study, argv: Sequence[str] | None = None) -> int:
     """The command line of a study: run it under ``--out`` (resuming), then write its report into
     ``--docs``."""
-    parser = argparse.ArgumentParser(
-        prog=f"python -m csae_bench.studies.{study.name}", description=study.description
+    from csae_bench.cli import OneLineParser
+
+    parser = OneLineParser(
+        prog=f"csae-bench study {study.name}", description=study.description
     )
     parser.add_argument(
         "--out", required=True, help="folder for the study's SAEs and records (resumable)"

@@ -1,4 +1,4 @@
-"""The ablation study: intervention types and the CSAE's causal parts (issue 7).
+"""The ablation study: intervention types and the CSAE's causal parts.
 
     python -m csae_bench.studies.ablation --out results_ablation --docs docs   # runs, writes the report
     python -m csae_bench.studies.ablation --out results_ablation --docs docs --report-only
