@@ -18,6 +18,7 @@ import sys
 import numpy as np
 import torch
 
+from csae_bench import hooks
 from csae_bench.data import load_tokens
 from csae_bench.interventions.engine import EffectEngine, EngineConfig
 from csae_bench.models import load_model
@@ -38,10 +39,7 @@ class PairedCleanEngine(EffectEngine):
         inp = self.h_clean_NTD[rows, p : p + seq].clone()
         inp[torch.arange(B), rel] += delta_MD[sel]
         cache = self._prefix_cache(rows, p) if p > 0 else None
-        x = self._final_norm(
-            self.model(inp, start_at_layer=self.layer + 1, past_kv_cache=cache,
-                       stop_at_layer=self.model.cfg.n_layers)
-        )
+        x = hooks.final_residual(self.model, inp, self.layer + 1, past_kv_cache=cache)
         valid = torch.arange(int(wlen_b.max()))[None, :] < wlen_b[:, None]
         b_idx, w_idx = valid.nonzero(as_tuple=True)
         key = uinv[b_idx] * seq + rel[b_idx] + w_idx
@@ -86,7 +84,8 @@ def main() -> None:
         "|---|---|---|---|---|---|---|",
     ]
     for f in FRACTIONS:
-        for name, kl in paths.items():
+        for name, by_f in paths.items():
+            kl = by_f[f]
             rel = np.abs(kl - ref[f]) / np.maximum(ref[f], 1e-12)
             err = f"{np.median(rel):.2f} | {np.quantile(rel, 0.9):.2f}" if f else "— | —"
             out.append(
