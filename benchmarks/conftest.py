@@ -37,11 +37,11 @@ def train_tokens(model):
 @pytest.fixture(scope="session")
 def activation_source(model, train_tokens, tmp_path_factory):
     """The training stream, harvested once (cached on disk) so training rows time only training."""
-    from csae_bench.activations.harvest import ActivationSource
+    from csae_bench.activations.source import ActivationSource
 
     source = ActivationSource(model, HOOK, train_tokens, seed=0,
-                              cache_path=tmp_path_factory.mktemp("acts") / "acts.safetensors")
-    source.all_activations()
+                              cache_path=tmp_path_factory.mktemp("acts"))
+    source.harvest(show_progress=False)
     return source
 
 

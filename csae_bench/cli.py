@@ -25,7 +25,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from csae_bench.executors import EXECUTORS
-from csae_bench.suite import MODEL_DTYPES, RunConfig, field_help
+from csae_bench.suite import ENGINE_DTYPES, MODEL_DTYPES, RunConfig, field_help
 
 logger = logging.getLogger("csae_bench")
 
@@ -53,6 +53,7 @@ RUN_FLAGS: tuple[tuple[str, str, dict[str, Any]], ...] = (
     ("--architectures", "architectures", {"type": _names}),
     ("--evals", "evals", {"type": _names}),
     ("--train-tokens", "train_tokens", {"type": int}),
+    ("--harvest-tokens", "harvest_tokens", {"type": int}),
     ("--d-sae", "d_sae", {"type": int}),
     (
         "--seed",
@@ -62,6 +63,7 @@ RUN_FLAGS: tuple[tuple[str, str, dict[str, Any]], ...] = (
     ("--corpus", "corpus", {}),
     ("--device", "device", {}),
     ("--dtype", "dtype", {"choices": MODEL_DTYPES}),
+    ("--engine-dtype", "engine_dtype", {"choices": ENGINE_DTYPES}),
     ("--threads", "threads", {"type": int, "metavar": "N"}),
     ("--out", "out", {"metavar": "DIR"}),
     (
@@ -78,7 +80,6 @@ RUN_FLAGS: tuple[tuple[str, str, dict[str, Any]], ...] = (
 and leaves the suite's (or the default) value. An option's ``help`` is added to the field's."""
 
 _DEFAULT_TEXT = {
-    "dtype": "float32 on the CPU, the model's own on a GPU",
     "threads": "one per core",
     "ray_address": "$RAY_ADDRESS, else start a local cluster",
 }

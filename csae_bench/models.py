@@ -124,12 +124,15 @@ def _as_dtype(dtype: str | torch.dtype) -> torch.dtype:
     if isinstance(dtype, torch.dtype):
         return dtype
     try:
-        return {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[
-            dtype
-        ]
+        return {
+            "float32": torch.float32,
+            "float64": torch.float64,
+            "bfloat16": torch.bfloat16,
+            "float16": torch.float16,
+        }[dtype]
     except KeyError:
         raise ModelLoadError(
-            f"Unknown dtype {dtype!r}: use float32, bfloat16 or float16."
+            f"Unknown dtype {dtype!r}: use float32, float64, bfloat16 or float16."
         ) from None
 
 

@@ -41,8 +41,10 @@ from csae_bench.errors import BadInputError, one_line
 EVAL_ALIASES: dict[str, str] = {"probing": "csae_probing"}
 DEFAULT_ARCHITECTURES: tuple[str, ...] = ARCHITECTURES  # the registry's (csae_bench.architectures)
 DEFAULT_EVALS: tuple[str, ...] = ("core", "nces", "probing")
-ModelDtype = Literal["float32", "bfloat16", "float16"]
+ModelDtype = Literal["auto", "float32", "bfloat16", "float16"]
 MODEL_DTYPES: tuple[str, ...] = get_args(ModelDtype)
+EngineDtype = Literal["float32", "float64", "bfloat16", "float16"]
+ENGINE_DTYPES: tuple[str, ...] = get_args(EngineDtype)
 
 
 class SuiteError(BadInputError, ValueError):
@@ -79,7 +81,10 @@ class _RunSettings:
     d_sae: Count = 2048
     """Dictionary width of every trained SAE."""
     train_tokens: Count = 150_000
-    """Activation tokens each SAE trains on (one harvest shared by all architectures)."""
+    """Activation tokens each SAE trains on (one harvest shared by all architectures and seeds)."""
+    harvest_tokens: Count | None = None
+    """Distinct activation tokens harvested; training cycles through them ``train_tokens /
+    harvest_tokens`` times, each pass in a new order. ``None``: ``train_tokens`` (one epoch)."""
     batch_size: Count = 1024
     """Training batch size in tokens."""
     corpus: str = "embedded"
@@ -91,9 +96,16 @@ class _RunSettings:
     """Contexts of the corpus's held-out eval split given to every eval."""
     device: str = "cpu"
     """Torch device for the model, training and evals (``cpu``, ``cuda``, ``cuda:1``...)."""
-    dtype: ModelDtype | None = None
-    """Model weights' dtype: ``float32``, ``bfloat16`` or ``float16``. ``None``: float32 on the CPU,
-    the model's own default on a GPU."""
+    dtype: ModelDtype = "auto"
+    """Precision of the model forward for the harvest and the SAEBench core eval, of the stored
+    activations, and of SAE training matmuls (``torch.autocast``; master weights, optimizer state
+    and loss reductions stay float32). ``auto``: bfloat16 where the hardware runs it natively (AMX
+    or AVX512-BF16 CPUs, CUDA with bf16), float32 elsewhere — decided and logged once
+    (:mod:`csae_bench.precision`). Interventions use ``engine_dtype``."""
+    engine_dtype: EngineDtype = "float32"
+    """Precision of the model the intervention engine runs (NCES, probing verification, the CSAE's
+    gradient pool). float32: in bf16 feature-sized edits (~1% of the residual norm) get effects off
+    by a median 55-77% (docs/precision.md)."""
     threads: Count | None = None
     """torch CPU threads for the whole run (``torch.set_num_threads``). ``None``: torch's default
     (one per core). A suite whose numbers are compared across machines pins it (the CI smoke suite

@@ -170,7 +170,9 @@ def tiny_run_config(out: Path, **overrides):
     settings = dict(model="tiny", layer=2, architectures=list(FAKE_ARCHS), evals=["core"], seeds=[0],
                     d_sae=128, train_tokens=2048, batch_size=256, context_size=32, eval_contexts=16,
                     out=str(out), eval_settings={"core": {"batch_size_prompts": 8}},
-                    threads=1)  # one thread in every process, so resumed and straight runs compare bit for bit
+                    # one thread and float32 in every process and on every CPU kind, so resumed and
+                    # straight runs compare bit for bit
+                    threads=1, dtype="float32")
     settings.update(overrides)
     return RunConfig(**settings)
 

@@ -65,7 +65,7 @@ def test_jobs_write_the_files_the_report_reads(tmp_path):
     cfg = AblationConfig(seeds=(0,), interventions=("zero", "clamp:2"), variants={"csae-no-causal-term": {"causal_coeff": 0.0}})
     paths = [str(p.relative_to(tmp_path)) for job in jobs(cfg, tmp_path) for p in job.outputs()]
     assert paths == [
-        "seed0/activations.safetensors", "seed0/gradient_pool.safetensors", "seed0/main/trained.json",
+        "seed0/activations/manifest.json", "seed0/gradient_pool.safetensors", "seed0/main/trained.json",
         "seed0/csae-no-causal-term/trained.json",
         "seed0/evals/core_topk.json", "seed0/evals/core_csae.json", "seed0/evals/core_random-decoder.json",
         "seed0/evals/core_csae-no-causal-term.json",

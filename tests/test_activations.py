@@ -1,4 +1,5 @@
-"""Activation harvest: stop_at_layer, BOS dropped, same stream for every SAE, disk cache."""
+"""Activation harvest and store: stop_at_layer, BOS dropped, same stream for every SAE, sharded
+disk store (resumable, verified, streamed), stored dtype."""
 
 from __future__ import annotations
 
@@ -7,10 +8,12 @@ import torch
 
 from csae_bench.activations.harvest import (
     ActivationError,
-    ActivationSource,
     harvest_activations,
     hook_name_for_layer,
 )
+from csae_bench.activations.source import MANIFEST, ActivationSource
+
+HOOK = "blocks.1.hook_resid_post"
 
 
 @pytest.fixture(scope="module")
@@ -44,18 +47,65 @@ def test_batches_are_identical_for_identical_seeds_and_cover_the_budget(model, t
     assert len(a) == 25 and all(torch.equal(x, y) for x, y in zip(a, b))
 
 
-def test_bounded_buffer_streams_chunks(model, tiny_tokens):
-    src = ActivationSource(model, "blocks.1.hook_resid_post", tiny_tokens, max_buffer_tokens=64)
-    assert src.contexts_per_chunk == 2
-    served = sum(len(x) for x in src.batches(8))
-    assert served == 8 * 31  # one epoch of 248 non-BOS tokens in batches of 8
+def test_shards_stream_one_epoch_exactly(model, tiny_tokens):
+    src = ActivationSource(model, HOOK, tiny_tokens, shard_tokens=64)
+    assert src.contexts_per_shard == 2 and src.n_shards == 4
+    batches = list(src.batches(8))
+    assert sum(len(x) for x in batches) == 8 * 31  # one epoch of 248 non-BOS tokens
+    # every token served once: the multiset of rows equals the harvest's
+    served = torch.cat(batches).sort(dim=0).values
+    torch.testing.assert_close(served, src.all_activations().float().sort(dim=0).values)
 
 
-def test_disk_cache_round_trip_and_corruption(model, tiny_tokens, tmp_path):
-    path = tmp_path / "acts.safetensors"
-    src = ActivationSource(model, "blocks.1.hook_resid_post", tiny_tokens, cache_path=path)
+def test_seeds_change_the_order_not_the_data(model, tiny_tokens):
+    a = torch.cat(list(ActivationSource(model, HOOK, tiny_tokens, seed=0, shard_tokens=64).batches(8)))
+    b = torch.cat(list(ActivationSource(model, HOOK, tiny_tokens, seed=1, shard_tokens=64).batches(8)))
+    assert not torch.equal(a, b)
+    torch.testing.assert_close(a.sort(dim=0).values, b.sort(dim=0).values)
+
+
+def test_batch_larger_than_the_harvest_says_what_to_do(model, tiny_tokens):
+    with pytest.raises(ActivationError, match="lower batch_size"):
+        next(ActivationSource(model, HOOK, tiny_tokens[:2]).batches(1000))
+
+
+def test_store_round_trip_resume_and_corruption(model, tiny_tokens, tmp_path):
+    folder = tmp_path / "acts"
+    src = ActivationSource(model, HOOK, tiny_tokens, cache_path=folder, shard_tokens=64)
+    assert not src.is_harvested()
+    assert src.harvest(show_progress=False) == folder / MANIFEST
+    assert src.is_harvested() and len(list(folder.glob("shard_*.safetensors"))) == 4
     acts = src.all_activations()
-    assert path.exists()
-    torch.testing.assert_close(ActivationSource(model, "blocks.1.hook_resid_post", tiny_tokens, cache_path=path).all_activations(), acts)
-    path.write_bytes(b"garbage")
-    torch.testing.assert_close(ActivationSource(model, "blocks.1.hook_resid_post", tiny_tokens, cache_path=path).all_activations(), acts)
+    again = ActivationSource(model, HOOK, tiny_tokens, cache_path=folder, shard_tokens=64)
+    torch.testing.assert_close(again.all_activations(), acts)
+    # a corrupt shard is harvested again, never used
+    (folder / "shard_00002.safetensors").write_bytes(b"garbage")
+    torch.testing.assert_close(again.all_activations(), acts)
+    # a killed harvest (manifest and one shard missing) resumes with the missing shard only
+    (folder / MANIFEST).unlink()
+    (folder / "shard_00001.safetensors").unlink()
+    untouched = (folder / "shard_00003.safetensors").stat().st_mtime_ns
+    again.harvest(show_progress=False)
+    assert (folder / "shard_00003.safetensors").stat().st_mtime_ns == untouched
+    torch.testing.assert_close(again.all_activations(), acts)
+
+
+def test_store_refuses_other_tokens(model, tiny_tokens, tmp_path):
+    folder = tmp_path / "acts"
+    ActivationSource(model, HOOK, tiny_tokens, cache_path=folder).harvest(show_progress=False)
+    other = ActivationSource(model, HOOK, tiny_tokens.flip(0), cache_path=folder)
+    assert not other.is_harvested()
+    torch.testing.assert_close(
+        other.all_activations(), harvest_activations(model, HOOK, tiny_tokens.flip(0), show_progress=False)
+    )
+
+
+def test_bf16_model_stores_bf16_and_serves_float32(model, tiny_tokens, tmp_path):
+    import copy
+
+    bf16 = copy.deepcopy(model).to(torch.bfloat16)
+    src = ActivationSource(bf16, HOOK, tiny_tokens, cache_path=tmp_path / "acts")
+    src.harvest(show_progress=False)
+    assert src.all_activations().dtype == torch.bfloat16
+    batch = next(src.batches(8))
+    assert batch.dtype == torch.float32

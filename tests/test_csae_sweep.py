@@ -57,7 +57,7 @@ def test_jobs_train_each_row_on_one_shared_stream(tmp_path):
     cfg = SweepConfig(seeds=(0, 1), coefficients=(30.0,), variants={})
     work = jobs(cfg, tmp_path)
     paths = [str(p.relative_to(tmp_path)) for job in work for p in job.outputs()]
-    assert paths == ["activations.safetensors", "gradient_pool.safetensors",
+    assert paths == ["activations/manifest.json", "gradient_pool.safetensors",
                      "seed0/topk/trained.json", "seed0/topk/record.json",
                      "seed0/csae_c_30/trained.json", "seed0/csae_c_30/record.json",
                      "seed1/topk/trained.json", "seed1/topk/record.json",

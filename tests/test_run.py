@@ -70,7 +70,7 @@ def test_bad_dtype_or_threads_exit_2(tmp_path, caplog, capsys):
     assert exit_info.value.code == EXIT_USAGE and "invalid choice" in capsys.readouterr().err
     assert main(["--threads", "0", "--out", str(tmp_path)]) == EXIT_USAGE
     assert "threads must be a positive integer" in caplog.text
-    with pytest.raises(SuiteError, match="dtype must be one of float32, bfloat16, float16"):
+    with pytest.raises(SuiteError, match="dtype must be one of auto, float32, bfloat16, float16"):
         RunConfig(dtype="fp8")
 
 
@@ -192,7 +192,7 @@ def test_killed_run_resumes_to_the_same_leaderboard(tmp_path, tiny_run):
     compares one machine's kernels with themselves, never with another CPU's rounding."""
     out = tmp_path / "killed"
     seed_dir = out / "tiny" / "blocks.2.hook_resid_post" / "seed0"
-    harvest = seed_dir / "activations.safetensors"
+    harvest = out / "tiny" / "blocks.2.hook_resid_post" / "activations" / "manifest.json"
 
     # 1. SIGKILL while training: only whole files remain, no SAE, no result.
     proc = _run_tiny(out, delay=30)

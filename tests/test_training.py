@@ -13,7 +13,7 @@ from helpers import random_tokens
 from sae_lens import SAE
 
 from csae_bench.activations.gradient_pool import GradientPool
-from csae_bench.activations.harvest import ActivationSource
+from csae_bench.activations.source import ActivationSource
 from csae_bench.architectures import ARCHITECTURES, TOPK_FAMILY, UnknownArchitectureError
 from csae_bench.architectures.export import load_base_sae
 from csae_bench.metrics import explained_variance_mean_centred

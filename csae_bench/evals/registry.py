@@ -30,10 +30,18 @@ class EvalContext:
     model_name: str = "embedded"
     extra: dict[str, Any] = field(default_factory=dict)
     """Per-job facts (release name, corpus, SAE folder)."""
+    engine_model_fn: Callable[[], Any] | None = None
+    """Returns the model the intervention engine runs (loaded on first call: only evals that
+    intervene pay for it); None: :attr:`model`. See :meth:`intervention_model`."""
     cache: dict[str, Any] = field(default_factory=dict)
     """Shared by every eval job of one process (the runner passes the same dict to each): work that
     depends only on the model, hook and tokens — NCES's clean pass and loss gradients — is done
     once per run, not once per SAE."""
+
+    def intervention_model(self) -> Any:
+        """The model interventions run through: float32 by default whatever :attr:`model`'s
+        dtype, because bf16's rounding swamps feature-sized effects (docs/precision.md)."""
+        return self.engine_model_fn() if self.engine_model_fn is not None else self.model
 
 
 @dataclass(frozen=True)

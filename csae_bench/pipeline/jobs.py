@@ -49,29 +49,38 @@ class Job(ABC):
 
 @dataclass
 class HarvestJob(Job):
-    """Residual activations of the training split for one (model, hook, seed)."""
+    """Residual activations of the training split for one (model, hook), written as shards into
+    the folder ``path`` (:mod:`csae_bench.activations.source`); ``seed`` picks and orders the
+    contexts. Every training seed of a run streams the same harvest in its own order."""
 
     hook_name: str
     seed: int
     path: Path
 
     def outputs(self) -> list[Path]:
-        return [self.path]
+        from csae_bench.activations.source import MANIFEST
+
+        return [self.path / MANIFEST]
 
     def describe(self) -> str:
-        return f"harvest {self.hook_name} seed {self.seed}"
+        return f"harvest {self.hook_name}"
 
-    def source(self, res: Resources):
-        """The activation stream (served from ``path`` once harvested)."""
-        from csae_bench.activations.harvest import ActivationSource
+    def source(self, res: Resources, seed: int | None = None):
+        """The activation stream (served from ``path`` once harvested), shuffled with ``seed``
+        (default: the harvest's own)."""
+        from csae_bench.activations.source import ActivationSource
 
         toks = res.tokens("train", res.train_contexts(), self.seed)
         return ActivationSource(
-            res.model, self.hook_name, toks, seed=self.seed, cache_path=self.path
+            res.model,
+            self.hook_name,
+            toks,
+            seed=self.seed if seed is None else seed,
+            cache_path=self.path,
         )
 
     def run(self, res: Resources) -> None:
-        self.source(res).all_activations()  # writes the cache atomically
+        self.source(res).harvest(show_progress=res.cfg.train.get("show_progress", True))
 
 
 @dataclass
@@ -93,7 +102,9 @@ class GradientJob(Job):
 
     def run(self, res: Resources) -> None:
         toks = res.tokens("train", res.train_contexts(), self.seed)[: self.n_contexts]
-        pool = res.gradient_fn(res.model, self.hook_name, toks, self.seed, self.settings)
+        # the engine's float32 model: the CSAE's causal term is a gradient of the model's output,
+        # which bf16's rounding would blur as it blurs the engine's effects (docs/precision.md)
+        pool = res.gradient_fn(res.engine_model, self.hook_name, toks, self.seed, self.settings)
         pool.save(self.path)
 
 
@@ -134,7 +145,7 @@ class TrainJob(Job):
         return set(self.architectures) <= set(self.finished())
 
     def describe(self) -> str:
-        return f"train {','.join(self.architectures)} seed {self.harvest.seed}"
+        return f"train {','.join(self.architectures)} seed {self.settings.get('seed')}"
 
     def run(self, res: Resources) -> None:
         from csae_bench.activations.gradient_pool import GradientPool
@@ -142,7 +153,7 @@ class TrainJob(Job):
         pool = GradientPool.load(self.gradients.path) if self.gradients is not None else None
         folders = res.train_fn(
             res.model,
-            self.harvest.source(res),
+            self.harvest.source(res, seed=self.settings.get("seed")),
             dict(self.settings),
             self.saes_dir,
             gradient_pool=pool,
@@ -154,7 +165,7 @@ class TrainJob(Job):
         if missing:
             raise PipelineError(
                 f"The trainer returned no finished SAE folder for {', '.join(missing)} "
-                f"(seed {self.harvest.seed}); see its log above."
+                f"(seed {self.settings.get('seed')}); see its log above."
             )
         saes = {
             **{a: str(p.relative_to(self.saes_dir)) for a, p in self.finished().items()},
@@ -208,6 +219,7 @@ class EvalJob(Job):
             sae.cfg.training_tokens = self.training_tokens  # carried into sae_cfg_dict
         ctx = EvalContext(
             model=res.model,
+            engine_model_fn=lambda: res.engine_model,
             hook_name=self.hook_name,
             eval_tokens=res.eval_tokens(),
             device=res.cfg.device,

@@ -2,7 +2,9 @@
 
 SAEBench's naming for result files, and this project's folders around it::
 
-    <out>/<model>/<hook>/seed<k>/activations.safetensors     harvested training activations
+    <out>/<model>/<hook>/activations/                         harvested training activations
+                                                              (bf16/fp32 shards + manifest.json),
+                                                              shared by every seed
     <out>/<model>/<hook>/seed<k>/gradient_pool.safetensors   sampled-token gradients (csae only)
     <out>/<model>/<hook>/seed<k>/saes/<arch>/                trained SAEs, SAELens format
     <out>/<model>/<hook>/seed<k>/saes/trained.json           which architectures finished
@@ -30,8 +32,9 @@ logger = logging.getLogger(__name__)
 
 SAE_FILES = ("cfg.json", "sae_weights.safetensors")
 """Files every finished SAELens-format SAE folder holds."""
-ACTIVATIONS_NAME = "activations.safetensors"
-"""A run folder's harvested training activations."""
+ACTIVATIONS_NAME = "activations"
+"""The folder of harvested training activations (shards + manifest,
+:mod:`csae_bench.activations.source`)."""
 GRADIENT_POOL_NAME = "gradient_pool.safetensors"
 """A run folder's sampled-token gradient pool."""
 SAES_DIR = "saes"
@@ -72,6 +75,11 @@ def eval_result_path(out: Path, eval_type: str, release: str, sae: str) -> Path:
     from sae_bench.sae_bench_utils.general_utils import get_results_filepath
 
     return Path(get_results_filepath(str(out / "eval_results" / eval_type), release, sae))
+
+
+def harvest_dir(out: Path, model: str, hook_name: str) -> Path:
+    """``<out>/<model>/<hook>/activations``: the training harvest every seed of a run streams."""
+    return Path(out) / model_slug(model) / hook_name / ACTIVATIONS_NAME
 
 
 def run_dir(out: Path, model: str, hook_name: str, seed: int) -> Path:

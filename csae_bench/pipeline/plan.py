@@ -9,11 +9,11 @@ from typing import Any
 
 from csae_bench.pipeline.jobs import EvalJob, GradientJob, HarvestJob, Job, TrainJob
 from csae_bench.pipeline.layout import (
-    ACTIVATIONS_NAME,
     GRADIENT_POOL_NAME,
     SAES_DIR,
     eval_result_path,
     external_release,
+    harvest_dir,
     run_dir,
     sae_id,
     sae_release,
@@ -22,8 +22,12 @@ from csae_bench.suite import RunConfig, SuiteError, eval_type_id
 
 
 def train_settings(cfg: RunConfig, hook_name: str, seed: int) -> dict[str, Any]:
-    """Keyword arguments of the trainer's ``TrainConfig`` for one seed."""
+    """Keyword arguments of the trainer's ``TrainConfig`` for one seed (``dtype``: the run's
+    precision, ``auto`` resolved for the device)."""
+    from csae_bench.precision import dtype_name, resolve_dtype
+
     return {
+        "dtype": dtype_name(resolve_dtype(cfg.dtype, cfg.device)),
         "architectures": list(cfg.architectures),
         "d_sae": cfg.d_sae,
         "train_tokens": cfg.train_tokens,
@@ -102,9 +106,11 @@ def plan(
             (release, sid, folder, hook, cfg.seeds[0], None) for sid, folder, hook in external
         ]
     elif cfg.trains:
+        # one harvest for every seed: seeds vary the SAEs' init and data order, not the data
+        harvest = HarvestJob(hook_name, 0, harvest_dir(out, cfg.model, hook_name))
+        jobs.append(harvest)
         for seed in cfg.seeds:
             rd = run_dir(out, cfg.model, hook_name, seed)
-            harvest = HarvestJob(hook_name, seed, rd / ACTIVATIONS_NAME)
             settings = train_settings(cfg, hook_name, seed)
             gradients = (
                 gradient_job(settings, hook_name, seed, rd, cfg.context_size)
@@ -113,7 +119,7 @@ def plan(
             )
             saes_dir = rd / SAES_DIR
             train = TrainJob(harvest, gradients, list(cfg.architectures), settings, saes_dir)
-            jobs += [harvest, *([gradients] if gradients else []), train]
+            jobs += [*([gradients] if gradients else []), train]
             for arch in cfg.architectures:
                 targets.append(
                     (

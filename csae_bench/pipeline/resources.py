@@ -68,20 +68,42 @@ class Resources:
     gradient_fn: Callable[..., Any] = _default_gradients
     sae_loader: Callable[[Path, str], Any] = load_sae
     _model: Any = field(default=None, repr=False)
+    _engine_model: Any = field(default=None, repr=False)
     _tokens: dict[tuple[str, int, int], torch.Tensor] = field(default_factory=dict, repr=False)
     eval_cache: dict[str, Any] = field(default_factory=dict, repr=False)
     """Handed to every eval job as ``EvalContext.cache`` (per-model work shared across SAEs)."""
 
+    def _load(self, dtype: str):
+        loader = self.model_loader
+        if loader is None:
+            from csae_bench.models import load_model as loader
+        logger.info("Loading model %s on %s in %s", self.cfg.model, self.cfg.device, dtype)
+        return loader(self.cfg.model, self.cfg.device, dtype)
+
+    @property
+    def dtype(self) -> str:
+        """The run's model dtype (``cfg.dtype`` with ``auto`` resolved for ``cfg.device``)."""
+        from csae_bench.precision import dtype_name, resolve_dtype
+
+        return dtype_name(resolve_dtype(self.cfg.dtype, self.cfg.device))
+
     @property
     def model(self):
-        """The run's model (``cfg.model`` on ``cfg.device`` in ``cfg.dtype``), loaded once."""
+        """The run's model in :attr:`dtype` (harvest, core eval), loaded once."""
         if self._model is None:
-            loader = self.model_loader
-            if loader is None:
-                from csae_bench.models import load_model as loader
-            logger.info("Loading model %s on %s", self.cfg.model, self.cfg.device)
-            self._model = loader(self.cfg.model, self.cfg.device, self.cfg.dtype)
+            self._model = self._load(self.dtype)
         return self._model
+
+    @property
+    def engine_model(self):
+        """The model interventions run through, in ``cfg.engine_dtype`` (float32 by default): the
+        run's model itself when the dtypes agree, else a second copy loaded on first use."""
+        if self._engine_model is None:
+            if self.cfg.engine_dtype == self.dtype:
+                self._engine_model = self.model
+            else:
+                self._engine_model = self._load(self.cfg.engine_dtype)
+        return self._engine_model
 
     def tokens(self, split: str, n_contexts: int, seed: int) -> torch.Tensor:
         """``n_contexts`` contexts of ``split`` shuffled with ``seed``, loaded once per request."""
@@ -91,11 +113,12 @@ class Resources:
         return self._tokens[key]
 
     def train_contexts(self) -> int:
-        """Contexts of the training split that hold ``cfg.train_tokens`` harvested (non-BOS)
-        tokens."""
+        """Contexts of the training split that hold the harvested (non-BOS) tokens:
+        ``cfg.harvest_tokens``, or ``cfg.train_tokens`` when that is unset."""
         from csae_bench.data import contexts_for_tokens
 
-        return contexts_for_tokens(self.cfg.train_tokens, self.cfg.context_size, bos_counts=False)
+        n = self.cfg.harvest_tokens or self.cfg.train_tokens
+        return contexts_for_tokens(n, self.cfg.context_size, bos_counts=False)
 
     def eval_tokens(self) -> torch.Tensor:
         """The eval split's ``cfg.eval_contexts`` contexts (seed 0): one eval set for every seed

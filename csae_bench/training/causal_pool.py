@@ -11,7 +11,7 @@ import logging
 from pathlib import Path
 from typing import Any
 
-from csae_bench.activations.harvest import ActivationSource
+from csae_bench.activations.source import ActivationSource
 from csae_bench.data import contexts_for_tokens
 from csae_bench.training.config import TrainConfig, TrainingError
 from csae_bench.training.state import SAERunState

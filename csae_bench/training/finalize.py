@@ -11,7 +11,8 @@ from typing import Any
 
 import torch
 
-from csae_bench.activations.harvest import ActivationSource, layer_of_hook
+from csae_bench.activations.harvest import layer_of_hook
+from csae_bench.activations.source import ActivationSource
 from csae_bench.architectures.export import to_base_sae
 from csae_bench.data import contexts_for_tokens
 from csae_bench.metrics import explained_variance_mean_centred

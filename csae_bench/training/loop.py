@@ -56,7 +56,8 @@ import torch
 from rich.console import Group
 from rich.live import Live
 
-from csae_bench.activations.harvest import ActivationSource, progress
+from csae_bench.activations.harvest import progress
+from csae_bench.activations.source import ActivationSource
 from csae_bench.training.causal_pool import attach_causal
 from csae_bench.training.checkpoint import (
     CheckpointMismatchError,

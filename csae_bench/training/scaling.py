@@ -18,7 +18,7 @@ from itertools import islice
 
 import torch
 
-from csae_bench.activations.harvest import ActivationSource
+from csae_bench.activations.source import ActivationSource
 from csae_bench.training.checkpoint import NonFiniteError
 from csae_bench.training.config import TrainConfig
 

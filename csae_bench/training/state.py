@@ -10,6 +10,7 @@ import torch
 from sae_lens.saes.sae import TrainStepInput, TrainStepOutput
 
 from csae_bench.architectures import REGISTRY, build_training_sae
+from csae_bench.precision import autocast, resolve_dtype
 from csae_bench.training import dead_features
 from csae_bench.training.checkpoint import CheckpointMismatchError, NonFiniteError
 from csae_bench.training.config import TrainConfig
@@ -40,6 +41,8 @@ class SAERunState:
         )
         self.scheduler = lr_scheduler(self.optimizer, cfg)
         self.generator = torch.Generator().manual_seed(cfg.seed * 1000 + index)
+        self.dtype = resolve_dtype(cfg.dtype)
+        """Matmul dtype of the forward (``torch.autocast``); parameters stay float32."""
         self.initial_coefficients: dict[str, float] = {
             name: float(getattr(c, "value", c)) for name, c in self.sae.get_coefficients().items()
         }
@@ -84,15 +87,16 @@ class SAERunState:
         and the loss terms) on a non-finite loss, before any parameter moves."""
         t0 = time.perf_counter()
         dead_F = self.steps_since_fired_F >= self.cfg.dead_window
-        out = self.sae.training_forward_pass(
-            TrainStepInput(
-                sae_in=x_BD,
-                coefficients=self.coefficients(),
-                dead_neuron_mask=dead_F,
-                n_training_steps=step,
-                is_logging_step=False,
+        with autocast(self.dtype, x_BD.device):
+            out = self.sae.training_forward_pass(
+                TrainStepInput(
+                    sae_in=x_BD,
+                    coefficients=self.coefficients(),
+                    dead_neuron_mask=dead_F,
+                    n_training_steps=step,
+                    is_logging_step=False,
+                )
             )
-        )
         if not torch.isfinite(out.loss):
             terms = {k: float(v.detach()) for k, v in out.losses.items()}
             raise NonFiniteError(

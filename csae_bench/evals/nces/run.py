@@ -295,9 +295,11 @@ def _finite(x: float) -> float | None:
 
 def run(ctx, sae, sae_id: str, config: NCESEvalConfig) -> NCESEvalOutput:
     """Registry entry point: NCES of ``sae`` on the run's model, hook and eval tokens. The clean
-    pass and loss gradients are shared by the SAEs evaluated at the same hook (``ctx.cache``)."""
-    engine = build_engine(ctx.model, ctx.hook_name, ctx.eval_tokens, config, cache=ctx.cache)
-    return evaluate_sae(ctx.model, sae, ctx.eval_tokens, ctx.hook_name, config, sae_id, engine)
+    pass and loss gradients are shared by the SAEs evaluated at the same hook (``ctx.cache``).
+    Runs on ``ctx.intervention_model()`` (float32 unless the run says otherwise)."""
+    model = ctx.intervention_model()
+    engine = build_engine(model, ctx.hook_name, ctx.eval_tokens, config, cache=ctx.cache)
+    return evaluate_sae(model, sae, ctx.eval_tokens, ctx.hook_name, config, sae_id, engine)
 
 
 def run_nces_eval(

@@ -351,9 +351,11 @@ def run(ctx, sae, sae_id: str, config: ProbingEvalConfig) -> ProbingEvalOutput:
         )
     t0 = time.time()
     details = []
+    # one model for probe data and verification (an intervention: float32, docs/precision.md)
+    model = ctx.intervention_model()
     for name in config.tasks:
-        prep = prepared_task(ctx.model, hook_name, name, config)
-        details.append(evaluate_task(ctx.model, sae, prep, config))
+        prep = prepared_task(model, hook_name, name, config)
+        details.append(evaluate_task(model, sae, prep, config))
         logger.info(
             "csae_probing %s on %s: clean acc %.2f, verified %s",
             sae_id,
