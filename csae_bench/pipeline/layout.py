@@ -7,6 +7,7 @@ SAEBench's naming for result files, and this project's folders around it::
                                                               shared by every seed
     <out>/<model>/<hook>/seed<k>/gradient_pool.safetensors   sampled-token gradients (csae only)
     <out>/<model>/<hook>/seed<k>/saes/<arch>/                trained SAEs, SAELens format
+    <out>/<model>/<hook>/seed<k>/saes/<arch>/snapshots/tokens_<N>/   training snapshots (n_snapshots)
     <out>/<model>/<hook>/seed<k>/saes/trained.json           which architectures finished
     <out>/eval_results/<eval_type_id>/<release>_<sae_id>_eval_results.json
     <out>/eval_results/sae_sources.json                      which --saes folder each release is
@@ -15,6 +16,10 @@ SAEBench's naming for result files, and this project's folders around it::
 Release and SAE ids: ``csae_bench-<model>-<hook>`` and ``<arch>-d<d_sae>-s<seed>`` for the SAEs
 this project trains (:func:`parse_sae_id` reads the latter back); ``csae_bench-<model>-<folder>``
 and the folder's path for ``--saes`` folders.
+
+Snapshot folders are named by ``csae_bench.training.snapshots`` (``snapshot_folder``; read them
+back with ``list_snapshots``), next to the trainer that writes them. They are SAELens-format
+folders, so :func:`find_saes` on a ``saes/`` folder finds them too.
 """
 
 from __future__ import annotations

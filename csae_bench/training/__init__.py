@@ -4,8 +4,9 @@ Modules, in the order a run uses them: :mod:`.config` (:class:`TrainConfig`, per
 options nested), :mod:`.scaling` (activation normalization), :mod:`.schedule` (learning rate),
 :mod:`.state` (one SAE's optimizer, controller, counters), :mod:`.sparsity` (the L0 controller),
 :mod:`.dead_features` (resampling and re-initialization), :mod:`.causal_pool` (the CSAE's
-gradient pool), :mod:`.display`, :mod:`.checkpoint`, :mod:`.finalize` (saved folder and summary)
-and :mod:`.loop` (:func:`train_alongside`). :mod:`.causal` holds the CSAE's loss terms.
+gradient pool), :mod:`.display`, :mod:`.checkpoint` (resume state), :mod:`.finalize` (saved
+folder and summary), :mod:`.snapshots` (SAEs kept at log-spaced steps) and :mod:`.loop`
+(:func:`train_alongside`). :mod:`.causal` holds the CSAE's loss terms.
 """
 
 from csae_bench.training.causal_pool import POOL_NAME

@@ -1,10 +1,14 @@
 """Turning a trained SAE into its folder: fold the normalization, record metadata, measure it on
-held-out activations through the SAEBench export, write ``training_summary.json``; atomically."""
+held-out activations through the SAEBench export, write ``training_summary.json``; atomically.
+
+:func:`export_sae` and :func:`write_sae_folder` are the two halves every saved SAE goes through:
+the final one (:func:`save_trained_sae`) and the training snapshots (:mod:`.snapshots`)."""
 
 from __future__ import annotations
 
 import copy
 import logging
+import os
 import shutil
 from pathlib import Path
 from typing import Any
@@ -24,6 +28,10 @@ logger = logging.getLogger(__name__)
 
 SUMMARY_NAME = "training_summary.json"
 """Written last into each SAE folder: its presence marks the SAE as finished."""
+
+SNAPSHOTS_DIR = "snapshots"
+"""Subfolder of an SAE folder holding its training snapshots (:mod:`.snapshots`); carried over
+when :func:`save_trained_sae` replaces the folder."""
 
 HELDOUT_EPOCH_SEED_OFFSET = 104729
 """Fallback held-out batch (no eval split): drawn with ``epoch_seed = cfg.seed + 104729``."""
@@ -64,6 +72,64 @@ def heldout_activations(
 
 
 @torch.no_grad()
+def export_sae(
+    run: SAERunState, cfg: TrainConfig, scale: float, source: ActivationSource, training_tokens: int
+) -> Any:
+    """A fresh copy of ``run``'s SAE as it is now (no pool or model attached, eval mode) with the
+    normalization ``scale`` folded in, so it takes raw activations, and SAELens metadata (model,
+    hook, layer, context size, ``training_tokens``, architecture, scale)."""
+    sae = type(run.sae)(copy.deepcopy(run.sae.cfg))
+    sae.load_state_dict(run.sae.state_dict())
+    sae.eval()
+    if scale != 1.0:
+        sae.fold_activation_norm_scaling_factor(scale)
+    meta = sae.cfg.metadata
+    meta.model_name = cfg.model_name
+    meta.hook_name = cfg.hook_name
+    meta.hook_layer = layer_of_hook(cfg.hook_name)
+    meta.context_size = cfg.context_size or int(source.tokens.shape[1])
+    meta.prepend_bos = True
+    meta.training_tokens = training_tokens
+    meta.csae_bench_architecture = run.arch
+    meta.activation_scale = scale
+    return sae
+
+
+def write_sae_folder(
+    sae: Any, folder: Path, summary_name: str, summary: dict[str, Any], keep: tuple[str, ...] = ()
+) -> None:
+    """Write ``sae`` in SAELens format plus ``summary`` as ``summary_name`` (last) to a temporary
+    folder renamed into place over ``folder``; subfolders named in ``keep`` (the snapshots) move
+    from the old ``folder`` into the new one. A crash never leaves a partial ``folder``, nor loses
+    a kept subfolder (:func:`recover_kept` brings one left in the temporary folder back)."""
+    tmp = folder.parent / f".{folder.name}.tmp"
+    if tmp.exists():
+        recover_kept(folder, keep)
+        shutil.rmtree(tmp)
+    sae.save_inference_model(tmp)
+    atomic_write_json(tmp / summary_name, summary)
+    if folder.exists():
+        for name in keep:
+            if (folder / name).exists():
+                os.rename(folder / name, tmp / name)
+        shutil.rmtree(folder)
+    tmp.rename(folder)
+
+
+def recover_kept(folder: Path, keep: tuple[str, ...]) -> None:
+    """Move the ``keep`` subfolders' entries that a crash inside :func:`write_sae_folder` left in
+    ``folder``'s temporary folder back into ``folder`` (entries already in ``folder`` win)."""
+    tmp = folder.parent / f".{folder.name}.tmp"
+    for name in keep:
+        if not (tmp / name).is_dir():
+            continue
+        (folder / name).mkdir(parents=True, exist_ok=True)
+        for entry in sorted((tmp / name).iterdir()):
+            if not (folder / name / entry.name).exists():
+                os.rename(entry, folder / name / entry.name)
+
+
+@torch.no_grad()
 def save_trained_sae(
     run: SAERunState,
     folder: Path,
@@ -75,40 +141,19 @@ def save_trained_sae(
 ) -> Path:
     """Save ``run``'s SAE to ``folder`` and return it.
 
-    A fresh copy of the SAE (no pool or model attached) gets the normalization ``scale`` folded
-    in, so it takes raw activations; SAELens metadata (model, hook, layer, context size, tokens);
-    then it is measured through the SAEBench export on ``heldout_ND [N, d_in]`` (raw units): L0,
-    mean-centred explained variance (float32), MSE per token, never-fired fraction. Everything is
-    written to a temporary folder renamed into place, ``SUMMARY_NAME`` last."""
-    sae = type(run.sae)(copy.deepcopy(run.sae.cfg))  # a fresh copy: no pool or model attached
-    sae.load_state_dict(run.sae.state_dict())
-    sae.eval()
-    if scale != 1.0:
-        sae.fold_activation_norm_scaling_factor(scale)
-    meta = sae.cfg.metadata
-    meta.model_name = cfg.model_name
-    meta.hook_name = cfg.hook_name
-    meta.hook_layer = layer_of_hook(cfg.hook_name)
-    meta.context_size = cfg.context_size or int(source.tokens.shape[1])
-    meta.prepend_bos = True
-    meta.training_tokens = cfg.n_steps * cfg.batch_size
-    meta.csae_bench_architecture = run.arch
-    meta.activation_scale = scale
-
+    The SAE is exported with the normalization ``scale`` folded in (:func:`export_sae`), then
+    measured through the SAEBench export on ``heldout_ND [N, d_in]`` (raw units): L0, mean-centred
+    explained variance (float32), MSE per token, never-fired fraction. Everything is written to a
+    temporary folder renamed into place, ``SUMMARY_NAME`` last; ``folder``'s snapshots are kept
+    (:func:`write_sae_folder`)."""
+    sae = export_sae(run, cfg, scale, source, cfg.n_steps * cfg.batch_size)
     base = to_base_sae(sae)
     feats_NF = base.encode(heldout_ND)
     recon_ND = base.decode(feats_NF)
     summary = training_summary(
         run, cfg, scale, sae.cfg.d_in, heldout_ND, recon_ND, feats_NF, heldout_on
     )
-    tmp = folder.parent / f".{folder.name}.tmp"
-    if tmp.exists():
-        shutil.rmtree(tmp)
-    sae.save_inference_model(tmp)
-    atomic_write_json(tmp / SUMMARY_NAME, summary)
-    if folder.exists():
-        shutil.rmtree(folder)
-    tmp.rename(folder)
+    write_sae_folder(sae, folder, SUMMARY_NAME, summary, keep=(SNAPSHOTS_DIR,))
     logger.info(
         "%s: L0 %.1f, mean-centred EV %.3f, saved to %s",
         run.arch,

@@ -31,6 +31,9 @@ job per module:
   (``SAE.load_from_disk`` works; :func:`~csae_bench.architectures.export.load_base_sae` gives
   SAEBench's ``BaseSAE``) plus ``training_summary.json``. An architecture whose folder is complete
   is skipped, so the command is resumable per SAE.
+* **Snapshots** (:mod:`.snapshots`). With ``n_snapshots`` > 0, every SAE is also saved at that
+  many log-spaced steps (the last = the final SAE) to ``out_dir/<arch>/snapshots/tokens_<N>/``,
+  SAELens format; they stay after training (results, not resume state).
 
 CPU defaults (see :class:`~csae_bench.training.config.TrainConfig`): the embedded Gemma-3-270M at
 layer 6 (a middle layer: 18 layers, features there are neither token-level nor output-level; it is
@@ -69,6 +72,7 @@ from csae_bench.training.config import TrainConfig, TrainingError
 from csae_bench.training.display import progress_table
 from csae_bench.training.finalize import SUMMARY_NAME, heldout_activations, save_trained_sae
 from csae_bench.training.scaling import activation_scale
+from csae_bench.training.snapshots import SnapshotWriter
 from csae_bench.training.state import SAERunState
 
 logger = logging.getLogger(__name__)
@@ -165,6 +169,7 @@ def train_alongside(
             },
         )
 
+    snapshots = SnapshotWriter(cfg, runs, out_dir, scale, source, start)
     n_steps = cfg.n_steps
     stream: Iterator[torch.Tensor] = islice(
         source.batches(cfg.batch_size, n_steps * cfg.batch_size), start, None
@@ -192,6 +197,7 @@ def train_alongside(
                     run.calibrate_init(x_BD)
             for run in runs.values():
                 run.step(x_BD, step)
+            snapshots.after_step(step + 1)  # before the checkpoint of this step
             bar.update(task, completed=step + 1)
             if live is not None and ((step + 1) % cfg.log_every == 0 or step + 1 == n_steps):
                 live.update(Group(bar, progress_table(runs, step + 1, n_steps)))
