@@ -12,7 +12,7 @@ from helpers import random_tokens
 from sae_lens import SAE
 
 from csae_bench.activations.gradient_pool import GradientPool
-from csae_bench.activations.harvest import ActivationSource
+from csae_bench.activations.source import ActivationSource
 from csae_bench.architectures import ARCHITECTURES
 from csae_bench.architectures.export import load_base_sae
 from csae_bench.training import CHECKPOINT_NAME, TrainConfig, train_alongside

@@ -36,7 +36,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from csae_bench.activations.harvest import ActivationSource
+from csae_bench.activations.source import ActivationSource
 from csae_bench.training.checkpoint import NonFiniteError
 from csae_bench.training.config import TrainConfig
 from csae_bench.training.finalize import SNAPSHOTS_DIR, export_sae, recover_kept, write_sae_folder
