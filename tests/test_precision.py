@@ -44,3 +44,42 @@ def test_autocast_runs_matmuls_in_bf16_and_is_off_for_float32():
         assert (a @ b).dtype is torch.bfloat16
     with precision.autocast(torch.float32):
         assert (a @ b).dtype is torch.float32
+
+
+@pytest.mark.parametrize("fast", [True, False])
+def test_run_loads_the_engine_model_in_float32_beside_a_bf16_model(monkeypatch, tmp_path, fast):
+    """``dtype=auto`` gives the harvest/core model bf16 only where bf16 is native; interventions
+    always get a float32 model (a second copy only when the dtypes differ)."""
+    from csae_bench.pipeline import Resources
+    from csae_bench.suite import RunConfig
+
+    monkeypatch.setattr(precision, "_cpu_has_fast_bf16", lambda: fast)
+    precision._log_choice.cache_clear()
+    loads = []
+
+    def loader(name, device, dtype):
+        loads.append(dtype)
+        return object()
+
+    res = Resources(RunConfig(out=str(tmp_path)), model_loader=loader)
+    assert res.dtype == ("bfloat16" if fast else "float32")
+    model, engine = res.model, res.engine_model
+    assert (model is engine) is (not fast)
+    assert loads == (["bfloat16", "float32"] if fast else ["float32"])
+
+
+def test_bf16_training_step_keeps_float32_master_weights_and_adam_state():
+    from csae_bench.training import TrainConfig
+    from csae_bench.training.state import SAERunState
+
+    cfg = TrainConfig(architectures=("topk",), d_sae=64, target_l0=4, batch_size=32,
+                      train_tokens=320, dtype="bfloat16")
+    run = SAERunState("topk", 16, cfg, 0)
+    x = torch.randn(32, 16, generator=torch.Generator().manual_seed(0))
+    run.calibrate_init(x)
+    before = run.sae.W_enc.detach().clone()
+    out = run.step(x, 0)
+    assert torch.isfinite(out.loss) and out.loss.dtype == torch.float32
+    assert all(p.dtype == torch.float32 for p in run.sae.parameters())
+    state = run.optimizer.state[run.sae.W_enc]
+    assert state["exp_avg"].dtype == torch.float32 and not torch.equal(run.sae.W_enc, before)

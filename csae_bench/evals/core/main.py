@@ -156,6 +156,12 @@ def run_core_eval(ctx: EvalContext, sae, sae_id: str, config: CoreEvalConfig) ->
 
     release = str(ctx.extra.get("sae_release", "custom"))
     _, sae, _ = load_and_format_sae(release, sae, ctx.device)  # fills cfg fields SAEBench reads
+    llm_dtype = next(ctx.model.parameters()).dtype
+    if sae.W_dec.dtype != llm_dtype:
+        # SAEBench's runners put the SAE in the model's dtype (sae.to(device, llm_dtype) in
+        # sae_bench/evals/core/main.py); its splice hooks do not cast, so a bf16 model needs a
+        # bf16 SAE. The mean-centred EV below accumulates in float64 regardless.
+        sae = sae.to(dtype=llm_dtype)
     if sae.cfg.context_size is None:
         sae.cfg.context_size = sae.cfg.metadata.context_size = config.context_size
     if sae.cfg.hook_name != ctx.hook_name:
