@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Literal
+
 from pydantic import Field, model_validator
 from pydantic.dataclasses import dataclass
 from sae_bench.evals.base_eval_output import BaseEvalConfig
@@ -107,6 +109,29 @@ class ProbingEvalConfig(BaseEvalConfig):
         title="Batch Size",
         description="Texts per forward pass.",
     )
+    interchange: bool = Field(
+        default=True,
+        title="Interchange Interventions",
+        description="On tasks with counterfactual pairs (the templated ones), measure "
+        "interchange-intervention accuracy (IIA): the top-k features' values from the "
+        "counterfactual prompt, patched into the base prompt, must flip the answer to the "
+        "counterfactual's; with a whole-residual ceiling and random-feature, residual-dimension and "
+        "principal-direction brackets of the same k (docs/probing.md).",
+    )
+    interchange_position: Literal["last", "varied"] = Field(
+        default="last",
+        title="Interchange Position",
+        description="Where the interchange patches the hook: 'last', the answer position, where "
+        "the probes read and select (the k-sparse probes' own features and residual dimensions); "
+        "'varied', the one token where base and counterfactual differ (features and dimensions "
+        "selected by the same class-mean-difference rule on reads there).",
+    )
+    interchange_random_sets: int = Field(
+        default=3,
+        title="Interchange Random Sets",
+        description="Seeded sets of k random active SAE features per k (the IIA bracket; mean ± sd "
+        "over the sets).",
+    )
     random_seed: int = Field(
         default=0,
         title="Random Seed",
@@ -124,6 +149,10 @@ class ProbingEvalConfig(BaseEvalConfig):
         if self.n_random_sets < 2:
             raise ValueError(
                 f"n_random_sets={self.n_random_sets}: use at least 2 random sets for a confidence interval."
+            )
+        if self.interchange_random_sets < 3:
+            raise ValueError(
+                f"interchange_random_sets={self.interchange_random_sets}: use at least 3 random sets."
             )
         if not 0 < self.test_fraction < 1:
             raise ValueError(f"test_fraction={self.test_fraction} must be in (0, 1).")
