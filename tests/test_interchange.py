@@ -74,7 +74,7 @@ def _word_task(model, n_per_class: int = 30, label_at: int = -1) -> ProbingTask:
 
 def _cfg(**kw) -> ProbingEvalConfig:
     base = dict(tasks=["word_pairs"], examples_per_class=30, ks=[1, 2, 5], verify_k=1, n_random_sets=2,
-                max_verify_examples=16, n_bootstrap=100, batch_size=16, interventions=["zero"])
+                max_verify_examples=32, n_bootstrap=100, batch_size=16, interventions=["zero"])
     return ProbingEvalConfig(**{**base, **kw})
 
 
@@ -189,7 +189,7 @@ def test_run_output_validates_and_reports_iia(word_model, word_task, tmp_path):
     register_task("word_pairs_iia", lambda n, seed: dataclasses.replace(word_task, name="word_pairs_iia"))
     ctx = EvalContext(model=word_model, hook_name=MID, eval_tokens=torch.zeros(1, 2, dtype=torch.long))
     sae = random_sae("topk", seed=1)
-    out = run(ctx, sae, "random", _cfg(tasks=["word_pairs_iia"]))
+    out = run(ctx, sae, "random", _cfg(tasks=["word_pairs_iia"], interchange_position="last"))
     path = tmp_path / "out.json"
     atomic_write_text(path, out.to_json())
     validate_eval_output_format_file(str(path), ProbingEvalOutput)
@@ -199,7 +199,8 @@ def test_run_output_validates_and_reports_iia(word_model, word_task, tmp_path):
     assert m.sae_iia_top_1 == detail.interchange.per_k[0].sae.iia and m.ceiling_iia == detail.interchange.ceiling.iia
     assert m.sae_iia_top_10 is None  # k = 10 not configured
     probe_features = {p.k: p.sae_features for p in detail.probes if p.k}
-    assert all(e.sae_features == probe_features[e.k] for e in detail.interchange.per_k)  # the probes' own
+    # at the last token, the patched features are the probes' own
+    assert all(e.sae_features == probe_features[e.k] for e in detail.interchange.per_k)
     assert "interchange.sae_iia_top_1" in get_eval("csae_probing").headline
     off = evaluate_task(word_model, sae, prepare_task(word_model, MID, word_task, _cfg(interchange=False)), _cfg())
     assert off.interchange is None

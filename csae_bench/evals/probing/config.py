@@ -66,7 +66,8 @@ class ProbingEvalConfig(BaseEvalConfig):
     max_verify_examples: int = Field(
         default=32,
         title="Verification Examples",
-        description="At most this many test examples (balanced by label) per task in causal verification.",
+        description="At most this many test examples (balanced by label) per task in causal "
+        "verification; the same examples are the base prompts of the interchange interventions.",
     )
     n_bootstrap: int = Field(
         default=1000,
@@ -118,13 +119,14 @@ class ProbingEvalConfig(BaseEvalConfig):
         "counterfactual's; with a whole-residual ceiling and random-feature, residual-dimension and "
         "principal-direction brackets of the same k (docs/probing.md).",
     )
-    interchange_position: Literal["last", "varied"] = Field(
-        default="last",
+    interchange_position: Literal["varied", "last"] = Field(
+        default="varied",
         title="Interchange Position",
-        description="Where the interchange patches the hook: 'last', the answer position, where "
-        "the probes read and select (the k-sparse probes' own features and residual dimensions); "
-        "'varied', the one token where base and counterfactual differ (features and dimensions "
-        "selected by the same class-mean-difference rule on reads there).",
+        description="Where the interchange patches the hook: 'varied', the one token where base "
+        "and counterfactual differ (the subject, the name, the city); 'last', the answer position, "
+        "where the probes read (the patched features and dimensions are then the k-sparse probes' "
+        "own). Either way they are selected by the probes' class-mean-difference rule on the train "
+        "examples' reads at that position.",
     )
     interchange_random_sets: int = Field(
         default=3,

@@ -106,6 +106,8 @@ class Pairs:
     behaviour: Behaviour
     rows: list[int]
     cf_labels_N: Tensor
+    base_raw_N: Tensor
+    """The clean ``logit(answer 1) − logit(answer 0)`` of each base prompt."""
     h_base_ND: Tensor
     """Residual at the hook at each pair's patch position (base run)."""
     h_cf_ND: Tensor
@@ -144,16 +146,18 @@ def prepare_pairs(
     hook_name: str,
     task: ProbingTask,
     split: TaskSplit,
+    candidates: tuple[int, ...],
     chunks: list,
     clean_margin_N: Tensor,
     behaviour: Behaviour,
     cfg,
 ) -> Pairs:
-    """Pairs for the test split, filtered to those the model answers right in both versions, with
-    the ceiling and the residual-dimension and principal-direction brackets for every ``cfg.ks``.
-    ``chunks`` and ``clean_margin_N`` are the prepared task's (``run.PreparedTask``)."""
+    """Pairs for the test rows ``candidates`` (the verification examples), filtered to those the
+    model answers right in both versions, with the ceiling and the residual-dimension and
+    principal-direction brackets for every ``cfg.ks``. ``chunks`` and ``clean_margin_N`` are the
+    prepared task's (``run.PreparedTask``); selection reads come from ``split.train``."""
     by_row = io.by_row(chunks)
-    test = list(split.test)
+    test = list(candidates)
     found, unaligned = build_pairs(model, task, test, cfg.max_tokens)
     rows = [r for r, _, _ in found]
     cf = io.tokenize(model, [t for _, t, _ in found], cfg.max_tokens) if found else None
@@ -188,6 +192,9 @@ def prepare_pairs(
         behaviour=behaviour,
         rows=pair_rows,
         cf_labels_N=1 - labels[pair_rows],
+        base_raw_N=torch.where(
+            labels[pair_rows] == 1, clean_margin_N[pair_rows], -clean_margin_N[pair_rows]
+        ).float(),
         h_base_ND=_read(by_row, pair_rows, positions) if keep else torch.empty(0),
         h_cf_ND=torch.stack([h for h, _ in h_cf]) if keep else torch.empty(0),
         groups=_groups(model, by_row, pair_rows, positions, io.resume_layer(model, hook_name)),
@@ -253,24 +260,25 @@ def _sae_independent_brackets(model, pairs: Pairs, cfg) -> None:
 def patched_margins(model, pairs: Pairs, delta_CND: Tensor, batch_tokens: int = 2048) -> Tensor:
     """``[C, N]``: the margin toward the counterfactual's label (``logit(cf answer) − logit(base
     answer)``) with ``delta_CND[c, i]`` added to pair ``i``'s base residual at its patch position,
-    for each of ``C`` patches. At most ``batch_tokens`` positions run per forward pass."""
-    C, N = delta_CND.shape[:2]
-    raw = torch.zeros(C, N)
+    for each of ``C`` patches. A zero patch is the base run itself: its margin is the clean one,
+    not recomputed. At most ``batch_tokens`` positions run per forward pass."""
+    C = delta_CND.shape[0]
+    raw = pairs.base_raw_N[None].repeat(C, 1)
     for g in pairs.groups:
-        n_g, S = len(g.idx), g.suffix_BSD.shape[1]
-        per = max(1, batch_tokens // (n_g * S))
-        for c0 in range(0, C, per):
-            m = min(C, c0 + per) - c0
-            inp = g.suffix_BSD.repeat(m, 1, 1)  # row c * n_g + i
-            d = delta_CND[c0 : c0 + m][:, g.idx.to(delta_CND.device)]
-            inp[:, 0] += d.reshape(m * n_g, -1).to(inp.device, inp.dtype)
+        d_CGD = delta_CND[:, g.idx.to(delta_CND.device)]
+        c_sel, i_sel = (d_CGD.abs().amax(-1) > 0).nonzero(as_tuple=True)
+        per = max(1, batch_tokens // g.suffix_BSD.shape[1])
+        for r0 in range(0, len(c_sel), per):
+            cs, gs = c_sel[r0 : r0 + per], i_sel[r0 : r0 + per]
+            inp = g.suffix_BSD[gs.to(g.suffix_BSD.device)].clone()
+            inp[:, 0] += d_CGD[cs, gs].to(inp.device, inp.dtype)
             cache = hooks.frozen_kv_cache(
                 model,
-                {layer: k.repeat(m, 1, 1, 1) for layer, k in g.keys.items()},
-                {layer: v.repeat(m, 1, 1, 1) for layer, v in g.values.items()},
+                {layer: k[gs.to(k.device)] for layer, k in g.keys.items()},
+                {layer: v[gs.to(v.device)] for layer, v in g.values.items()},
             )
             final = hooks.run_from(model, inp, pairs.start, None, past_kv_cache=cache)[:, -1]
-            raw[c0 : c0 + m, g.idx] = pairs.behaviour.logit_diff(model, final).reshape(m, n_g)
+            raw[cs.cpu(), g.idx[gs.cpu()]] = pairs.behaviour.logit_diff(model, final)
     return torch.where(pairs.cf_labels_N[None, :] == 1, raw, -raw)
 
 

@@ -112,9 +112,12 @@ def prepare_task(model, hook_name: str, task: ProbingTask, cfg: ProbingEvalConfi
     llm_probes = k_sparse_probes(
         resid_pooled[train], labels[train], resid_pooled[test], labels[test], cfg.ks, full=True
     )
+    verify_rows = _verify_rows(task, split, cfg.max_verify_examples, cfg.random_seed)
     pairs = None
     if cfg.interchange and task.has_pairs:
-        pairs = iia.prepare_pairs(model, hook_name, task, split, chunks, clean, behaviour, cfg)
+        pairs = iia.prepare_pairs(
+            model, hook_name, task, split, verify_rows, chunks, clean, behaviour, cfg
+        )
     return PreparedTask(
         task,
         split,
@@ -125,7 +128,7 @@ def prepare_task(model, hook_name: str, task: ProbingTask, cfg: ProbingEvalConfi
         clean,
         float((clean[test] > 0).float().mean()),
         llm_probes,
-        _verify_rows(task, split, cfg.max_verify_examples, cfg.random_seed),
+        verify_rows,
         pairs,
     )
 
