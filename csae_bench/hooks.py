@@ -115,6 +115,49 @@ def run_from(
     return model(resid_BTD, start_at_layer=start, stop_at_layer=stop, past_kv_cache=past_kv_cache)
 
 
+def frozen_kv_cache(model, keys: dict[int, Tensor], values: dict[int, Tensor]):
+    """A frozen TransformerLens ``TransformerLensKeyValueCache`` holding a prefix's keys and
+    values for the layers in ``keys`` (``{layer: [B, p, n_kv_heads, d_head]}``, pre-rotary, as
+    TransformerLens stores them) and empty entries for the others (the layers up to the hook, which
+    are not run). Pass it to :func:`run_from` / :func:`final_residual` to run positions
+    ``p, p+1, ...`` without recomputing the prefix; rotary and the local/global masks get the right
+    position offset from it. None when ``keys`` is empty (no block runs after the hook, so the
+    positions do not interact)."""
+    from transformer_lens.cache.key_value_cache import TransformerLensKeyValueCache
+    from transformer_lens.cache.key_value_cache_entry import TransformerLensKeyValueCacheEntry
+
+    if not keys:
+        return None
+    first = next(iter(keys.values()))
+    batch, p, device = first.shape[0], first.shape[1], first.device
+    entries = [
+        TransformerLensKeyValueCacheEntry(keys[layer], values[layer], frozen=True)
+        if layer in keys
+        else TransformerLensKeyValueCacheEntry.init_cache_entry(model.cfg, device, batch)
+        for layer in range(model.cfg.n_layers)
+    ]
+    cache = TransformerLensKeyValueCache(
+        entries=entries,
+        previous_attention_mask=torch.ones(batch, p, dtype=torch.int, device=device),
+    )
+    cache.freeze()
+    return cache
+
+
+def prefix_kv(model, resid_BPD: Tensor, start: int) -> tuple[dict[int, Tensor], dict[int, Tensor]]:
+    """Keys and values ``{layer: [B, p, n_kv_heads, d_head]}`` of blocks ``start ..`` on the
+    prefix residual ``resid_BPD`` (the input of block ``start``), for :func:`frozen_kv_cache`."""
+    from transformer_lens.cache.key_value_cache import TransformerLensKeyValueCache
+
+    n_layers = model.cfg.n_layers
+    if start >= n_layers:
+        return {}, {}
+    cache = TransformerLensKeyValueCache.init_cache(model.cfg, resid_BPD.device, len(resid_BPD))
+    run_from(model, resid_BPD, start, None, past_kv_cache=cache)
+    keys = {layer: cache[layer].past_keys for layer in range(start, n_layers)}
+    return keys, {layer: cache[layer].past_values for layer in range(start, n_layers)}
+
+
 def final_norm(model, resid: Tensor) -> Tensor:
     """The model's final norm (``ln_final``; identity for a model without one) on ``[..., T, D]``
     residuals, or on ``[N, D]`` rows (run as ``N`` one-token sequences)."""
@@ -140,7 +183,6 @@ MAX_LOGIT_ELEMENTS = 2**24
 def rows_per_chunk(d_vocab: int, max_elements: int = MAX_LOGIT_ELEMENTS) -> int:
     """Rows whose full-vocabulary logits fit in ``max_elements``."""
     return max(1, max_elements // d_vocab)
-
 
 
 def softcap(logits: Tensor, cap: float | None) -> Tensor:

@@ -53,6 +53,17 @@ def spearman(a: Sequence[float], b: Sequence[float]) -> float:
     return float(spearmanr(a_np, b_np).statistic)
 
 
+def wilson_ci(successes: int, n: int, level: float = 0.95) -> tuple[float, float]:
+    """Wilson score interval of a proportion ``successes / n`` (``scipy.stats.binomtest``'s
+    ``proportion_ci(method="wilson")``); ``(nan, nan)`` when ``n`` is 0."""
+    from scipy.stats import binomtest
+
+    if n == 0:
+        return math.nan, math.nan
+    ci = binomtest(int(successes), int(n)).proportion_ci(confidence_level=level, method="wilson")
+    return float(ci.low), float(ci.high)
+
+
 def weighted_mean_ci(
     values: np.ndarray,
     weights: np.ndarray,

@@ -27,7 +27,6 @@ from dataclasses import dataclass, field
 import torch
 from torch import Tensor
 from transformer_lens.cache.key_value_cache import TransformerLensKeyValueCache
-from transformer_lens.cache.key_value_cache_entry import TransformerLensKeyValueCacheEntry
 
 from csae_bench import hooks
 from csae_bench.interventions.controls import random_direction_control
@@ -313,26 +312,12 @@ class EffectEngine:
     def _kl(self, x_clean_U, inverse, x_int_R, next_tok):
         return kl_and_losses(self.unembed, x_clean_U, x_int_R, next_tok, clean_index_R=inverse)
 
-    def _prefix_cache(self, ctx_b: Tensor, p: int) -> TransformerLensKeyValueCache:
-        cfg = self.model.cfg
-        entries = []
-        for layer in range(cfg.n_layers):
-            if layer in self.keys:
-                entries.append(
-                    TransformerLensKeyValueCacheEntry(
-                        self.keys[layer][ctx_b, :p], self.values[layer][ctx_b, :p], frozen=True
-                    )
-                )
-            else:  # layers up to the hook are not run
-                entries.append(
-                    TransformerLensKeyValueCacheEntry.init_cache_entry(cfg, self.device, len(ctx_b))
-                )
-        cache = TransformerLensKeyValueCache(
-            entries=entries,
-            previous_attention_mask=torch.ones(len(ctx_b), p, dtype=torch.int, device=self.device),
+    def _prefix_cache(self, ctx_b: Tensor, p: int) -> TransformerLensKeyValueCache | None:
+        return hooks.frozen_kv_cache(
+            self.model,
+            {layer: k[ctx_b, :p] for layer, k in self.keys.items()},
+            {layer: v[ctx_b, :p] for layer, v in self.values.items()},
         )
-        cache.freeze()
-        return cache
 
     # ------------------------------------------------------------------ attribution
 

@@ -28,6 +28,7 @@ SPEC = register_eval(
             "probing.sae_top_5_test_accuracy": "higher",
             "causal.fraction_tasks_verified": "higher",
             "causal.mean_causal_effect_size": "higher",
+            "interchange.sae_iia_top_1": "higher",
         },
         make_config=make_config,
         description="Targeted probing with causal verification of the selected features.",

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Literal
+
 from pydantic import Field, model_validator
 from pydantic.dataclasses import dataclass
 from sae_bench.evals.base_eval_output import BaseEvalConfig
@@ -64,7 +66,8 @@ class ProbingEvalConfig(BaseEvalConfig):
     max_verify_examples: int = Field(
         default=32,
         title="Verification Examples",
-        description="At most this many test examples (balanced by label) per task in causal verification.",
+        description="At most this many test examples (balanced by label) per task in causal "
+        "verification; the same examples are the base prompts of the interchange interventions.",
     )
     n_bootstrap: int = Field(
         default=1000,
@@ -107,6 +110,30 @@ class ProbingEvalConfig(BaseEvalConfig):
         title="Batch Size",
         description="Texts per forward pass.",
     )
+    interchange: bool = Field(
+        default=True,
+        title="Interchange Interventions",
+        description="On tasks with counterfactual pairs (the templated ones), measure "
+        "interchange-intervention accuracy (IIA): the top-k features' values from the "
+        "counterfactual prompt, patched into the base prompt, must flip the answer to the "
+        "counterfactual's; with a whole-residual ceiling and random-feature, residual-dimension and "
+        "principal-direction brackets of the same k (docs/probing.md).",
+    )
+    interchange_position: Literal["varied", "last"] = Field(
+        default="varied",
+        title="Interchange Position",
+        description="Where the interchange patches the hook: 'varied', the one token where base "
+        "and counterfactual differ (the subject, the name, the city); 'last', the answer position, "
+        "where the probes read (the patched features and dimensions are then the k-sparse probes' "
+        "own). Either way they are selected by the probes' class-mean-difference rule on the train "
+        "examples' reads at that position.",
+    )
+    interchange_random_sets: int = Field(
+        default=3,
+        title="Interchange Random Sets",
+        description="Seeded sets of k random active SAE features per k (the IIA bracket; mean ± sd "
+        "over the sets).",
+    )
     random_seed: int = Field(
         default=0,
         title="Random Seed",
@@ -124,6 +151,10 @@ class ProbingEvalConfig(BaseEvalConfig):
         if self.n_random_sets < 2:
             raise ValueError(
                 f"n_random_sets={self.n_random_sets}: use at least 2 random sets for a confidence interval."
+            )
+        if self.interchange_random_sets < 3:
+            raise ValueError(
+                f"interchange_random_sets={self.interchange_random_sets}: use at least 3 random sets."
             )
         if not 0 < self.test_fraction < 1:
             raise ValueError(f"test_fraction={self.test_fraction} must be in (0, 1).")

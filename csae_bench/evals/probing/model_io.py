@@ -124,5 +124,16 @@ def pool(x_BTF: Tensor, batch: Batch, read: str) -> Tensor:
     return (x_BTF * mask[..., None]).sum(1) / mask.sum(1, keepdim=True)
 
 
+def by_row(chunks: list[tuple[Tensor, Batch, slice]]) -> dict[int, tuple[Tensor, Tensor]]:
+    """``{row: (residual [T, D], tokens [T])}`` with the padding cut, from per-batch residuals
+    ``[b, T, D]`` with their tokens and the rows (``slice``) each batch holds."""
+    out = {}
+    for resid, batch, sl in chunks:
+        for j, r in enumerate(range(sl.start, sl.stop)):
+            n = int(batch.lengths_B[j])
+            out[r] = (resid[j, :n], batch.tokens_BT[j, :n])
+    return out
+
+
 def batched(n: int, size: int) -> list[slice]:
     return [slice(i, min(i + size, n)) for i in range(0, n, size)]

@@ -90,6 +90,51 @@ class TaskCountMetrics(BaseMetrics):
     )
 
 
+def _iia(who: str, k: int | None, display: bool = False):
+    what = {
+        "sae": f"the top {k} SAE features (the probe's selection)",
+        "random": f"{k} random active SAE features (mean over the seeded sets)",
+        "resid": f"the top {k} residual dimensions by class-mean difference",
+        "pca": f"the top {k} principal directions of the residual",
+        "ceiling": "the whole residual vector",
+    }[who]
+    return Field(
+        default=None,
+        title=f"IIA {who} {'top ' + str(k) if k else ''}".strip(),
+        description=f"Interchange-intervention accuracy when patching {what} from the "
+        "counterfactual run at the interchange position: fraction of pairs whose answer flips to "
+        "the counterfactual's." + _JUDGED + " Higher is better.",
+        json_schema_extra=DEFAULT_DISPLAY if display else None,
+    )
+
+
+@dataclass
+class InterchangeMetrics(BaseMetrics):
+    sae_iia_top_1: float | None = _iia("sae", 1, display=True)
+    sae_iia_top_2: float | None = _iia("sae", 2)
+    sae_iia_top_5: float | None = _iia("sae", 5, display=True)
+    sae_iia_top_10: float | None = _iia("sae", 10)
+    random_iia_top_1: float | None = _iia("random", 1)
+    random_iia_top_2: float | None = _iia("random", 2)
+    random_iia_top_5: float | None = _iia("random", 5)
+    random_iia_top_10: float | None = _iia("random", 10)
+    resid_iia_top_1: float | None = _iia("resid", 1)
+    resid_iia_top_2: float | None = _iia("resid", 2)
+    resid_iia_top_5: float | None = _iia("resid", 5)
+    resid_iia_top_10: float | None = _iia("resid", 10)
+    pca_iia_top_1: float | None = _iia("pca", 1)
+    pca_iia_top_2: float | None = _iia("pca", 2)
+    pca_iia_top_5: float | None = _iia("pca", 5)
+    pca_iia_top_10: float | None = _iia("pca", 10)
+    ceiling_iia: float | None = _iia("ceiling", None, display=True)
+    n_tasks_with_pairs: int = Field(
+        default=0,
+        title="Tasks with Pairs",
+        description="Judged tasks with at least one counterfactual pair the model answers "
+        "correctly in both versions; the IIA means are over these.",
+    )
+
+
 @dataclass
 class ProbingMetricCategories(BaseMetricCategories):
     probing: ProbingAccuracyMetrics = Field(
@@ -101,6 +146,13 @@ class ProbingMetricCategories(BaseMetricCategories):
         json_schema_extra=DEFAULT_DISPLAY,
     )
     tasks: TaskCountMetrics = Field(title="Tasks", description="Which tasks the model solves.")
+    interchange: InterchangeMetrics = Field(
+        default_factory=InterchangeMetrics,
+        title="Interchange Interventions",
+        description="Interchange-intervention accuracy (Geiger et al.; MIB 2025) on tasks with "
+        "counterfactual pairs.",
+        json_schema_extra=DEFAULT_DISPLAY,
+    )
 
 
 @dataclass
@@ -159,6 +211,75 @@ class InterventionVerificationDetail:
 
 
 @dataclass
+class IIAEstimate:
+    iia: float | None = Field(
+        title="IIA", description="Fraction of pairs whose patched answer is the counterfactual's."
+    )
+    ci_low: float | None = Field(title="CI Low", description="Wilson interval, lower end.")
+    ci_high: float | None = Field(title="CI High", description="Wilson interval, upper end.")
+    n_success: int = Field(title="Flipped", description="Pairs (× sets) whose answer flipped.")
+    n: int = Field(title="Trials", description="Pairs (× random sets, for the random bracket).")
+
+
+@dataclass
+class InterchangeKDetail:
+    k: int = Field(
+        title="k", description="Patched dimensions (features, residual dims, directions)."
+    )
+    sae: IIAEstimate = Field(title="SAE Features", description="The top-k selected features.")
+    sae_features: list[int] = Field(title="SAE Features", description="The patched features.")
+    random: IIAEstimate | None = Field(
+        default=None,
+        title="Random Features",
+        description="k random active features, pooled over the sets (null: too few active).",
+    )
+    random_mean: float | None = Field(
+        default=None, title="Random Mean", description="Mean IIA over the random sets."
+    )
+    random_sd: float | None = Field(
+        default=None, title="Random SD", description="Sample sd of the IIA over the random sets."
+    )
+    random_per_set: list[float] = Field(
+        default_factory=list, title="Random per Set", description="IIA of each random set."
+    )
+    resid: IIAEstimate | None = Field(
+        default=None,
+        title="Residual Dimensions",
+        description="The k residual dimensions with the largest |class-mean difference| on the "
+        "train reads (the residual probe's selection at 'last').",
+    )
+    resid_dims: list[int] = Field(
+        default_factory=list, title="Residual Dimensions", description="The patched dimensions."
+    )
+    pca: IIAEstimate | None = Field(
+        default=None,
+        title="Principal Directions",
+        description="The projection onto the top-k principal directions of the train reads.",
+    )
+
+
+@dataclass
+class InterchangeDetail:
+    position: str = Field(title="Position", description="'last' (answer) or 'varied' token.")
+    n_candidates: int = Field(title="Candidates", description="Test examples paired.")
+    n_unaligned: int = Field(
+        title="Unaligned",
+        description="Dropped: no counterfactual of the same token length differing at one token.",
+    )
+    n_incorrect: int = Field(
+        title="Incorrect", description="Dropped: the model answers a version wrong."
+    )
+    n_pairs: int = Field(title="Pairs", description="Pairs the IIA is measured on.")
+    ceiling: IIAEstimate | None = Field(
+        default=None, title="Ceiling", description="The whole residual vector patched."
+    )
+    per_k: list[InterchangeKDetail] = Field(
+        default_factory=list, title="Per k", description="One entry per probe size k."
+    )
+    note: str = Field(default="", title="Note", description="Why something is missing, if so.")
+
+
+@dataclass
 class ProbingResultDetail(BaseResultDetail):
     task_name: str = Field(title="Task", description="Task name.")
     source: str = Field(
@@ -206,6 +327,11 @@ class ProbingResultDetail(BaseResultDetail):
         default=None,
         title="Verified",
         description="Passed every intervention; null when not judged.",
+    )
+    interchange: InterchangeDetail | None = Field(
+        default=None,
+        title="Interchange Interventions",
+        description="IIA with its ceiling and brackets; null for tasks without pairs or not judged.",
     )
     note: str = Field(
         default="", title="Note", description="Why a task was not judged or verified, if so."

@@ -19,6 +19,7 @@ from torch import Tensor
 
 from csae_bench.errors import SaeMismatchError
 from csae_bench.evals._envelope import envelope
+from csae_bench.evals.probing import interchange as iia
 from csae_bench.evals.probing import model_io as io
 from csae_bench.evals.probing.config import ProbingEvalConfig
 from csae_bench.evals.probing.output import (
@@ -62,6 +63,9 @@ class PreparedTask:
     clean_accuracy: float
     llm_probes: list[ProbeResult]
     verify_rows: tuple[int, ...]
+    pairs: iia.Pairs | None = None
+    """Counterfactual pairs and the SAE-independent interchange work (tasks with pairs, when
+    ``cfg.interchange``)."""
 
 
 def _verify_rows(task: ProbingTask, split: TaskSplit, n_max: int, seed: int) -> tuple[int, ...]:
@@ -108,6 +112,12 @@ def prepare_task(model, hook_name: str, task: ProbingTask, cfg: ProbingEvalConfi
     llm_probes = k_sparse_probes(
         resid_pooled[train], labels[train], resid_pooled[test], labels[test], cfg.ks, full=True
     )
+    verify_rows = _verify_rows(task, split, cfg.max_verify_examples, cfg.random_seed)
+    pairs = None
+    if cfg.interchange and task.has_pairs:
+        pairs = iia.prepare_pairs(
+            model, hook_name, task, split, verify_rows, chunks, clean, behaviour, cfg
+        )
     return PreparedTask(
         task,
         split,
@@ -118,7 +128,8 @@ def prepare_task(model, hook_name: str, task: ProbingTask, cfg: ProbingEvalConfi
         clean,
         float((clean[test] > 0).float().mean()),
         llm_probes,
-        _verify_rows(task, split, cfg.max_verify_examples, cfg.random_seed),
+        verify_rows,
+        pairs,
     )
 
 
@@ -149,6 +160,9 @@ def prepared_task(model, hook_name: str, name: str, cfg: ProbingEvalConfig) -> P
         cfg.behaviour_layer_offset,
         tuple(cfg.ks),
         cfg.batch_size,
+        cfg.interchange,
+        cfg.interchange_position,
+        cfg.confidence,
     )
     if key not in _PREPARED:
         task = load_task(name, cfg.examples_per_class, cfg.random_seed)
@@ -170,11 +184,7 @@ def _verify_subset(
 ) -> list[tuple[Tensor, io.Batch, Tensor]]:
     """Residuals of the verification examples, re-batched and right-padded (``[b, T, D]``, tokens,
     labels)."""
-    by_row = {}
-    for resid, batch, sl in prep.chunks:
-        for j, r in enumerate(range(sl.start, sl.stop)):
-            n = int(batch.lengths_B[j])
-            by_row[r] = (resid[j, :n], batch.tokens_BT[j, :n])
+    by_row = io.by_row(prep.chunks)
     out = []
     for sl in io.batched(len(rows), batch_size):
         chosen = rows[sl]
@@ -286,6 +296,9 @@ def evaluate_task(model, sae, prep: PreparedTask, cfg: ProbingEvalConfig) -> Pro
     if not judged:
         note = f"model clean accuracy {prep.clean_accuracy:.2f} < min_clean_accuracy {cfg.min_clean_accuracy}: the model does not do this task"
         return ProbingResultDetail(**detail, note=note)
+    if prep.pairs is not None:
+        probe_feats = feats[train] if task.read == "last" else None
+        detail["interchange"] = iia.evaluate(model, sae, prep.pairs, probe_feats, cfg)
     diff_F = mean_diff(feats[train], labels[train])
     selected = select_top_k(feats[train], labels[train], min(cfg.verify_k, feats.shape[1]))
     try:
@@ -334,6 +347,7 @@ def aggregate(details: list[ProbingResultDetail]) -> ProbingMetricCategories:
             mean_causal_effect_size=_mean([v.relative_effect for v in effects]),
             mean_cohens_dz=_mean([v.cohens_dz for v in effects]),
         ),
+        interchange=iia.means(judged),
         tasks=TaskCountMetrics(
             n_tasks=len(details),
             n_tasks_judged=len(judged),

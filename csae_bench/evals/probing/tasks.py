@@ -52,6 +52,11 @@ class ProbingTask:
     behaviour is a later-layer probe."""
     source: str = "templated"
     meta: dict = field(default_factory=dict, hash=False, compare=False)
+    counterfactuals: tuple[tuple[str, ...], ...] | None = None
+    """Per text, candidate counterfactual texts of the other label, best first: the same template
+    with its one slot swapped (the subject's number, the name, the city). The interchange
+    intervention (``interchange.py``) pairs a text with the first candidate that tokenizes to the
+    same length and differs at one token. ``None``: the task has no pairs."""
 
     def __post_init__(self) -> None:
         if len(self.texts) != len(self.labels):
@@ -66,6 +71,11 @@ class ProbingTask:
                 f"Task {self.name!r} has only one class ({self.label_names[next(iter(present))] if present else 'none'}); "
                 "a probing task needs examples of both classes."
             )
+        if self.counterfactuals is not None and len(self.counterfactuals) != len(self.texts):
+            raise DataError(
+                f"Task {self.name!r}: {len(self.counterfactuals)} counterfactual lists for "
+                f"{len(self.texts)} texts."
+            )
         if self.read not in ("last", "mean"):
             raise DataError(
                 f"Task {self.name!r}: read must be 'last' or 'mean', got {self.read!r}."
@@ -74,6 +84,11 @@ class ProbingTask:
     @property
     def has_logit_behaviour(self) -> bool:
         return self.answers is not None
+
+    @property
+    def has_pairs(self) -> bool:
+        """Counterfactual pairs can be built (a logit behaviour and candidate texts)."""
+        return self.counterfactuals is not None and self.answers is not None
 
     def class_counts(self) -> tuple[int, int]:
         n1 = sum(self.labels)
@@ -124,37 +139,56 @@ def _words() -> dict:
     return json.loads(WORDS_PATH.read_text(encoding="utf-8"))
 
 
-def _sv_examples() -> tuple[list[str], list[int]]:
+Generated = tuple[list[str], list[int], list[tuple[str, ...]]]
+"""Texts, labels and each text's counterfactual candidates (see ``ProbingTask.counterfactuals``)."""
+
+
+def _sv_examples() -> Generated:
     words = _words()["sv_agreement"]
     pairs = [tuple(p) for p in words["noun_pairs"]]
-    examples: dict[str, int] = {}  # ordered, de-duplicated
+    examples: dict[str, tuple[int, str]] = {}  # ordered, de-duplicated: text -> (label, cf)
     for (sg, pl), tpl in itertools.product(pairs, words["templates"]):
         attractors = (
             [(asg, apl) for asg, apl in pairs[::7] if asg != sg] if "{pp}" in tpl else [("", "")]
         )
         for (asg, apl), frame in itertools.product(attractors, words["attractor_frames"][:2]):
-            # the attractor noun has the other number than the subject
-            examples[tpl.format(subj=sg, pp=frame.format(apl))] = 0
-            examples[tpl.format(subj=pl, pp=frame.format(asg))] = 1
-    return list(examples), list(examples.values())
+            # the attractor noun has the other number than the subject; the counterfactual swaps
+            # the subject's number only
+            examples[tpl.format(subj=sg, pp=frame.format(apl))] = (
+                0,
+                tpl.format(subj=pl, pp=frame.format(apl)),
+            )
+            examples[tpl.format(subj=pl, pp=frame.format(asg))] = (
+                1,
+                tpl.format(subj=sg, pp=frame.format(asg)),
+            )
+    return list(examples), [y for y, _ in examples.values()], [(cf,) for _, cf in examples.values()]
 
 
-def _cross_product(task: str) -> tuple[list[str], list[int]]:
+def _cross_product(task: str) -> Generated:
     """Every template of ``task`` with every word of class 0, then of class 1, template by
-    template (the words fill the template's one ``{slot}``)."""
+    template (the words fill the template's one ``{slot}``). A text's counterfactual candidates are
+    the same template with the other class's words, starting at the same index and cycling."""
     words = _words()[task]
-    texts, labels = [], []
+    texts, labels, cfs = [], [], []
     for tpl in words["templates"]:
         for label, fillers in enumerate(words["classes"]):
-            for filler in fillers:
+            other = words["classes"][1 - label]
+            for j, filler in enumerate(fillers):
                 texts.append(tpl.format(**{words["slot"]: filler}))
                 labels.append(label)
-    return texts, labels
+                cfs.append(
+                    tuple(
+                        tpl.format(**{words["slot"]: other[(j + m) % len(other)]})
+                        for m in range(len(other))
+                    )
+                )
+    return texts, labels, cfs
 
 
 @dataclass(frozen=True)
 class _TemplatedSpec:
-    generate: Callable[[], tuple[list[str], list[int]]]
+    generate: Callable[[], Generated]
     label_names: tuple[str, str]
     answers: tuple[str, str]
     description: str
@@ -183,9 +217,7 @@ TEMPLATED: dict[str, _TemplatedSpec] = {
 TEXT_TASKS = ("vader_sentiment", "vader_domain:<movie|tweet|amazon|nyt>", "<path>.jsonl")
 
 
-def _sample_per_class(
-    texts: list[str], labels: list[int], n_per_class: int | None, seed: int
-) -> tuple[list[str], list[int]]:
+def _sample_rows(labels: list[int], n_per_class: int | None, seed: int) -> list[int]:
     rng = random.Random(seed)
     keep: list[int] = []
     for cls in (0, 1):
@@ -193,22 +225,30 @@ def _sample_per_class(
         keep += (
             idx if n_per_class is None or len(idx) <= n_per_class else rng.sample(idx, n_per_class)
         )
-    keep.sort()
+    return sorted(keep)
+
+
+def _sample_per_class(
+    texts: list[str], labels: list[int], n_per_class: int | None, seed: int
+) -> tuple[list[str], list[int]]:
+    keep = _sample_rows(labels, n_per_class, seed)
     return [texts[i] for i in keep], [labels[i] for i in keep]
 
 
 def templated_task(name: str, n_per_class: int | None = 150, seed: int = 0) -> ProbingTask:
     spec = TEMPLATED[name]
-    texts, labels = _sample_per_class(*spec.generate(), n_per_class, seed)
+    texts, labels, cfs = spec.generate()
+    keep = _sample_rows(labels, n_per_class, seed)
     return ProbingTask(
         name,
-        tuple(texts),
-        tuple(labels),
+        tuple(texts[i] for i in keep),
+        tuple(labels[i] for i in keep),
         spec.label_names,
         "last",
         spec.answers,
         "templated",
         {"description": spec.description},
+        tuple(cfs[i] for i in keep),
     )
 
 

@@ -66,11 +66,16 @@ class Behaviour:
         """``m(1) − m(0)`` per example ``[B]`` (before signing by the label)."""
         out = io.resume(model, self.hook_name, resid_BTD, self.stop_at_layer)
         if self.kind == "logit_diff":
-            assert self.answer_ids is not None
-            last = out[torch.arange(len(out)), batch.last_B.to(out.device)]
-            logits = io.answer_logits(model, last, self.answer_ids.to(out.device))
-            return (logits[:, 1] - logits[:, 0]).float().cpu()
+            return self.logit_diff(model, out[torch.arange(len(out)), batch.last_B.to(out.device)])
         return self.probe_logit(io.pool(out, batch, self.read))
+
+    def logit_diff(self, model, final_resid_ND: Tensor) -> Tensor:
+        """``logit(answer 1) − logit(answer 0)`` ``[N]`` from residuals after the last block at the
+        answer position ``[N, D]`` (logit-difference behaviours only)."""
+        assert self.answer_ids is not None
+        ids = self.answer_ids.to(final_resid_ND.device)
+        logits = io.answer_logits(model, final_resid_ND, ids)
+        return (logits[:, 1] - logits[:, 0]).float().cpu()
 
     def probe_logit(self, pooled_BD: Tensor) -> Tensor:
         """Later-probe behaviour from already pooled later-layer residuals ``[B, D]``."""
