@@ -1,0 +1,310 @@
+"""The validity study (issue 14): hierarchical bootstrap, verdicts as docs/validity.md declares
+them, the job list, the report block and resumability — on synthetic records (no model), plus the
+per-token NCES capture on the tiny model."""
+
+from __future__ import annotations
+
+import json
+import math
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from csae_bench.studies.validity import ValidityConfig, choose, jobs, judge, summarize, write_report
+from csae_bench.studies.validity import bootstrap as bs
+from csae_bench.studies.validity.capture import CaptureError, token_table
+from csae_bench.studies.validity.config import MetricSpec
+from csae_bench.studies.validity.jobs import NcesTokensJob, snapshot_tokens
+from csae_bench.studies.validity.records import load_records, probing_record
+
+DOC = Path(__file__).resolve().parents[1] / "docs" / "validity.md"
+
+
+def nces_rec(seed, sae, effect, ctrl, rng, *, layer=6, control="data", tokens=40960,
+             snapshot=False, J=24, T=4):  # fmt: skip
+    """A synthetic NCES record: J features × T tokens, KL ~ effect · Exp(1), control ~ ctrl · Exp(1)."""
+    feats = [{"feature_idx": j, "frequency": 0.01 * (1 + j % 3), "stratum": j % 2,
+              "sampling_weight": 1.0 + j % 2, "n_tokens": T, "status": "ok"} for j in range(J)]  # fmt: skip
+    kl, kc = effect * rng.exponential(1, J * T), ctrl * rng.exponential(1, J * T)
+    return {
+        "layer": layer, "seed": seed, "sae": sae, "control": control, "training_tokens": tokens,
+        "snapshot": snapshot, "features": feats,
+        "tokens": {"feature": np.repeat(np.arange(J), T).tolist(), "kl": kl.tolist(),
+                   "kl_control": kc.tolist(), "edit_norm_sq": (1 + rng.random(J * T)).tolist(),
+                   "ctx": [0] * (J * T), "pos": [1] * (J * T)},
+    }  # fmt: skip
+
+
+def _diff_ci(trained, null, n=400, flat=False, seed=0):
+    """95% CI of trained − null (``nces`` kind) from per-seed records."""
+    rng = np.random.default_rng(seed)
+    K = len(trained)
+    inner = {}
+    for name, recs in (("t", trained), ("n", null)):
+        inner[name] = np.stack(
+            [bs.nces_draws(bs.NcesUnit.from_record(r), n * K, rng)["nces"].reshape(n, K) for r in recs]
+        )
+    pick = bs.seed_picks(K, n, rng, flat=flat)
+    return bs.percentile_ci(bs.combine(inner["t"] - inner["n"], pick))
+
+
+def test_a_planted_gap_is_detected():
+    rng = np.random.default_rng(1)
+    trained = [nces_rec(s, "topk", 3.0, 1.0, rng) for s in range(3)]
+    null = [nces_rec(s, "init", 1.0, 1.0, rng) for s in range(3)]
+    lo, hi = _diff_ci(trained, null)
+    assert lo > 0.2 and hi < 0.8  # planted NCES gap ≈ 0.5
+
+
+def test_without_a_gap_the_ci_covers_zero():
+    rng = np.random.default_rng(2)
+    same = [nces_rec(s, "topk", 1.0, 1.0, rng) for s in range(3)]
+    lo, hi = _diff_ci(same, same)
+    assert lo < 0 < hi
+
+
+def test_seed_level_noise_widens_the_ci_compared_with_a_flat_bootstrap():
+    rng = np.random.default_rng(3)
+    # each trained seed has its own effect size: variance between seeds, not within
+    trained = [nces_rec(s, "topk", e, 1.0, rng) for s, e in enumerate((1.5, 4.0, 12.0))]
+    null = [nces_rec(s, "init", 1.0, 1.0, rng) for s in range(3)]
+    lo_h, hi_h = _diff_ci(trained, null)
+    lo_f, hi_f = _diff_ci(trained, null, flat=True)
+    assert hi_h - lo_h > 2 * (hi_f - lo_f)
+
+
+def test_point_estimates_follow_the_nces_definitions():
+    rec = nces_rec(0, "topk", 1.0, 1.0, np.random.default_rng(4), J=4, T=2)
+    u = bs.NcesUnit.from_record(rec)
+    pt = bs.nces_point(u)
+    E, R = u.kl_JT.mean(1), u.ctrl_JT.mean(1)
+    v = (E - R) / (E + R)
+    assert pt["nces"] == pytest.approx((v * u.weight_J).sum() / u.weight_J.sum())
+    assert pt["nces_fw"] == pytest.approx((v * u.weight_J * u.freq_J).sum() / (u.weight_J * u.freq_J).sum())
+    assert pt["raw_kl"] == pytest.approx(np.median(u.kl_JT))
+    assert pt["kl_per_norm"] == pytest.approx(np.median(u.kl_JT / u.norm2_JT))
+
+
+# ---------------------------------------------------------------- verdicts
+
+
+CFG = ValidityConfig(trained=("topk", "csae"), nulls=("random-decoder", "init"), init_null="init")
+SPEC = MetricSpec("nces[data]", "NCES", "nces", "data")
+
+
+def _hand(gap=0.3, lo=0.1, sd=0.02, rho=0.9, hw=0.02):
+    per_sae = {s: {"point": 0.5, "per_seed": [0.5, 0.5, 0.5], "reseed_sd": sd, "half_width": hw}
+               for s in CFG.saes}  # fmt: skip
+    pairs = {f"{t} − {n}": {"gap": gap, "ci": [lo, gap + 0.1]} for t in CFG.trained for n in CFG.nulls}
+    rho_ = {t: {"mean": rho} for t in CFG.trained}
+    return per_sae, pairs, rho_
+
+
+def test_every_check_passes_on_a_clean_summary():
+    v = judge(SPEC, *_hand(), CFG)
+    assert v["checks"] == {"separation": True, "reseed": True, "monotonic": True, "power": True}
+    assert v["trusted"] and v["score"] == pytest.approx(0.3 / 0.02)
+
+
+@pytest.mark.parametrize(
+    ("change", "check"),
+    [({"lo": -0.01}, "separation"), ({"sd": 0.2}, "reseed"), ({"rho": 0.5}, "monotonic"),
+     ({"hw": 0.05}, "power")],
+)  # fmt: skip
+def test_each_check_fails_on_its_own(change, check):
+    v = judge(SPEC, *_hand(**change), CFG)
+    assert [k for k, ok in v["checks"].items() if not ok] == [check]
+    assert v["trusted"] == (check == "power")  # power says whether the sample sufficed, no more
+
+
+def test_one_failing_pair_fails_separation_and_a_missing_one_is_not_a_pass():
+    per_sae, pairs, rho = _hand()
+    pairs["csae − init"]["ci"] = [-0.05, 0.4]
+    assert judge(SPEC, per_sae, pairs, rho, CFG)["checks"]["separation"] is False
+    del pairs["csae − init"]
+    v = judge(SPEC, per_sae, pairs, rho, CFG)
+    assert v["checks"]["separation"] is None and not v["trusted"]
+
+
+def test_relative_power_rule_for_raw_effects():
+    per_sae, pairs, rho = _hand(hw=0.04)  # 8% of a value of 0.5
+    raw = MetricSpec("raw_kl", "raw", "raw_kl", "data", relative_power=True)
+    assert judge(raw, per_sae, pairs, rho, CFG)["checks"]["power"] is True
+    assert judge(SPEC, per_sae, pairs, rho, CFG)["checks"]["power"] is False
+
+
+def test_choice_takes_the_best_trusted_ratio_and_ties_go_to_the_simpler():
+    specs = [MetricSpec("a", "a", "nces", "data", simplicity=3),
+             MetricSpec("b", "b", "raw_kl", "data", simplicity=0),
+             MetricSpec("c", "c", "nces_fw", "data", simplicity=1)]  # fmt: skip
+    ms = [{"metric": "a", "trusted": True, "score": 5.0}, {"metric": "b", "trusted": True, "score": 5.0},
+          {"metric": "c", "trusted": False, "score": 9.0}]  # fmt: skip
+    assert choose(ms, specs) == "b"
+    ms[0]["score"] = 6.0
+    assert choose(ms, specs) == "a"
+    assert choose([{**m, "trusted": False} for m in ms], specs) is None
+
+
+# ---------------------------------------------------------------- synthetic study
+
+
+def tiny_cfg(**kw):
+    return ValidityConfig(seeds=(0, 1, 2), nulls=("random-decoder", "init"), train_tokens=40960,
+                          batch_size=4096, n_bootstrap=100, probing=False, **kw)  # fmt: skip
+
+
+def write_study(out: Path, cfg: ValidityConfig, layer=6, seeds=(0, 1, 2)):
+    """Records where trained SAEs beat the nulls and improve over training."""
+    rng = np.random.default_rng(7)
+    snaps = snapshot_tokens(cfg)[:-1]
+    recs = []
+    for s in seeds:
+        for ctl in cfg.controls:
+            recs += [nces_rec(s, t, 4.0, 1.0, rng, layer=layer, control=ctl) for t in cfg.trained]
+            recs += [nces_rec(s, "random-decoder", 1.0, 1.0, rng, layer=layer, control=ctl),
+                     nces_rec(s, "init", 1.0, 1.2, rng, layer=layer, control=ctl, tokens=0)]  # fmt: skip
+            recs += [nces_rec(s, t, 1.0 + i * 0.7, 1.0, rng, layer=layer, control=ctl, tokens=x,
+                              snapshot=True) for t in cfg.trained for i, x in enumerate(snaps)]  # fmt: skip
+    for r in recs:
+        at = f"@{r['training_tokens']}" if r["snapshot"] else ""
+        p = out / f"layer{layer}/seed{r['seed']}/records/nces_{r['sae']}{at}_{r['control']}.json"
+        p.parent.mkdir(parents=True, exist_ok=True)
+        p.write_text(json.dumps(r))
+
+
+def test_summary_trusts_a_metric_that_separates_and_grows(tmp_path):
+    cfg = tiny_cfg()
+    write_study(tmp_path, cfg)
+    s = summarize(load_records(tmp_path, cfg.train_tokens, cfg.init_null), cfg)
+    m = {x["metric"]: x for x in s["sets"]["selection"]["metrics"]}
+    assert m["nces[data]"]["checks"]["separation"] is True
+    assert m["nces[data]"]["rho"]["topk"]["mean"] > 0.6
+    assert s["choice"] in m and m[s["choice"]]["trusted"]
+    assert s["confirmation"] is None
+
+
+def test_confirmation_judges_the_frozen_choice_on_both_sets(tmp_path):
+    cfg = tiny_cfg(phase="confirm")
+    write_study(tmp_path, cfg)
+    write_study(tmp_path, cfg, seeds=(3, 4, 5))
+    s = summarize(load_records(tmp_path, cfg.train_tokens, cfg.init_null), cfg, "nces[data]")
+    assert s["choice"] == "nces[data]" and s["choice_frozen"]
+    assert s["confirmation"]["per_set"] == {"confirm layer 6": True, "confirm layer 12": False}
+    assert s["confirmation"]["confirmed"] is False  # layer 12 has no records: it cannot pass
+
+
+def test_report_keeps_the_criteria_and_replaces_only_the_results_block(tmp_path):
+    cfg = tiny_cfg()
+    out, docs = tmp_path / "out", tmp_path / "docs"
+    write_study(out, cfg)
+    docs.mkdir()
+    shutil.copy(DOC, docs / "validity.md")
+    before = (docs / "validity.md").read_text()
+    head = before.split("<!-- validity-results:start -->")[0]
+    write_report(out, docs, cfg)
+    first = (docs / "validity.md").read_text()
+    assert first.startswith(head) and "Not run yet" not in first
+    assert "### Selection set: layer 6" in first and "**Choice:**" in first
+    assert first.endswith(before.split("<!-- validity-results:end -->")[1])
+    write_report(out, docs, cfg)  # the block is replaced, not appended; the choice now frozen
+    second = (docs / "validity.md").read_text()
+    assert second.count("<!-- validity-results:start -->") == 1 and second.startswith(head)
+    assert "(frozen before the confirmation sets were measured)" in second
+    assert (docs / "img" / "validity_forest.png").stat().st_size > 1000
+    assert (docs / "img" / "validity_vs_tokens.png").exists()
+    assert json.loads((out / "validity_choice.json").read_text())["choice"]
+
+
+def test_probing_records_keep_the_judged_tasks_and_the_smallest_k():
+    iia = lambda s, n: {"iia": s / n, "ci_low": 0, "ci_high": 1, "n_success": s, "n": n}  # noqa: E731
+    raw = {"eval_result_details": [
+        {"task_name": "a", "judged": True, "verified": True,
+         "interchange": {"per_k": [{"k": 5, "sae": iia(9, 10)}, {"k": 1, "sae": iia(3, 10), "random": iia(1, 30)}]}},
+        {"task_name": "b", "judged": True, "verified": None, "interchange": None},
+        {"task_name": "c", "judged": False, "verified": True, "interchange": None}]}  # fmt: skip
+    r = probing_record(raw, 6, 0, "topk", 40960, False)
+    assert [t["task"] for t in r["tasks"]] == ["a", "b"]
+    assert r["tasks"][0]["sae"] == [3, 10] and r["tasks"][0]["random"] == [1, 30]
+    assert [t["verified"] for t in r["tasks"]] == [1.0, 0.0]
+    u = bs.ProbingUnit(np.array([1.0, 0.0]), np.array([3.0, 0.0]), np.array([10, 0]))
+    assert bs.probing_point(u) == {"verified": 0.5, "iia": pytest.approx(0.3)}
+
+
+# ---------------------------------------------------------------- jobs
+
+
+def test_jobs_share_one_harvest_per_layer_and_request_snapshots(tmp_path):
+    cfg = ValidityConfig(seeds=(0, 1), train_tokens=40960, batch_size=4096, controls=("data",),
+                         nulls=("random-decoder", "init"), probing=True, probe_snapshots=False)  # fmt: skip
+    work = jobs(cfg, tmp_path)
+    kinds = [type(j).__name__ for j in work]
+    assert kinds.count("HarvestJob") == 1 and kinds.count("GradientJob") == 1
+    trains = [j for j in work if type(j).__name__ == "TrainJob"]
+    assert len(trains) == 2 and all(t.harvest is work[0] for t in trains)
+    assert all(t.settings["n_snapshots"] == 5 for t in trains)
+    assert set(trains[0].architectures) == {"topk", "csae", "random-decoder", "init"}
+    nces = [j for j in work if isinstance(j, NcesTokensJob)]
+    snaps = snapshot_tokens(cfg)
+    assert len(snaps) == 5 and snaps[-1] == cfg.train_tokens
+    # per seed: 4 final SAEs + 2 trained × 4 snapshots (the 5th is the final SAE)
+    assert len(nces) == 2 * (4 + 2 * 4)
+    snap_jobs = [j for j in nces if j.snapshot]
+    assert {j.tokens for j in snap_jobs} == set(snaps[:-1])
+    assert all(j.folder.parent.name == "snapshots" and j.n_features == cfg.snapshot_n_features
+               for j in snap_jobs)  # fmt: skip
+    assert next(j for j in nces if j.sae == "init").tokens == 0
+    assert len([j for j in work if type(j).__name__ == "EvalJob"]) == 2 * 4
+    confirm = jobs(ValidityConfig(**{**cfg.__dict__, "phase": "confirm"}), tmp_path)
+    harvests = [j.path.relative_to(tmp_path).as_posix() for j in confirm if type(j).__name__ == "HarvestJob"]
+    assert harvests == ["layer6/activations", "layer12/activations"]
+
+
+def test_a_record_job_is_done_once_its_json_is_valid(tmp_path):
+    job = next(j for j in jobs(tiny_cfg(), tmp_path) if isinstance(j, NcesTokensJob))
+    assert not job.done()
+    job.path.parent.mkdir(parents=True)
+    job.path.write_text('{"torn": ')
+    assert not job.done()
+    job.path.write_text(json.dumps({"ok": 1}))
+    assert job.done()
+
+    from csae_bench.pipeline import run_jobs
+
+    assert run_jobs([job], res=None)["skipped"] == 1  # never touches a model
+
+
+# ---------------------------------------------------------------- capture
+
+
+def test_token_table_rebuilds_features_and_checks_the_order():
+    details = [{"feature_idx": 7, "n_tokens": 2, "effect": 1.5}, {"feature_idx": 3, "n_tokens": 0, "effect": None},
+               {"feature_idx": 9, "n_tokens": 1, "effect": 4.0}]  # fmt: skip
+    call = {"kl": np.array([1.0, 2.0, 4.0, 0.5, 0.5, 0.5]), "ctx": np.arange(6), "pos": np.arange(6),
+            "edit_norm_sq": np.ones(6)}  # fmt: skip
+    t = token_table(call, details)
+    assert t["feature"] == [0, 0, 2] and t["kl"] == [1.0, 2.0, 4.0] and t["kl_control"] == [0.5] * 3
+    details[0]["effect"] = 2.0
+    with pytest.raises(CaptureError, match="mislabelled"):
+        token_table(call, details)
+
+
+@pytest.mark.usefixtures("one_thread")
+def test_capture_on_the_tiny_model_matches_the_public_nces(tiny_model, tiny_tokens):
+    from helpers import random_sae
+
+    from csae_bench.evals.nces import NCESEvalConfig
+    from csae_bench.evals.nces.run import build_engine
+    from csae_bench.studies.validity.capture import nces_with_tokens
+
+    hook = "blocks.1.hook_resid_post"
+    cfg = NCESEvalConfig(n_features=12, tokens_per_feature=3, n_bootstrap=20, n_frequency_strata=4,
+                         hook_name=hook, control="feature", compute_attribution=False)  # fmt: skip
+    engine = build_engine(tiny_model, hook, tiny_tokens, cfg)
+    out = nces_with_tokens(tiny_model, random_sae(), tiny_tokens, hook, cfg, "r", engine)
+    n = sum(d["n_tokens"] for d in out["features"])
+    assert n > 0 and len(out["tokens"]["kl"]) == n
+    assert all(x >= 0 for x in out["tokens"]["edit_norm_sq"])
+    pt = bs.nces_point(bs.NcesUnit.from_record(out))
+    assert math.isclose(pt["nces"], out["metrics"]["nces_mean"], rel_tol=1e-6, abs_tol=1e-9)
