@@ -71,6 +71,7 @@ def save_trained_sae(
     heldout_ND: torch.Tensor,
     heldout_on: str,
     source: ActivationSource,
+    summary_extra: dict[str, Any] | None = None,
 ) -> Path:
     """Save ``run``'s SAE to ``folder`` and return it.
 
@@ -78,7 +79,8 @@ def save_trained_sae(
     in, so it takes raw activations; SAELens metadata (model, hook, layer, context size, tokens);
     then it is measured through the SAEBench export on ``heldout_ND [N, d_in]`` (raw units): L0,
     mean-centred explained variance (float32), MSE per token, never-fired fraction. Everything is
-    written to a temporary folder renamed into place, ``SUMMARY_NAME`` last."""
+    written to a temporary folder renamed into place, ``SUMMARY_NAME`` last. ``summary_extra``
+    entries replace or extend the summary's (the nulls of :mod:`.nulls` say what they are)."""
     sae = type(run.sae)(copy.deepcopy(run.sae.cfg))  # a fresh copy: no pool or model attached
     sae.load_state_dict(run.sae.state_dict())
     sae.eval()
@@ -100,6 +102,7 @@ def save_trained_sae(
     summary = training_summary(
         run, cfg, scale, sae.cfg.d_in, heldout_ND, recon_ND, feats_NF, heldout_on
     )
+    summary.update(summary_extra or {})
     tmp = folder.parent / f".{folder.name}.tmp"
     if tmp.exists():
         shutil.rmtree(tmp)
