@@ -77,9 +77,11 @@ def _seed(cfg: TrainConfig, arch: str) -> int:
     return cfg.seed * 1000 + cfg.architectures.index(arch)
 
 
-def _topk_normalized(runs: dict[str, Any], done: dict[str, Path], scale: float) -> Any:
-    """The run's trained ``topk`` in normalized units: the in-memory SAE when it was trained in
-    this call, else its saved folder with the scale unfolded."""
+def _topk_normalized(
+    runs: dict[str, Any], done: dict[str, Path], cfg: TrainConfig, scale: float
+) -> Any:
+    """The run's trained ``topk`` in normalized units, as a TopK training SAE: the in-memory SAE
+    when it was trained in this call, else its saved folder's weights with the scale unfolded."""
     if "topk" in runs:
         return runs["topk"].sae
     if "topk" not in done:
@@ -89,7 +91,11 @@ def _topk_normalized(runs: dict[str, Any], done: dict[str, Path], scale: float) 
         )
     from sae_lens import SAE
 
-    sae = SAE.load_from_disk(str(done["topk"]), device="cpu")
+    from csae_bench.architectures import build_training_sae
+
+    saved = SAE.load_from_disk(str(done["topk"]), device="cpu")
+    sae = build_training_sae("topk", saved.cfg.d_in, saved.cfg.d_sae, **cfg.sae_options("topk"))
+    sae.load_state_dict(saved.state_dict())
     if scale != 1.0:
         sae.fold_activation_norm_scaling_factor(1.0 / scale)
     return sae
@@ -109,7 +115,7 @@ def build_null(
     info: dict[str, Any] = {"kind": arch, "derived_from": REGISTRY[arch].derived_from}
     if arch == "permuted-decoder":
         gen = torch.Generator().manual_seed(_seed(cfg, arch))
-        sae, perm = permuted_decoder_sae(_topk_normalized(runs, done, scale), gen)
+        sae, perm = permuted_decoder_sae(_topk_normalized(runs, done, cfg, scale), gen)
         info["permutation_seed"] = _seed(cfg, arch)
         info["fixed_points"] = int((perm == torch.arange(len(perm))).sum())
         return sae, info
