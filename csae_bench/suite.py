@@ -34,12 +34,12 @@ from typing import Annotated, Any, Literal, get_args
 from pydantic import BaseModel, ConfigDict, Field, StrictInt, ValidationError, field_validator
 from pydantic.dataclasses import dataclass as pydantic_dataclass
 
-from csae_bench.architectures import ARCHITECTURES
+from csae_bench.architectures import DEFAULT_ARCHITECTURES as _REGISTRY_DEFAULTS
 from csae_bench.errors import BadInputError, one_line
 
 # The user-facing eval names that differ from their SAEBench eval_type_id.
 EVAL_ALIASES: dict[str, str] = {"probing": "csae_probing"}
-DEFAULT_ARCHITECTURES: tuple[str, ...] = ARCHITECTURES  # the registry's (csae_bench.architectures)
+DEFAULT_ARCHITECTURES: tuple[str, ...] = _REGISTRY_DEFAULTS  # the registry's in_default_run ones
 DEFAULT_EVALS: tuple[str, ...] = ("core", "nces", "probing")
 ModelDtype = Literal["auto", "float32", "bfloat16", "float16"]
 MODEL_DTYPES: tuple[str, ...] = get_args(ModelDtype)
@@ -71,7 +71,8 @@ class _RunSettings:
         default_factory=lambda: list(DEFAULT_ARCHITECTURES)
     )
     """SAE architectures trained alongside on one activation stream (a list, or one
-    comma-separated string)."""
+    comma-separated string); the nulls ``permuted-decoder`` (needs ``topk``), ``init`` and ``pca``
+    are derived next to them."""
     evals: Annotated[list[str], Field(min_length=1)] = field(
         default_factory=lambda: list(DEFAULT_EVALS)
     )
@@ -292,6 +293,13 @@ def validate_names(cfg: RunConfig) -> None:
         raise SuiteError(
             f"Unknown architecture(s) {', '.join(bad)}; valid architectures: {', '.join(archs)}."
         )
+    if cfg.trains:
+        from csae_bench.architectures import MissingBaseArchitectureError, check_derived
+
+        try:
+            check_derived(cfg.architectures)
+        except MissingBaseArchitectureError as err:
+            raise SuiteError(str(err)) from None
     registered = set(available_evals())
     bad = [e for e in cfg.evals if eval_type_id(e) not in registered]
     if bad:
