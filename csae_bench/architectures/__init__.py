@@ -107,7 +107,6 @@ for _spec in (
         control=True,
         trained=False,
         derived_from="topk",
-        in_default_run=False,
     ),
     ArchitectureSpec(
         "init",
@@ -116,7 +115,6 @@ for _spec in (
         "csae_bench.architectures.nulls:InitOptions",
         control=True,
         trained=False,
-        in_default_run=False,
     ),
     ArchitectureSpec(
         "pca",
@@ -125,7 +123,6 @@ for _spec in (
         "csae_bench.architectures.nulls:PCAOptions",
         control=True,
         trained=False,
-        in_default_run=False,
     ),
 ):
     register_architecture(_spec)
