@@ -13,6 +13,7 @@ import csae_bench.architectures as archs
 from csae_bench.architectures import (
     ARCHITECTURES,
     TOPK_FAMILY,
+    TRAINED_ARCHITECTURES,
     UnknownArchitectureError,
     build_training_sae,
     check_architecture,
@@ -55,7 +56,8 @@ def step_input(x, arch, dead=None):
 
 
 def test_architecture_names_and_registry():
-    assert ARCHITECTURES == ("relu", "topk", "jumprelu", "csae", "random-decoder")
+    assert ARCHITECTURES == ("relu", "topk", "jumprelu", "csae", "random-decoder",
+                             "permuted-decoder", "init", "pca")
     for name in ("csae", "random-decoder"):
         assert name in SAE_CLASS_REGISTRY and name in SAE_TRAINING_CLASS_REGISTRY
     archs.register_with_saelens()  # registering again (a re-import) must not raise SAELens's duplicate-name error
@@ -74,19 +76,19 @@ def test_registry_is_one_table_light_to_import_and_refuses_duplicates():
     with pytest.raises(ValueError, match="already registered"):
         archs.register_architecture(archs.REGISTRY["topk"])
     code = ("import sys, csae_bench.architectures as a, csae_bench.suite as s; "
-            "print(s.DEFAULT_ARCHITECTURES == a.ARCHITECTURES, 'torch' in sys.modules, 'sae_lens' in sys.modules)")
+            "print(s.DEFAULT_ARCHITECTURES == a.DEFAULT_ARCHITECTURES, 'torch' in sys.modules, 'sae_lens' in sys.modules)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.split() == ["True", "False", "False"]
 
 
 def test_unknown_architecture_lists_valid_ones():
-    with pytest.raises(UnknownArchitectureError, match="relu, topk, jumprelu, csae, random-decoder"):
+    with pytest.raises(UnknownArchitectureError, match="relu, topk, jumprelu, csae, random-decoder, permuted-decoder, init, pca"):
         check_architecture("gated-causal")
     with pytest.raises(UnknownArchitectureError, match="did you mean 'relu'"):
         build_training_sae("standard", D_IN, D_SAE)
 
 
-@pytest.mark.parametrize("arch", ARCHITECTURES)
+@pytest.mark.parametrize("arch", TRAINED_ARCHITECTURES)  # the nulls: tests/test_nulls.py
 def test_forward_shapes_and_losses(arch):
     sae = make_sae(arch)
     x = torch.randn(10, D_IN)
@@ -102,7 +104,7 @@ def test_forward_shapes_and_losses(arch):
     assert sae.W_enc.grad is not None and torch.isfinite(sae.W_enc.grad).all()
 
 
-@pytest.mark.parametrize("arch", ARCHITECTURES)
+@pytest.mark.parametrize("arch", TRAINED_ARCHITECTURES)  # the nulls: tests/test_nulls.py
 def test_saelens_and_saebench_round_trip(arch, tmp_path):
     sae = make_sae(arch)
     perturb(sae)

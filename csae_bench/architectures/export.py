@@ -1,7 +1,9 @@
 """Export SAELens SAEs to SAEBench's ``BaseSAE`` (unit-norm decoder rows, filled cfg).
 
 The SAEBench class is SAEBench's own for each encoder: ``ReluSAE`` (relu), ``TopKSAE`` (topk, csae,
-random-decoder), ``JumpReluSAE`` (jumprelu). Conversion folds the decoder row norms into the encoder
+random-decoder and the nulls), ``JumpReluSAE`` (jumprelu). ``cfg.architecture`` is the csae_bench
+name, read from the folder's ``csae_bench_architecture`` metadata for the nulls (saved as SAELens
+``topk`` SAEs). Conversion folds the decoder row norms into the encoder
 (``W_enc``, ``b_enc`` and the JumpReLU threshold scale by the norm, ``W_dec`` rows divide by it) and
 moves the input-centring ``b_dec`` into ``b_enc`` where the SAEBench class centres differently, so
 ``BaseSAE.forward`` equals the SAELens SAE's forward (exactly up to float rounding) and
@@ -20,7 +22,7 @@ from sae_bench.custom_saes.relu_sae import ReluSAE
 from sae_bench.custom_saes.topk_sae import TopKSAE as SAEBenchTopKSAE
 
 import csae_bench.architectures.saelens  # noqa: F401  (registers csae / random-decoder with SAELens)
-from csae_bench.architectures import FROM_SAELENS, TOPK_FAMILY
+from csae_bench.architectures import FROM_SAELENS, TOPK_FAMILY, architecture_of
 from csae_bench.errors import BadInputError
 from csae_bench.hooks import layer_of_hook
 
@@ -45,8 +47,8 @@ def to_base_sae(
             f"SAELens architecture {saelens_arch!r} is not one csae_bench exports "
             f"({', '.join(sorted(FROM_SAELENS))})."
         )
-    arch = FROM_SAELENS[saelens_arch]
     meta = sae.cfg.metadata
+    arch = architecture_of(saelens_arch, meta) or FROM_SAELENS[saelens_arch]
     model_name = model_name or meta.model_name
     hook_name = hook_name or meta.hook_name
     if not model_name or not hook_name:

@@ -19,7 +19,7 @@ from sae_lens.registry import (
     register_sae_training_class,
 )
 
-from csae_bench.architectures import TOPK_FAMILY, saelens_name
+from csae_bench.architectures import REGISTRY, TOPK_FAMILY, saelens_name
 from csae_bench.architectures.csae import CSAE, CSAEConfig, CSAETrainingSAE, CSAETrainingSAEConfig
 from csae_bench.architectures.random_decoder import (
     RandomDecoderSAE,
@@ -62,9 +62,15 @@ def build_training_sae(name: str, d_in: int, d_sae: int, **options: Any) -> Any:
     ``options`` are fields of that architecture's SAELens training config (``k``,
     ``l1_coefficient``, ``causal_coeff``...; :meth:`ArchitectureOptions.sae_config` builds them).
     Raises :class:`~csae_bench.architectures.UnknownArchitectureError` for an unknown name and
-    ``ValueError`` for an unknown option (naming the valid fields), a non-positive ``d_in`` /
-    ``d_sae``, or (TopK family) ``k`` outside ``1..d_sae``."""
+    ``ValueError`` for a null (not trained: :mod:`csae_bench.architectures.nulls` builds those),
+    an unknown option (naming the valid fields), a non-positive ``d_in`` / ``d_sae``, or (TopK
+    family) ``k`` outside ``1..d_sae``."""
     sae_cls, cfg_cls = get_sae_training_class(saelens_name(name))
+    if not REGISTRY[name].trained:
+        raise ValueError(
+            f"{name} is a null the trainer derives, not a trainable SAE; build it with "
+            "csae_bench.architectures.nulls or list it in the run's architectures."
+        )
     if not isinstance(d_in, int) or d_in < 1:
         raise ValueError(f"d_in must be a positive int, got {d_in!r}.")
     if not isinstance(d_sae, int) or d_sae < 1:

@@ -2,6 +2,10 @@
 
 from csae_bench.interventions.controls import (
     CONTROLS,
+    DataDirections,
+    UnknownControlError,
+    data_control,
+    data_directions,
     get_control,
     isotropic_control,
     other_feature_control,
@@ -34,6 +38,10 @@ __all__ = [
     "Effects",
     "EngineConfig",
     "CONTROLS",
+    "DataDirections",
+    "UnknownControlError",
+    "data_control",
+    "data_directions",
     "get_control",
     "isotropic_control",
     "other_feature_control",

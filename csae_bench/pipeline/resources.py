@@ -114,10 +114,10 @@ class Resources:
 
     def train_contexts(self) -> int:
         """Contexts of the training split that hold the harvested (non-BOS) tokens:
-        ``cfg.harvest_tokens``, or ``cfg.train_tokens`` when that is unset."""
+        ``cfg.harvest_tokens`` capped at ``cfg.train_tokens`` (all of them when unset)."""
         from csae_bench.data import contexts_for_tokens
 
-        n = self.cfg.harvest_tokens or self.cfg.train_tokens
+        n = min(self.cfg.harvest_tokens or self.cfg.train_tokens, self.cfg.train_tokens)
         return contexts_for_tokens(n, self.cfg.context_size, bos_counts=False)
 
     def eval_tokens(self) -> torch.Tensor:

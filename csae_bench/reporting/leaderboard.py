@@ -6,6 +6,8 @@ this package does not know contribute every flat numeric metric with ``direction
 file SAEBench wrote itself is judged by SAEBench's ``CoreEvalOutput`` (our extra metric is then
 null). A non-finite metric, or SAEBench's -1 stand-in for NaN, is null with a ``flag``: it never
 sorts, plots or prints as a number. Rows are ranked by model, hook, architecture, width, seed, id.
+A row's ``control`` is its architecture's registry flag (:attr:`csae_bench.architectures.
+ArchitectureSpec.control`: random-decoder and the nulls); the table and every plot mark it.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ from collections import defaultdict
 from pathlib import Path
 from typing import Any
 
+from csae_bench.architectures import is_control
 from csae_bench.reporting.results import (
     ResultFile,
     flat_items,
@@ -30,9 +33,6 @@ LEADERBOARD_NAME = "leaderboard.json"
 """The leaderboard's file name in a results folder."""
 PLOTS_DIR = "plots"
 """The plots' folder in a results folder."""
-
-CONTROL_ARCHITECTURES = frozenset({"random-decoder"})
-"""Null models trained alongside (a frozen random decoder): shown, flagged, never a contender."""
 
 NCES_SEPARATION_METRIC = "nces.nces_freq_weighted_mean"
 
@@ -56,10 +56,10 @@ def _sae_info(release: str, sid: str, files: list[ResultFile]) -> dict[str, Any]
     if ours is not None:
         arch, d_sae, seed = ours
     else:
-        from csae_bench.architectures import FROM_SAELENS
+        from csae_bench.architectures import architecture_of
 
         arch = cfg.get("architecture_str") or cfg.get("architecture") or "unknown"
-        arch = FROM_SAELENS.get(arch, arch)
+        arch = architecture_of(arch, meta) or arch
         d_sae, seed = cfg.get("d_sae"), cfg.get("seed")
     tokens = cfg.get("training_tokens") or meta.get("training_tokens")
     return {
@@ -155,7 +155,7 @@ def build_leaderboard(
             f"{e}.{m}": why for e, fl in sorted(flags_of.items()) for m, why in fl.items()
         }
         row["l0"] = flat_of.get("core", {}).get("sparsity.l0")
-        row["control"] = row["architecture"] in CONTROL_ARCHITECTURES
+        row["control"] = is_control(row["architecture"])
         ci = _ci(flat_of.get("nces", {}), NCES_SEPARATION_METRIC)
         if ci is not None:
             nces_ci[id(row)] = ci

@@ -1,5 +1,9 @@
 """The leaderboard's PNG plots (L0 vs CE-loss score, L0 vs NCES, NCES per architecture, probing
-accuracy vs k) and :func:`save_figure`, shared by every report's figures (the studies' too)."""
+accuracy vs k) and :func:`save_figure`, shared by every report's figures (the studies' too).
+
+Controls (rows whose ``control`` is set: the registry's control architectures, random-decoder and
+the nulls) are marked in every plot: ``(control)`` after their legend label, crosses in the
+scatter plots, dashed lines in the histogram, dotted probing curves (:func:`legend_label`)."""
 
 from __future__ import annotations
 
@@ -40,6 +44,16 @@ def set_l0_axis(ax, values: list[float]) -> None:
         ax.xaxis.set_minor_formatter(NullFormatter())
 
 
+def legend_label(arch: str, controls: set[str]) -> str:
+    """``arch``, with `` (control)`` appended when it is one of ``controls``."""
+    return f"{arch} (control)" if arch in controls else arch
+
+
+def control_archs(rows: list[dict[str, Any]]) -> set[str]:
+    """The architectures of the rows marked ``control``."""
+    return {r["architecture"] for r in rows if r.get("control")}
+
+
 def _nces_metric(board: dict[str, Any]) -> str | None:
     directions = board["metric_directions"].get("nces", {})
     return next(iter(directions), None)
@@ -55,9 +69,16 @@ def _scatter(rows, x_of, y_of, path: Path, xlabel: str, ylabel: str, title: str)
             points[row["architecture"]].append((x, y))
     if not points:
         return None
+    controls = control_archs(rows)
     fig, ax = plt.subplots(figsize=(6, 4.5))
     for arch, xy in sorted(points.items()):
-        ax.scatter([p[0] for p in xy], [p[1] for p in xy], label=arch, s=40)
+        ax.scatter(
+            [p[0] for p in xy],
+            [p[1] for p in xy],
+            label=legend_label(arch, controls),
+            s=40,
+            marker="x" if arch in controls else "o",  # a cross: a null, never a contender
+        )
     ax.set_xlabel(xlabel)
     ax.set_ylabel(ylabel)
     ax.set_title(title)
@@ -98,6 +119,7 @@ def _nces_histogram(rows, results: list[ResultFile], path: Path) -> Path | None:
             per_arch[arch_of[f.key]] += _nces_values(f)
     if not per_arch:
         return None
+    controls = control_archs(rows)
     fig, ax = plt.subplots(figsize=(6, 4.5))
     for arch, values in sorted(per_arch.items()):
         ax.hist(
@@ -106,7 +128,8 @@ def _nces_histogram(rows, results: list[ResultFile], path: Path) -> Path | None:
             range=(-1, 1),
             histtype="step",
             linewidth=1.8,
-            label=f"{arch} (n={len(values)})",
+            linestyle="--" if arch in controls else "-",
+            label=f"{legend_label(arch, controls)} (n={len(values)})",
         )
     ax.set_xlabel("per-feature NCES")
     ax.set_ylabel("features")
@@ -129,6 +152,7 @@ def _probing_curves(rows, results: list[ResultFile], path: Path) -> Path | None:
                 curves["residual stream (reference)"][k].append(acc)
     if not curves:
         return None
+    controls = control_archs(rows)
     fig, ax = plt.subplots(figsize=(6, 4.5))
     for arch, by_k in sorted(curves.items()):
         ks = sorted(by_k)
@@ -137,8 +161,8 @@ def _probing_curves(rows, results: list[ResultFile], path: Path) -> Path | None:
             ks,
             [mean_sd(by_k[k])[0] for k in ks],
             marker="o",
-            label=arch,
-            linestyle="--" if reference else "-",
+            label=legend_label(arch, controls),
+            linestyle="--" if reference else (":" if arch in controls else "-"),
             color="grey" if reference else None,
         )
     ax.set_xscale("log")

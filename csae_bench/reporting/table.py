@@ -34,7 +34,8 @@ def row_label(row: dict[str, Any], rows: list[dict[str, Any]]) -> str:
 
 
 def row_flags(row: dict[str, Any]) -> str:
-    """Short flag codes: ``ctrl`` a control (random decoder), ``~null`` NCES not separated from
+    """Short flag codes: ``ctrl`` a control (the row's ``control``, from the architecture registry:
+    random-decoder and the nulls), ``~null`` NCES not separated from
     the control's, ``!`` a metric stored as null because it was non-finite or a sentinel."""
     codes = []
     if row.get("control"):
@@ -99,7 +100,7 @@ def render_table(board: dict[str, Any], console=None, wide: bool = False) -> Non
         legend = [f"{h}: {_LEGEND[h]}" for e, _, h in COMPACT_COLUMNS if e in present]
         console.print(
             "; ".join(legend + ["↑ higher is better", "— none or null"])
-            + ". flag: ctrl control (random decoder), ~null NCES CI overlaps the control's, "
+            + ". flag: ctrl control (a null model), ~null NCES CI overlaps the controls', "
             "! non-finite value stored as null (leaderboard.json: flags). --wide for all metrics."
         )
     if board["unknown_eval_types"]:

@@ -16,7 +16,13 @@ from dataclasses import dataclass, field, fields
 from typing import Any
 
 from csae_bench.activations.harvest import layer_of_hook
-from csae_bench.architectures import ARCHITECTURES, check_architecture, options_class
+from csae_bench.architectures import (
+    ARCHITECTURES,
+    DEFAULT_ARCHITECTURES,
+    check_architecture,
+    check_derived,
+    options_class,
+)
 from csae_bench.errors import BadInputError
 from csae_bench.training.checkpoint import RUN_DEFINING_FIELDS
 
@@ -36,11 +42,13 @@ class TrainConfig:
 
     Raises ``ValueError`` naming every bad field (sizes, fractions, duplicate architectures,
     ``arch_lr`` for an architecture not trained), :class:`~csae_bench.architectures.
-    UnknownArchitectureError` for an unknown architecture and ``ActivationError`` for a hook name
-    without a layer."""
+    UnknownArchitectureError` for an unknown architecture, :class:`~csae_bench.architectures.
+    MissingBaseArchitectureError` for ``permuted-decoder`` without ``topk`` and
+    ``ActivationError`` for a hook name without a layer."""
 
-    architectures: tuple[str, ...] = ARCHITECTURES
-    """Architectures to train, by csae_bench name (see ``csae_bench.architectures.REGISTRY``)."""
+    architectures: tuple[str, ...] = DEFAULT_ARCHITECTURES
+    """Architectures to train, by csae_bench name (see ``csae_bench.architectures.REGISTRY``); the
+    nulls among them (``permuted-decoder``, ``init``, ``pca``) are derived after training."""
     d_sae: int = 2048
     """Features per SAE (same for all)."""
     train_tokens: int = 250_000
@@ -120,6 +128,7 @@ class TrainConfig:
             check_architecture(a)
         if len(set(self.architectures)) != len(self.architectures):
             raise ValueError(f"architectures has duplicates: {self.architectures}.")
+        check_derived(self.architectures)
         self.options = self._built_options(self.options)
         problems = []
         if self.d_sae < 1:

@@ -138,6 +138,7 @@ def save_trained_sae(
     heldout_ND: torch.Tensor,
     heldout_on: str,
     source: ActivationSource,
+    summary_extra: dict[str, Any] | None = None,
 ) -> Path:
     """Save ``run``'s SAE to ``folder`` and return it.
 
@@ -145,7 +146,8 @@ def save_trained_sae(
     measured through the SAEBench export on ``heldout_ND [N, d_in]`` (raw units): L0, mean-centred
     explained variance (float32), MSE per token, never-fired fraction. Everything is written to a
     temporary folder renamed into place, ``SUMMARY_NAME`` last; ``folder``'s snapshots are kept
-    (:func:`write_sae_folder`)."""
+    (:func:`write_sae_folder`). ``summary_extra`` entries replace or extend the summary's (the
+    nulls of :mod:`.nulls` say what they are)."""
     sae = export_sae(run, cfg, scale, source, cfg.n_steps * cfg.batch_size)
     base = to_base_sae(sae)
     feats_NF = base.encode(heldout_ND)
@@ -153,6 +155,7 @@ def save_trained_sae(
     summary = training_summary(
         run, cfg, scale, sae.cfg.d_in, heldout_ND, recon_ND, feats_NF, heldout_on
     )
+    summary.update(summary_extra or {})
     write_sae_folder(sae, folder, SUMMARY_NAME, summary, keep=(SNAPSHOTS_DIR,))
     logger.info(
         "%s: L0 %.1f, mean-centred EV %.3f, saved to %s",

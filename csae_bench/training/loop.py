@@ -27,6 +27,8 @@ job per module:
   controllers, dead counters and generators go to ``out_dir/checkpoint.safetensors`` (tensors +
   JSON, no pickle) atomically; ``resume=True`` continues the same run bit for bit. NaN/inf in
   activations or a loss stops training with the step and SAE named, before anything is written.
+* **Nulls** (:mod:`.nulls`). Architectures that are not trained (``permuted-decoder``, ``init``,
+  ``pca``) are built after the trained SAEs from the same stream and saved the same way.
 * **Outputs** (:mod:`.finalize`). ``out_dir/<architecture>/`` is a SAELens-format SAE
   (``SAE.load_from_disk`` works; :func:`~csae_bench.architectures.export.load_base_sae` gives
   SAEBench's ``BaseSAE``) plus ``training_summary.json``. An architecture whose folder is complete
@@ -71,6 +73,7 @@ from csae_bench.training.checkpoint import (
 from csae_bench.training.config import TrainConfig, TrainingError
 from csae_bench.training.display import progress_table
 from csae_bench.training.finalize import SUMMARY_NAME, heldout_activations, save_trained_sae
+from csae_bench.training.nulls import null_architectures, save_nulls
 from csae_bench.training.scaling import activation_scale
 from csae_bench.training.snapshots import SnapshotWriter
 from csae_bench.training.state import SAERunState
@@ -126,9 +129,13 @@ def train_alongside(
         )
     done = {a: out_dir / a for a in cfg.architectures if (out_dir / a / SUMMARY_NAME).exists()}
     todo = [a for a in cfg.architectures if a not in done]
+    nulls = null_architectures(todo)  # derived after training, not trained (training/nulls.py)
+    todo = [a for a in todo if a not in nulls]
     for a in done:
         logger.info("%s already trained at %s; skipping.", a, done[a])
     if not todo:
+        given = None if heldout_acts is None else (heldout_acts, "given")
+        done.update(save_nulls(nulls, model, source, cfg, out_dir, done, heldout=given))
         return done
 
     d_in = source.d_in
@@ -219,5 +226,10 @@ def train_alongside(
         done[arch] = save_trained_sae(
             run, out_dir / arch, cfg, scale, heldout_acts, heldout_on, source
         )
+    done.update(
+        save_nulls(
+            nulls, model, source, cfg, out_dir, done, runs, scale, (heldout_acts, heldout_on)
+        )
+    )
     ckpt_path.unlink(missing_ok=True)
     return done

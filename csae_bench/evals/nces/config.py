@@ -29,9 +29,9 @@ class NCESEvalConfig(BaseEvalConfig):
         description="How a feature is changed: zero, mean (over active tokens), mean_all, resample, clamp:<alpha>.",
     )
     control: str = Field(
-        default="feature",
+        default="data",
         title="Control Direction",
-        description="The equal-size control edit R_i is measured with: 'feature' = the decoder row of a random other feature inactive at that token (default; see docs/nces.md for why), 'isotropic' = a seeded random unit vector.",
+        description="The equal-size control edit R_i is measured with: 'data' (default) = a direction from the data shared by every SAE: the normalised difference of the clean residuals of a random pair of eval tokens, one fixed seeded set with one direction per eval token, the same for every SAE on this model, hook, eval tokens and seed (so a null dictionary's NCES is measured, not fixed by construction; see docs/nces.md); 'feature' = the decoder row of a random other feature of the same SAE inactive at that token; 'isotropic' = a seeded random unit vector.",
     )
     effect_window: int | None = Field(
         default=4,
@@ -106,7 +106,7 @@ class NCESEvalConfig(BaseEvalConfig):
     random_seed: int = Field(
         default=42,
         title="Random Seed",
-        description="Seed for feature and token sampling, resampling, control directions and bootstrap.",
+        description="Seed for feature and token sampling, resampling, control directions (the data control's direction set included) and bootstrap.",
     )
 
     @model_validator(mode="after")

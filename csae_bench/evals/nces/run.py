@@ -3,9 +3,13 @@
 For each sampled alive feature ``i`` and each of its sampled active tokens, the engine measures the
 exact effect (KL over the window) of the intervention ``h + (f'_i − f_i) d_i`` and of a control edit
 of the same norm at the same token; ``NCES_i = (E_i − R_i)/(E_i + R_i)``. The control direction is
-``config.control`` (:mod:`csae_bench.interventions.controls`): by default (``"feature"``) the decoder
-row of a random other alive feature that is inactive at that token; ``"isotropic"`` is a seeded
-random unit vector (DESIGN §5's original control; docs/nces.md says why it is not the default).
+``config.control`` (:mod:`csae_bench.interventions.controls`): by default (``"data"``) the token's
+direction in one fixed, seeded set of data directions (normalised differences of the clean
+residuals of random pairs of eval tokens) shared by every SAE evaluated on the same model, hook,
+eval tokens and seed — computed once per run and kept in the eval's shared cache
+(:func:`data_control_directions`); ``"feature"`` is the decoder row of a random other alive feature
+of the same SAE inactive at that token; ``"isotropic"`` a seeded random unit vector (DESIGN §5's
+original control; docs/nces.md says why neither is the default).
 """
 
 from __future__ import annotations
@@ -36,7 +40,12 @@ from csae_bench.evals.nces.scoring import (
     mean_pairwise_cosine,
     score_feature,
 )
-from csae_bench.interventions.controls import get_control
+from csae_bench.interventions.controls import (
+    NEEDS_DATA_DIRECTIONS,
+    DataDirections,
+    data_directions,
+    get_control,
+)
 from csae_bench.interventions.engine import EffectEngine, EngineConfig, check_sae_matches
 from csae_bench.interventions.types import feature_edit_BTD, make_intervention
 from csae_bench.stats import spearman, weighted_mean_ci
@@ -81,6 +90,31 @@ def build_engine(
     return engine
 
 
+def data_control_directions(
+    model, engine: EffectEngine, counted_NT: Tensor, seed: int, cache: dict | None = None
+) -> DataDirections:
+    """The ``data`` control's direction set for ``engine``'s hook and tokens and ``seed``
+    (:func:`~csae_bench.interventions.controls.data_directions` of its clean residuals; the
+    ``counted_NT`` mask excludes BOS), reused from ``cache`` by every SAE evaluated on them."""
+    toks = engine.tokens
+    key = (
+        "nces_data_control",
+        id(model),
+        engine.hook_name,
+        tuple(toks.shape),
+        int(toks.sum()),
+        seed,
+    )
+    if cache is not None and key in cache:
+        return cache[key]
+    dirs = data_directions(engine.h_clean_NTD, counted_NT, seed)
+    if cache is not None:
+        for old in [k for k in cache if isinstance(k, tuple) and k[:1] == ("nces_data_control",)]:
+            del cache[old]  # one direction set held at a time, as one clean pass is
+        cache[key] = dirs
+    return dirs
+
+
 def evaluate_sae(
     model,
     sae,
@@ -89,8 +123,12 @@ def evaluate_sae(
     config: NCESEvalConfig,
     sae_id: str = "sae",
     engine: EffectEngine | None = None,
+    cache: dict | None = None,
 ) -> NCESEvalOutput:
-    """NCES of one SAE at ``hook_name`` on eval ``tokens`` ``[n_ctx, ctx]`` (BOS first)."""
+    """NCES of one SAE at ``hook_name`` on eval ``tokens`` ``[n_ctx, ctx]`` (BOS first).
+
+    ``cache``: shared across SAEs (the eval context's), so the ``data`` control's direction set is
+    computed once per model, hook, tokens and seed (:func:`data_control_directions`)."""
     t_start = time.perf_counter()
     check_sae_matches(sae, model, hook_name, sae_id)
     if engine is None:
@@ -125,6 +163,10 @@ def evaluate_sae(
             feature_acts=f_M1F,
             generator=gen,
         )[:, 0]
+        data_MD = None
+        if config.control in NEEDS_DATA_DIRECTIONS:
+            dirs = data_control_directions(model, engine, counted, config.random_seed, cache)
+            data_MD = dirs.at(ctx_M, pos_M)
         control_MD = get_control(config.control)(
             sae,
             delta_MD,
@@ -132,6 +174,7 @@ def evaluate_sae(
             f_M1F[:, 0],
             gen,
             alive_F=stats.count_active_F > 0,
+            data_MD=data_MD,
         )
     t_clean = time.perf_counter() - t_start
 
@@ -154,8 +197,12 @@ def evaluate_sae(
     if config.compute_attribution and M:
         attr = engine.attribution(ctx_M, pos_M, delta_MD).cpu()
         attr_metrics = NCESAttributionMetrics(
-            attribution_spearman=_finite(spearman(attr.detach().double().cpu().numpy(), np.asarray(dloss, dtype=float))),
-            attribution_spearman_abs_vs_kl=_finite(spearman(attr.detach().abs().double().cpu().numpy(), np.asarray(kl, dtype=float))),
+            attribution_spearman=_finite(
+                spearman(attr.detach().double().cpu().numpy(), np.asarray(dloss, dtype=float))
+            ),
+            attribution_spearman_abs_vs_kl=_finite(
+                spearman(attr.detach().abs().double().cpu().numpy(), np.asarray(kl, dtype=float))
+            ),
         )
     t_attr = time.perf_counter() - t0
 
@@ -295,11 +342,12 @@ def _finite(x: float) -> float | None:
 
 def run(ctx, sae, sae_id: str, config: NCESEvalConfig) -> NCESEvalOutput:
     """Registry entry point: NCES of ``sae`` on the run's model, hook and eval tokens. The clean
-    pass and loss gradients are shared by the SAEs evaluated at the same hook (``ctx.cache``).
-    Runs on ``ctx.intervention_model()`` (float32 unless the run says otherwise)."""
+    pass, loss gradients and the ``data`` control's directions are shared by the SAEs evaluated at
+    the same hook (``ctx.cache``). Runs on ``ctx.intervention_model()`` (float32 unless the run
+    says otherwise)."""
     model = ctx.intervention_model()
     engine = build_engine(model, ctx.hook_name, ctx.eval_tokens, config, cache=ctx.cache)
-    return evaluate_sae(model, sae, ctx.eval_tokens, ctx.hook_name, config, sae_id, engine)
+    return evaluate_sae(model, sae, ctx.eval_tokens, ctx.hook_name, config, sae_id, engine, ctx.cache)
 
 
 def run_nces_eval(
@@ -313,7 +361,8 @@ def run_nces_eval(
 ) -> dict[str, NCESEvalOutput]:
     """NCES of several SAEs (``{sae_id: BaseSAE}``) on a model object and eval tokens.
 
-    ``hook_name`` defaults to each SAE's ``cfg.hook_name``; SAEs at one hook share one clean pass.
+    ``hook_name`` defaults to each SAE's ``cfg.hook_name``; SAEs at one hook share one clean pass
+    and one ``data`` control direction set.
     With ``output_dir``, each result is written atomically to ``{sae_id}_nces.json`` and an existing
     file is loaded instead of rerun unless ``force_rerun``. (The pipeline writes SAEBench's
     ``<release>_<sae_id>_eval_results.json`` instead; this helper is for direct API use.)"""
@@ -322,6 +371,7 @@ def run_nces_eval(
     config = config or NCESEvalConfig()
     results: dict[str, NCESEvalOutput] = {}
     engines: dict = {}
+    cache: dict = {}  # the data control's directions, shared by the SAEs
     for sae_id, sae in saes.items():
         hook = hook_name or sae.cfg.hook_name
         path = Path(output_dir) / f"{sae_id}_nces.json" if output_dir else None
@@ -333,7 +383,7 @@ def run_nces_eval(
         cfg = NCESEvalConfig(**{**_config_dict(config), "hook_name": hook})
         engine = engines.get(hook) or build_engine(model, hook, tokens, cfg)
         engines = {hook: engine}  # one clean pass held at a time
-        out = evaluate_sae(model, sae, tokens, hook, cfg, sae_id, engine)
+        out = evaluate_sae(model, sae, tokens, hook, cfg, sae_id, engine, cache)
         if path is not None:
             atomic_write_text(path, eval_output_json(out))
         results[sae_id] = out

@@ -9,7 +9,7 @@ PREFIX = "ablation"
 """Prefix of the study's bookkeeping files under ``--out`` (``ablation_config.json``, ...)."""
 RANDOM_CONTROL = "zero+isotropic"
 """The random-direction control of DESIGN §5 as an ablation row: zero ablation measured against
-an isotropic random direction of equal norm (instead of the default other-feature control)."""
+an isotropic random direction of equal norm (instead of the other-feature control the study's other rows use)."""
 
 
 @dataclass

@@ -96,8 +96,9 @@ def render_report(
         ),
         "",
         "Intervention types: `zero`, `mean` (over active tokens), `resample` (the value at a random other "
-        "token), `clamp:α` (α · max activation), each against the default control (another alive "
-        "feature's decoder direction, inactive at that token; see docs/nces.md); "
+        "token), `clamp:α` (α · max activation), each against the other-feature control "
+        "(`control=\"feature\"`: another alive feature's decoder direction, inactive at that token; "
+        "see docs/nces.md); "
         f"`{RANDOM_CONTROL}` is DESIGN §5's random-direction control (zero ablation vs an isotropic "
         "random direction of the same norm).",
         "",
