@@ -96,6 +96,6 @@ def test_studies_are_found_and_dispatched_by_name(tmp_path):
     from csae_bench import studies
     from csae_bench.suite import SuiteError
 
-    assert studies.names() == ["ablation", "csae_sweep"]
-    with pytest.raises(SuiteError, match="studies: ablation, csae_sweep"):
+    assert studies.names() == ["ablation", "csae_sweep", "validity"]
+    with pytest.raises(SuiteError, match="studies: ablation, csae_sweep, validity"):
         studies.main("nope", ["--out", str(tmp_path)])

@@ -291,7 +291,8 @@ def test_token_table_rebuilds_features_and_checks_the_order():
 
 
 @pytest.mark.usefixtures("one_thread")
-def test_capture_on_the_tiny_model_matches_the_public_nces(tiny_model, tiny_tokens):
+@pytest.mark.parametrize("control", ["data", "feature"])
+def test_capture_on_the_tiny_model_matches_the_public_nces(tiny_model, tiny_tokens, control):
     from helpers import random_sae
 
     from csae_bench.evals.nces import NCESEvalConfig
@@ -300,7 +301,7 @@ def test_capture_on_the_tiny_model_matches_the_public_nces(tiny_model, tiny_toke
 
     hook = "blocks.1.hook_resid_post"
     cfg = NCESEvalConfig(n_features=12, tokens_per_feature=3, n_bootstrap=20, n_frequency_strata=4,
-                         hook_name=hook, control="feature", compute_attribution=False)  # fmt: skip
+                         hook_name=hook, control=control, compute_attribution=False)  # fmt: skip
     engine = build_engine(tiny_model, hook, tiny_tokens, cfg)
     out = nces_with_tokens(tiny_model, random_sae(), tiny_tokens, hook, cfg, "r", engine)
     n = sum(d["n_tokens"] for d in out["features"])
@@ -308,3 +309,13 @@ def test_capture_on_the_tiny_model_matches_the_public_nces(tiny_model, tiny_toke
     assert all(x >= 0 for x in out["tokens"]["edit_norm_sq"])
     pt = bs.nces_point(bs.NcesUnit.from_record(out))
     assert math.isclose(pt["nces"], out["metrics"]["nces_mean"], rel_tol=1e-6, abs_tol=1e-9)
+
+
+def test_report_only_with_phase_writes_into_out_docs(tmp_path):
+    from csae_bench.studies import main
+
+    cfg = tiny_cfg()
+    write_study(tmp_path, cfg)
+    (tmp_path / "validity_config.json").write_text(json.dumps(cfg.__dict__))
+    assert main("validity", ["--out", str(tmp_path), "--report-only", "--phase", "select"]) == 0
+    assert "<!-- validity-results:start -->" in (tmp_path / "docs" / "validity.md").read_text()

@@ -13,7 +13,6 @@ order fails loudly instead of mislabelling tokens.
 
 from __future__ import annotations
 
-import inspect
 import json
 from typing import Any
 
@@ -21,8 +20,17 @@ import numpy as np
 
 from csae_bench.evals.nces import NCESEvalConfig
 
-DETAIL_KEYS = ("feature_idx", "frequency", "stratum", "sampling_weight", "n_tokens", "status",
-               "effect", "control_effect", "nces")
+DETAIL_KEYS = (
+    "feature_idx",
+    "frequency",
+    "stratum",
+    "sampling_weight",
+    "n_tokens",
+    "status",
+    "effect",
+    "control_effect",
+    "nces",
+)
 """Per-feature fields kept from the public NCES details."""
 
 
@@ -98,9 +106,10 @@ def nces_with_tokens(
     from csae_bench.evals.nces.run import evaluate_sae
 
     rec = RecordingEngine(engine)
-    extra = {"cache": cache} if "cache" in inspect.signature(evaluate_sae).parameters else {}
     out = json.loads(
-        evaluate_sae(model, sae, tokens, hook_name, config, sae_id, engine=rec, **extra).to_json()
+        evaluate_sae(
+            model, sae, tokens, hook_name, config, sae_id, engine=rec, cache=cache
+        ).to_json()
     )
     details = [{k: d[k] for k in DETAIL_KEYS} for d in out["eval_result_details"]]
     if len(rec.calls) != 1:

@@ -122,21 +122,37 @@ class ValidityConfig:
         for c in self.controls:
             tag = "shared control" if c == shared else "control"
             out += [
-                MetricSpec(f"nces_fw[{c}]", f"NCES freq-weighted ({tag} `{c}`)", "nces_fw", c,
-                           simplicity=3),
-                MetricSpec(f"nces[{c}]", f"NCES unweighted ({tag} `{c}`)", "nces", c,
-                           simplicity=2),
+                MetricSpec(
+                    f"nces_fw[{c}]", f"NCES freq-weighted ({tag} `{c}`)", "nces_fw", c, simplicity=3
+                ),
+                MetricSpec(f"nces[{c}]", f"NCES unweighted ({tag} `{c}`)", "nces", c, simplicity=2),
             ]
         out += [
-            MetricSpec("raw_kl", "raw effect: median KL (nats)", "raw_kl", shared,
-                       relative_power=True, simplicity=0),
-            MetricSpec("kl_per_norm", "KL / ‖δ‖² (median)", "kl_per_norm", shared,
-                       relative_power=True, simplicity=1),
+            MetricSpec(
+                "raw_kl",
+                "raw effect: median KL (nats)",
+                "raw_kl",
+                shared,
+                relative_power=True,
+                simplicity=0,
+            ),
+            MetricSpec(
+                "kl_per_norm",
+                "KL / ‖δ‖² (median)",
+                "kl_per_norm",
+                shared,
+                relative_power=True,
+                simplicity=1,
+            ),
         ]
         if self.probing:
             out += [
-                MetricSpec("probing_verified", "probing: fraction of tasks verified", "verified",
-                           simplicity=4),
+                MetricSpec(
+                    "probing_verified",
+                    "probing: fraction of tasks verified",
+                    "verified",
+                    simplicity=4,
+                ),
                 MetricSpec("iia", "IIA at the smallest k", "iia", simplicity=4),
             ]
         return out

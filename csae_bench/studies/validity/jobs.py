@@ -164,7 +164,9 @@ def layer_jobs(c: ValidityConfig, out: Path, layer: int, seeds: tuple[int, ...])
     for seed in seeds:
         sd = ld / f"seed{seed}"
         saes = sd / SAES_DIR
-        work.append(TrainJob(harvest, gradients, list(c.saes), _train_settings(c, layer, seed), saes))
+        work.append(
+            TrainJob(harvest, gradients, list(c.saes), _train_settings(c, layer, seed), saes)
+        )
         rec = sd / RECORDS_DIR
 
         def nces(sae, folder, control, tokens, snap, rec=rec, seed=seed) -> NcesTokensJob:
@@ -187,7 +189,9 @@ def layer_jobs(c: ValidityConfig, out: Path, layer: int, seeds: tuple[int, ...])
             probes = [(sae, saes / sae, "") for sae in c.saes]
             if c.probe_snapshots:
                 probes += [
-                    (sae, snapshot_folder(saes / sae, t), f"@{t}") for sae in c.trained for t in snaps
+                    (sae, snapshot_folder(saes / sae, t), f"@{t}")
+                    for sae in c.trained
+                    for t in snaps
                 ]
             work += [
                 EvalJob(

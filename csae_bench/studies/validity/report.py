@@ -181,7 +181,9 @@ def _verdict_lines(summary: dict[str, Any], cfg: ValidityConfig) -> list[str]:
     if conf is None:
         L.append("Confirmation: not run (phase `select`)." if choice is not None else "")
     else:
-        per = "; ".join(f"{k}: {'passes' if v else 'FAILS'} checks 1–3" for k, v in conf["per_set"].items())
+        per = "; ".join(
+            f"{k}: {'passes' if v else 'FAILS'} checks 1–3" for k, v in conf["per_set"].items()
+        )
         L.append(f"**Confirmation:** {per}. " + (
             "The chosen metric is confirmed." if conf["confirmed"] else
             "The chosen metric is **not confirmed**; the leaderboard keeps flagging it as "

@@ -83,9 +83,13 @@ class _Units:
         if key not in self._draws:
             rec = self._record(spec, seed, sae, tokens, False)
             if rec is None:
-                self._draws[key] = {k: np.full(self.n, np.nan) for k in (*bs.NCES_KINDS, *bs.PROBING_KINDS)}
+                self._draws[key] = {
+                    k: np.full(self.n, np.nan) for k in (*bs.NCES_KINDS, *bs.PROBING_KINDS)
+                }
             else:
-                rng = _rng(self.cfg.bootstrap_seed, self.layer, seed, sae, spec.control or "probing")
+                rng = _rng(
+                    self.cfg.bootstrap_seed, self.layer, seed, sae, spec.control or "probing"
+                )
                 u = self._unit(spec, rec)
                 self._draws[key] = (
                     bs.nces_draws(u, self.n, rng) if spec.control is not None
@@ -154,7 +158,9 @@ def judge(spec: MetricSpec, per_sae: dict, pairs: dict, rho: dict, cfg: Validity
     pass. ``trusted`` = checks 1, 2 and 3 pass; ``score`` = smallest gap / largest reseed sd."""
     expected = [f"{t} − {n}" for t in cfg.trained for n in cfg.nulls]
     cis = [pairs.get(k, {}).get("ci", [math.nan, math.nan]) for k in expected]
-    c1 = None if not all(all(map(math.isfinite, ci)) for ci in cis) else all(ci[0] > 0 for ci in cis)
+    c1 = (
+        None if not all(all(map(math.isfinite, ci)) for ci in cis) else all(ci[0] > 0 for ci in cis)
+    )
     gaps = [pairs[k]["gap"] for k in expected if k in pairs]
     min_gap = min(gaps) if len(gaps) == len(expected) else math.nan
     sds = [per_sae[t]["reseed_sd"] for t in cfg.trained]
@@ -171,7 +177,11 @@ def judge(spec: MetricSpec, per_sae: dict, pairs: dict, rho: dict, cfg: Validity
     else:
         limit = POWER_ABS
     hw = [per_sae[s]["half_width"] for s in cfg.saes]
-    c4 = None if not (math.isfinite(limit) and all(map(math.isfinite, hw))) else all(h <= limit for h in hw)
+    c4 = (
+        None
+        if not (math.isfinite(limit) and all(map(math.isfinite, hw)))
+        else all(h <= limit for h in hw)
+    )
     score = math.nan
     if math.isfinite(min_gap) and math.isfinite(max_sd):
         score = min_gap / max_sd if max_sd > 0 else (math.inf if min_gap > 0 else math.nan)
@@ -194,7 +204,9 @@ def choose(metrics: list[dict[str, Any]], specs: list[MetricSpec]) -> str | None
     if not trusted:
         return None
     best = max(m["score"] for m in trusted)
-    tied = [m for m in trusted if m["score"] == best or math.isclose(m["score"], best, rel_tol=1e-9)]
+    tied = [
+        m for m in trusted if m["score"] == best or math.isclose(m["score"], best, rel_tol=1e-9)
+    ]
     return min(tied, key=lambda m: order[m["metric"]])["metric"]
 
 
@@ -223,9 +235,13 @@ def summarize(
     sets = {}
     for i, (name, (layer, seeds)) in enumerate(cfg.sets().items()):
         units = _Units(records, layer, cfg, cfg.n_bootstrap * len(seeds))
-        metrics = [metric_summary(units, sp, list(seeds), snaps, (i, j)) for j, sp in enumerate(specs)]
+        metrics = [
+            metric_summary(units, sp, list(seeds), snaps, (i, j)) for j, sp in enumerate(specs)
+        ]
         sets[name] = {"layer": layer, "seeds": list(seeds), "metrics": metrics}
-    choice = frozen_choice if frozen_choice is not None else choose(sets["selection"]["metrics"], specs)
+    choice = (
+        frozen_choice if frozen_choice is not None else choose(sets["selection"]["metrics"], specs)
+    )
     return {
         "sets": sets,
         "choice": choice,
