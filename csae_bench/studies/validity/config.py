@@ -56,7 +56,8 @@ class ValidityConfig:
     """Null SAEs, built on the same stream at the same d_sae and k."""
     init_null: str = "init"
     """The null that is TopK at initialization: the 0-token point of every snapshot series."""
-    d_sae: int = 2048
+    d_sae: int = 1024
+    """Features per SAE (the default run's)."""
     target_l0: int = 32
     train_tokens: int = 2_000_000
     """Training tokens per SAE."""
