@@ -81,7 +81,7 @@ class _RunSettings:
     """Training seeds; each seed trains and evaluates every architecture once."""
     d_sae: Count = 1024
     """Dictionary width of every trained SAE (1.6 × Gemma-3-270M's d_model of 640 in the default
-    run: five SAEs × 2M tokens fit its time budget at 1024, not at 2048 — docs/scale.md)."""
+    run: five SAEs × 2M tokens fit its time budget at 1024, not at 2048 — docs/default_run.md)."""
     train_tokens: Count = 2_000_000
     """Activation tokens each SAE trains on (one harvest shared by all architectures and seeds)."""
     harvest_tokens: Count | None = 1_000_000

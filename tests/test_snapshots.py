@@ -13,7 +13,9 @@ from sae_lens import SAE
 
 from csae_bench.activations.gradient_pool import GradientPool
 from csae_bench.activations.source import ActivationSource
-from csae_bench.architectures import TRAINED_ARCHITECTURES as ARCHITECTURES  # nulls are derived, not stepped
+from csae_bench.architectures import (
+    TRAINED_ARCHITECTURES as ARCHITECTURES,  # nulls are derived, not stepped
+)
 from csae_bench.architectures.export import load_base_sae
 from csae_bench.training import CHECKPOINT_NAME, TrainConfig, train_alongside
 from csae_bench.training.checkpoint import read_checkpoint
