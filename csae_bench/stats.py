@@ -64,6 +64,23 @@ def wilson_ci(successes: int, n: int, level: float = 0.95) -> tuple[float, float
     return float(ci.low), float(ci.high)
 
 
+def _merge_singletons(groups: list[np.ndarray]) -> list[np.ndarray]:
+    """Merge every group of fewer than two items into the next group (the last into the
+    previous), in order, until every group has at least two items (given ≥ 2 items in all)."""
+    out: list[np.ndarray] = []
+    carry = np.empty(0, dtype=int)
+    for g in groups:
+        g = np.concatenate([carry, g])
+        if len(g) < 2:
+            carry = g
+            continue
+        out.append(g)
+        carry = np.empty(0, dtype=int)
+    if len(carry):
+        out[-1] = np.concatenate([out[-1], carry])
+    return out
+
+
 def weighted_mean_ci(
     values: np.ndarray,
     weights: np.ndarray,
@@ -73,11 +90,15 @@ def weighted_mean_ci(
     rng: np.random.Generator,
 ) -> tuple[float | None, float | None, float | None]:
     """Weighted mean with a stratified percentile-bootstrap CI (items resampled within their
-    stratum). ``(None, None, None)`` when there is nothing to average."""
+    stratum). A stratum of one item is merged into its neighbour first: resampled alone it adds no
+    variance, and a sample of one item per stratum would get a CI of zero width. ``(None, None,
+    None)`` when there is nothing to average; ``(mean, None, None)`` for a single item."""
     if len(values) == 0 or weights.sum() <= 0:
         return None, None, None
     point = float((values * weights).sum() / weights.sum())
-    groups = [np.nonzero(strata == s)[0] for s in np.unique(strata)]
+    if len(values) < 2:
+        return point, None, None
+    groups = _merge_singletons([np.nonzero(strata == s)[0] for s in np.unique(strata)])
     boots = np.empty(n_boot)
     for b in range(n_boot):
         pick = np.concatenate([g[rng.integers(0, len(g), len(g))] for g in groups])

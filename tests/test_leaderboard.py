@@ -380,24 +380,28 @@ def test_sae_with_a_nan_decoder_row_fails_its_eval_and_never_ranks(tmp_path, cap
 
 
 def test_default_run_shaped_table_fits_80_columns():
-    """The default run's shape: five architectures at d_sae 4096, core + NCES + probing, widest
-    values (negative, 3 significant digits), a control, a ~null and a non-finite flag."""
+    """The default run's shape: four architectures and four nulls (the longest id,
+    permuted-decoder-d4096-s0), core + NCES + probing, widest values (negative, 3 significant
+    digits), NCES with its CI half-width, a control, a ~null and a non-finite flag."""
     from rich.console import Console
 
     from csae_bench.reporting.results import registered_specs
 
     specs = registered_specs()
     types = ["core", "csae_probing", "nces"]
+    archs = ["csae", "jumprelu", "random-decoder", "relu", "topk", "permuted-decoder", "init", "pca"]
     rows = []
-    for i, arch in enumerate(["csae", "jumprelu", "random-decoder", "relu", "topk"]):
+    for i, arch in enumerate(archs):
+        metrics = {e: {m: {"value": -0.0123456 * (i + 1), "direction": d} for m, d in specs[e].headline.items()}
+                   for e in types}
+        metrics["nces"]["nces.nces_freq_weighted_mean"]["ci"] = [-0.5 - i, 0.25]
         rows.append({
             "sae_release": "csae_bench-embedded-blocks.6.hook_resid_post", "sae_id": f"{arch}-d4096-s0",
             "model": "embedded", "hook": "blocks.6.hook_resid_post", "architecture": arch, "d_sae": 4096, "seed": 0,
-            "l0": 1234.5 if arch == "relu" else 32.0, "control": arch == "random-decoder",
+            "l0": 1234.5 if arch == "relu" else 32.0, "control": arch in archs[5:] + ["random-decoder"],
             "nces_separated_from_control": False if arch == "jumprelu" else None,
             "flags": {"core.x": "-inf"} if arch in ("random-decoder", "jumprelu") else {},
-            "metrics": {e: {m: {"value": -0.0123456 * (i + 1), "direction": d} for m, d in specs[e].headline.items()}
-                        for e in types},
+            "metrics": metrics,
         })
     board = {"results_dir": "results", "eval_types": types, "unknown_eval_types": [], "skipped_files": [],
              "metric_directions": {e: dict(specs[e].headline) for e in types}, "rows": rows}
@@ -408,9 +412,10 @@ def test_default_run_shaped_table_fits_80_columns():
     headers = [line.split() for line in lines if line.lstrip().startswith("SAE ")]
     assert headers == [["SAE", "L0", "CE↑", "EVmc↑", "NCES↑", "probe1↑", "flag"]]
     data = {line.split()[0]: line.split()[1:] for line in lines if "-d4096-s0" in line}
-    assert sorted(data) == [f"{a}-d4096-s0" for a in ["csae", "jumprelu", "random-decoder", "relu", "topk"]]
+    assert sorted(data) == sorted(f"{a}-d4096-s0" for a in archs)
     assert data["relu-d4096-s0"][0] == "1234" and data["random-decoder-d4096-s0"][-2:] == ["ctrl", "!"]
     assert data["jumprelu-d4096-s0"][-2:] == ["~null", "!"]
+    assert data["csae-d4096-s0"][3] == "-0.01±0.38" and data["pca-d4096-s0"][-1] == "ctrl"
 
 
 def test_same_sae_id_from_two_releases_is_told_apart():

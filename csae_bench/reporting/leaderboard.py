@@ -144,6 +144,9 @@ def build_leaderboard(
                 }
                 if m in flags:
                     chosen[m]["flag"] = flags[m]
+                ci = _ci(flat, m)
+                if ci is not None and flat.get(m) is not None:
+                    chosen[m]["ci"] = list(ci)
             row["metrics"][f.eval_type] = chosen  # the latest file of a type wins
             row["eval_ids"][f.eval_type] = f.data.get("eval_id")
             row["validated_as"][f.eval_type] = f.validated_as
@@ -192,6 +195,14 @@ def metric_value(row: dict[str, Any], eval_type: str, metric: str) -> float | No
     """A row's value of ``<eval_type>/<metric>``; None when absent or flagged (stored as null)."""
     entry = row.get("metrics", {}).get(eval_type, {}).get(metric)
     return None if entry is None else entry.get("value")
+
+
+def metric_ci(row: dict[str, Any], eval_type: str, metric: str) -> tuple[float, float] | None:
+    """A row's CI ``(low, high)`` of ``<eval_type>/<metric>`` when its eval reports one (the
+    ``<metric>_ci_low`` / ``_ci_high`` pair of the result file), else None."""
+    entry = row.get("metrics", {}).get(eval_type, {}).get(metric) or {}
+    ci = entry.get("ci")
+    return None if ci is None else (float(ci[0]), float(ci[1]))
 
 
 def write_leaderboard(

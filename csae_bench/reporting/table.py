@@ -6,7 +6,7 @@ from __future__ import annotations
 from collections import defaultdict
 from typing import Any
 
-from csae_bench.reporting.leaderboard import metric_value
+from csae_bench.reporting.leaderboard import metric_ci, metric_value
 
 COMPACT_COLUMNS: tuple[tuple[str, str, str], ...] = (
     ("core", "model_performance_preservation.ce_loss_score", "CE"),
@@ -100,6 +100,7 @@ def render_table(board: dict[str, Any], console=None, wide: bool = False) -> Non
         legend = [f"{h}: {_LEGEND[h]}" for e, _, h in COMPACT_COLUMNS if e in present]
         console.print(
             "; ".join(legend + ["↑ higher is better", "— none or null"])
+            + "; ±: half-width of the 95% CI"
             + ". flag: ctrl control (a null model), ~null NCES CI overlaps the controls', "
             "! non-finite value stored as null (leaderboard.json: flags). --wide for all metrics."
         )
@@ -134,7 +135,7 @@ def _table(rows, all_rows, columns, info, title: str):
     table.add_column("flag", no_wrap=True)
     for row in rows:
         cells = [row_label(row, all_rows), *(f(row) for _, f in info), _fmt(row["l0"])]
-        cells += [_fmt(metric_value(row, e, m)) for e, m, _ in columns]
+        cells += [_fmt_ci(metric_value(row, e, m), metric_ci(row, e, m)) for e, m, _ in columns]
         table.add_row(*cells, row_flags(row))
     return table
 
@@ -145,6 +146,14 @@ def _arrow(direction: str | None) -> str:
 
 def _short_eval(eval_type: str) -> str:
     return {"csae_probing": "probing"}.get(eval_type, eval_type)
+
+
+def _fmt_ci(value: Any, ci: tuple[float, float] | None) -> str:
+    """``value±h`` with ``h`` the CI's half-width when there is a CI (two decimals: the table's
+    CIs are bootstrap CIs of order 0.01–0.1), else :func:`_fmt`."""
+    if ci is None or not isinstance(value, float):
+        return _fmt(value)
+    return f"{value:.2f}±{(ci[1] - ci[0]) / 2:.2f}"
 
 
 def _fmt(value: Any) -> str:
