@@ -18,6 +18,7 @@ from typing import Any
 
 import numpy as np
 
+from csae_bench.errors import JobFailedError
 from csae_bench.evals.nces import NCESEvalConfig
 
 DETAIL_KEYS = (
@@ -34,7 +35,7 @@ DETAIL_KEYS = (
 """Per-feature fields kept from the public NCES details."""
 
 
-class CaptureError(RuntimeError):
+class CaptureError(JobFailedError, RuntimeError):
     """The recorded interventions do not line up with the NCES details."""
 
 
