@@ -5,7 +5,9 @@ Group ``evals``: both evals through the registry, as ``python -m csae_bench.run`
 the session's TopK SAE (d_sae 2048, k 32) and 8 x 128 eval tokens. ``small`` = the CI smoke
 suite's settings (evals/smoke.toml); ``default`` = the evals' defaults (what the default run does;
 NCES: 128 features x 8 tokens, about 10 minutes on 2 CPU cores) and runs only with
-``CSAE_BENCH_DEFAULT_EVALS=1``. NCES time includes its clean pass and attribution.
+``CSAE_BENCH_DEFAULT_EVALS=1``. NCES time includes its clean pass and attribution. ``core-small-bf16`` is core at the small
+settings with the model loaded in bfloat16 (what ``--dtype auto`` runs core in on a CPU with native
+bf16 matmuls; NCES's engine stays float32, docs/precision.md).
 
 Group ``nces-scaling``: the NCES eval (exact effects only, no attribution) with one factor changed
 at a time from a base of 8 features x 4 tokens, W = 4, 8 x 128 tokens, d_sae 2048: the number of
@@ -55,6 +57,14 @@ def test_bench_eval(benchmark, model, eval_tokens, trained_sae, eval_name, setti
         cost = out.eval_result_metrics.cost
         benchmark.extra_info.update(interventions=cost.n_interventions, seconds_exact=cost.seconds_exact,
                                     seconds_attribution=cost.seconds_attribution)
+
+
+@pytest.mark.benchmark(group="evals")
+def test_bench_eval_core_bf16(benchmark, model_bf16, eval_tokens, trained_sae):
+    overrides = SETTINGS["small"]["core"]
+    benchmark.pedantic(_run_eval, args=("core", model_bf16, eval_tokens, trained_sae, overrides), **ONCE)
+    benchmark.extra_info.update(eval="core", settings="small", overrides=overrides, dtype="bfloat16",
+                                eval_tokens=int(eval_tokens.numel()))
 
 
 @pytest.fixture(scope="module")
