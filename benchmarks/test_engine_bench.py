@@ -101,7 +101,7 @@ def test_bench_engine_dtype(benchmark, models, eval_tokens, bench_interventions,
     model's weights in ``dtype`` (the engine runs in its model's dtype)."""
     ctx, pos, delta = bench_interventions
     engine = CountingEngine(models[dtype], HOOK, eval_tokens, EngineConfig(window=4))
-    rounds = dict(rounds=2, iterations=1, warmup_rounds=1)
+    rounds = dict(rounds=3, iterations=1, warmup_rounds=1)
     result = benchmark.pedantic(engine.effects, args=(ctx, pos, delta), **rounds)
     _record(benchmark, N_INTERVENTIONS)
     benchmark.extra_info.update(positions_run=result.stats["positions_run"], dtype=dtype,
