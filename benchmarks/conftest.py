@@ -29,6 +29,21 @@ def model():
 
 
 @pytest.fixture(scope="session")
+def model_bf16():
+    """The embedded model with bfloat16 weights (as ``--dtype bfloat16`` / ``auto`` loads it on a
+    CPU with native bf16 matmuls): the bf16 rows of the harvest, engine and eval suites."""
+    from csae_bench.models import load_model
+
+    return load_model("embedded", "cpu", "bfloat16")
+
+
+@pytest.fixture(scope="session")
+def models(model, model_bf16):
+    """dtype name -> the embedded model loaded in that dtype."""
+    return {"float32": model, "bfloat16": model_bf16}
+
+
+@pytest.fixture(scope="session")
 def train_tokens(model):
     return embedded_tokens(model, split="train", context_size=CONTEXT,
                            n_contexts=-(-TRAIN_TOKENS // (CONTEXT - 1)), seed=0)

@@ -25,6 +25,10 @@ TARGETS = {
     "evals": ("NCES eval time vs SAEBench core, same SAE", "<=", 2.0),
 }
 """DESIGN §9 targets: (what, direction, bound)."""
+DTYPES = ("float32", "bfloat16")
+HARVEST_TOKENS_S, HARVEST_SPEEDUP, ENGINE_SPEEDUP, ENGINE_PEAK = 9000.0, 5.0, 3.0, 0.40
+"""Issue 13's targets: bf16 harvest tokens/s at layer 6 and its speed-up over float32; the
+engine's bf16 speed-up over float32 and its fraction of the same-dtype matmul peak."""
 
 
 def load(path: Path) -> dict[str, Any]:
@@ -66,9 +70,150 @@ def _status(r: tuple[float, float, float], key: str) -> str:
     return f"{'met' if ok else '**missed**'} ({op} {bound:g}×)"
 
 
+def _by_dtype(rows: dict[str, dict[str, Any]], group: str, **match: Any) -> dict[str, dict[str, Any]]:
+    """dtype -> the row of ``group`` whose extra_info matches ``match``."""
+    return {b["extra_info"]["dtype"]: b for b in rows.values()
+            if b.get("group") == group and "dtype" in b.get("extra_info", {})
+            and all(b["extra_info"].get(k) == v for k, v in match.items())}
+
+
+def peaks(rows: dict[str, dict[str, Any]]) -> dict[str, float]:
+    """dtype -> the run's matmul peak in FLOP/s: the fastest round of the fastest ``matmul-peak``
+    row of that dtype (on a shared machine the best round is the least disturbed one)."""
+    out: dict[str, float] = {}
+    for b in rows.values():
+        if b.get("group") == "matmul-peak":
+            dt, rate = b["extra_info"]["dtype"], b["extra_info"]["flops"] / b["stats"]["min"]
+            out[dt] = max(out.get(dt, 0.0), rate)
+    return out
+
+
+def _achieved(b: dict[str, Any], peak: dict[str, float]) -> tuple[float | None, float | None]:
+    """(GFLOP/s, fraction of the same-dtype peak) of a row with ``extra_info["flops"]``, both
+    from fastest rounds (best round vs best round: the least load-disturbed pair)."""
+    flops = b.get("extra_info", {}).get("flops")
+    if not flops:
+        return None, None
+    rate = flops / b["stats"]["min"]
+    p = peak.get(b["extra_info"].get("dtype", "float32"))
+    return rate / 1e9, (rate / p if p else None)
+
+
+def summarize_dtype(rows: dict[str, dict[str, Any]]) -> dict[str, Any]:
+    """The float32-vs-bfloat16 tables: matmul peak, harvest, training steps, engine, core."""
+    peak = peaks(rows)
+    out: dict[str, Any] = {"peak": [], "harvest": [], "training": [], "engine": [], "evals": []}
+    for shape in sorted({b["extra_info"]["shape"] for b in rows.values() if b.get("group") == "matmul-peak"}):
+        got = _by_dtype(rows, "matmul-peak", shape=shape)
+        out["peak"].append({"shape": shape, **{dt: got[dt]["extra_info"]["flops"]
+                                                / got[dt]["stats"]["min"] / 1e9 for dt in got}})
+    for key, group, match in (("harvest", "harvest", {}), ("engine", "engine-dtype", {})):
+        got = _by_dtype(rows, group, **match)
+        for dt in DTYPES:
+            if dt in got:
+                b = got[dt]
+                gflops, frac = _achieved(b, peak)
+                rate = (b["extra_info"].get("tokens_per_s_median")
+                        or b["extra_info"]["interventions"] / b["stats"]["median"])
+                out[key].append({"dtype": dt, "rate": rate, "seconds": b["stats"]["median"],
+                                 "gflops": gflops, "frac": frac})
+        if all(dt in got for dt in DTYPES):
+            out[key + "_speedup"] = ratio(got["float32"], got["bfloat16"])
+    archs = sorted({b["extra_info"]["architecture"] for b in rows.values() if b.get("group") == "training-dtype"},
+                   key=lambda a: ["relu", "topk", "jumprelu", "csae"].index(a) if a in ("relu", "topk", "jumprelu", "csae") else 9)
+    for arch in archs:
+        got = _by_dtype(rows, "training-dtype", architecture=arch)
+        item: dict[str, Any] = {"arch": arch}
+        for dt, b in got.items():
+            gflops, frac = _achieved(b, peak)
+            item[dt] = {"ms": b["extra_info"]["ms_per_step"], "gflops": gflops, "frac": frac,
+                        "mm_share": b["extra_info"].get("matmul_time_share")}
+        if all(dt in got for dt in DTYPES):
+            item["speedup"] = ratio(got["float32"], got["bfloat16"])
+        out["training"].append(item)
+    core, core_bf16 = rows.get("test_bench_eval_core_dtype[float32]"), rows.get("test_bench_eval_core_dtype[bfloat16]")
+    if core and core_bf16:
+        out["evals"].append({"label": "core fp32 / core bf16 (small settings): bf16 speed-up",
+                             "ratio": ratio(core, core_bf16)})
+    return out
+
+
+def _target_rows(d: dict[str, Any]) -> list[str]:
+    def status(ok: bool, what: str) -> str:
+        return f"{'met' if ok else '**missed**'} ({what})"
+
+    L = []
+    bf = {i["dtype"]: i for i in d["harvest"]}
+    if "bfloat16" in bf:
+        v = bf["bfloat16"]["rate"]
+        L.append(f"| harvest tokens/s, bf16, layer 6 | {v:,.0f} | {status(v >= HARVEST_TOKENS_S, f'>= {HARVEST_TOKENS_S:,.0f}')} |")
+    if "harvest_speedup" in d:
+        r = d["harvest_speedup"]
+        L.append(f"| harvest speed-up, bf16 vs fp32 | {_fmt_r(r)} | {status(r[1] >= HARVEST_SPEEDUP, f'>= {HARVEST_SPEEDUP:g}×')} |")
+    if "engine_speedup" in d:
+        r = d["engine_speedup"]
+        L.append(f"| engine speed-up, bf16 vs fp32 (measured only: the product runs the engine in fp32) | "
+                 f"{_fmt_r(r)} | {status(r[1] >= ENGINE_SPEEDUP, f'>= {ENGINE_SPEEDUP:g}×')} |")
+    for i in d["engine"]:
+        if i["frac"] is not None:
+            L.append(f"| engine fraction of the {i['dtype']} matmul peak | {i['frac']:.0%} | "
+                     f"{status(i['frac'] >= ENGINE_PEAK, f'>= {ENGINE_PEAK:.0%}')} |")
+    return L
+
+
+def render_dtype(d: dict[str, Any]) -> list[str]:
+    """Markdown for :func:`summarize_dtype` (empty when the run has no dtype rows)."""
+    if not any(d[k] for k in ("peak", "harvest", "training", "engine", "evals")):
+        return []
+    pct = lambda f: f"{f:.0%}" if f is not None else "—"  # noqa: E731
+    L = ["", "### float32 vs bfloat16 (issue 13)", "",
+         "Speed-ups are float32 time / bf16 time (min / median / max round); achieved GFLOP/s count "
+         "matmul FLOPs only (`benchmarks/flops.py`) over a row's fastest round, and the fraction of "
+         "peak divides by the fastest `matmul-peak` round of the same dtype in the same run. On a shared "
+         "machine the peak rows and the others run minutes apart: a fraction above 100% means the "
+         "load fell in between (the row's FLOP rate is then compared with a depressed peak)."]
+    targets = _target_rows(d)
+    if targets:
+        L += ["", "| issue 13 target | measured | status |", "|---|---|---|", *targets]
+    if d["peak"]:
+        L += ["", "**Matmul peak** (`torch.mm`, fastest round)", "",
+              "| product | float32 GFLOP/s | bf16 GFLOP/s | bf16 / fp32 |", "|---|---|---|---|"]
+        for i in d["peak"]:
+            f, b = i.get("float32"), i.get("bfloat16")
+            L.append(f"| {i['shape']} | {f or 0:.0f} | {b or 0:.0f} | {(b / f) if f and b else 0:.2f} |")
+    for key, title, unit in (("harvest", "Harvest** (layer 6, 32 contexts × 128 per forward)", "tokens/s"),
+                             ("engine", "Engine** (KV reuse + truncation, W = 4, 32 interventions)",
+                              "interventions/s")):
+        if d[key]:
+            L += ["", f"**{title}", "", f"| model dtype | {unit} | median s | GFLOP/s | fraction of peak |",
+                  "|---|---|---|---|---|"]
+            for i in d[key]:
+                L.append(f"| {i['dtype']} | {i['rate']:,.1f} | {i['seconds']:.2f} | "
+                         f"{i['gflops'] or 0:.1f} | {pct(i['frac'])} |")
+            if key + "_speedup" in d:
+                L.append(f"| bf16 speed-up | {_fmt_r(d[key + '_speedup'])} | | | |")
+    if d["training"]:
+        L += ["", "**SAE training steps** (d_sae 2048, batch 4096; `TrainConfig.dtype`: autocast bf16 matmuls, "
+              "fp32 master weights; FLOPs `10 · B · d_in · d_sae` per step; matmul share = "
+              "`aten::mm/addmm/bmm` self time / all self time of one profiled step)", "",
+              "| architecture | fp32 ms/step | bf16 ms/step | bf16 speed-up | fp32 fraction of peak | "
+              "bf16 fraction of peak | matmul share fp32 / bf16 |", "|---|---|---|---|---|---|---|"]
+        for i in d["training"]:
+            f, b = i.get("float32", {}), i.get("bfloat16", {})
+            share = " / ".join(pct(x.get("mm_share")) for x in (f, b))
+            L.append(f"| {i['arch']} | {f.get('ms', 0):.0f} | {b.get('ms', 0):.0f} | "
+                     f"{_fmt_r(i['speedup']) if 'speedup' in i else '—'} | {pct(f.get('frac'))} | "
+                     f"{pct(b.get('frac'))} | {share} |")
+    if d["evals"]:
+        L += ["", "**Evals by dtype**", "", "| ratio | min / median / max |", "|---|---|"]
+        L += [f"| {i['label']} | {_fmt_r(i['ratio'])} |" for i in d["evals"]]
+    return L
+
+
 def summarize(data: dict[str, Any]) -> dict[str, list[dict[str, Any]]]:
     rows = _rows(data)
-    out: dict[str, list[dict[str, Any]]] = {"engine": [], "training": [], "evals": [], "scaling": [], "times": []}
+    out: dict[str, Any] = {"engine": [], "training": [], "evals": [], "scaling": [], "times": []}
+    out["dtype"] = summarize_dtype(rows)
     naive = rows.get("test_bench_naive_loop")
     if naive:
         for name, label in (("test_bench_engine_exact[reuse_kv]", "engine, KV reuse + truncation (default)"),
@@ -111,7 +256,7 @@ def summarize(data: dict[str, Any]) -> dict[str, list[dict[str, Any]]]:
     return out
 
 
-def plots(summary: dict[str, list[dict[str, Any]]], img: Path) -> list[Path]:
+def plots(summary: dict[str, Any], img: Path) -> list[Path]:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -157,7 +302,7 @@ def _save(fig, path: Path) -> Path:
     return path
 
 
-def render(summary: dict[str, list[dict[str, Any]]], data: dict[str, Any], sources: list[Path],
+def render(summary: dict[str, Any], data: dict[str, Any], sources: list[Path],
            images: list[Path]) -> str:
     mi = data.get("machine_info", {})
     L = [START, "",
@@ -187,6 +332,7 @@ def render(summary: dict[str, list[dict[str, Any]]], data: dict[str, Any], sourc
             if key == "training":
                 extra = f" {i['sae_ratio']:.2f} |" if i.get("sae_ratio") else " — |"
             L.append(f"| {i['label']} | {_fmt_r(i['ratio'])} |{extra}")
+    L += render_dtype(summary["dtype"])
     if summary["scaling"]:
         L += ["", "### NCES cost scaling", "", "| change from base | time / base (median) | median s | interventions |",
               "|---|---|---|---|"]

@@ -2,13 +2,21 @@
 on the embedded model and eval tokens of ``benchmarks/conftest.py``.
 
 Groups: ``engine-vs-naive`` (exact batched engine, truncation-only engine, naive hooked loop, and
-attribution), ``window`` (the engine at W = 1, 4, 16). ``extra_info`` holds interventions per
-second; the naive/engine ratio is the speed-up."""
+attribution), ``window`` (the engine at W = 1, 4, 16), ``engine-dtype`` (the default engine with
+the model loaded in float32 vs bfloat16). ``extra_info`` holds interventions per second; the
+naive/engine ratio is the speed-up. Engine rows also hold the FLOPs the engine computed
+(``benchmarks/flops.py``: each batch's positions through every layer after the hook, attention over
+the cached prefix and the batch's own positions, the unembedding of every window row and of each
+distinct clean row), which the report gives as a fraction of the same run's matmul peak.
+
+The product keeps the engine in float32 whatever ``--dtype`` says (docs/precision.md: bf16's
+rounding swamps feature-sized effects); the bf16 row documents what bf16 would buy."""
 
 from __future__ import annotations
 
 import pytest
 import torch
+from flops import engine_batch_flops
 
 from csae_bench.interventions.engine import EffectEngine, EngineConfig
 from csae_bench.interventions.reference import naive_effects
@@ -36,6 +44,24 @@ def bench_interventions(model, eval_tokens):
 PEDANTIC = dict(rounds=1, iterations=1, warmup_rounds=0)
 
 
+class CountingEngine(EffectEngine):
+    """The engine, recording the FLOPs of each batch it runs (``benchmarks/flops.py``)."""
+
+    flops = 0
+
+    def _run_batch(self, sel, p, ctx_idx_M, pos_M, wlen, *rest) -> None:
+        ctx_b, pos_b, wlen_b = ctx_idx_M[sel], pos_M[sel], wlen[sel]
+        seq = int((pos_b + wlen_b).max()) - p
+        window_rows = int(wlen_b.sum())
+        w = torch.arange(int(wlen_b.max()))
+        valid = w[None, :] < wlen_b[:, None]
+        b_idx, w_idx = valid.nonzero(as_tuple=True)
+        clean_rows = len(torch.unique(ctx_b[b_idx] * self.context_size + pos_b[b_idx] + w_idx))
+        self.flops += engine_batch_flops(self.model.cfg, self.layer, len(sel), seq, p,
+                                         window_rows + clean_rows)
+        super()._run_batch(sel, p, ctx_idx_M, pos_M, wlen, *rest)
+
+
 def _record(benchmark, n: int) -> None:
     benchmark.extra_info["interventions"] = n
     benchmark.extra_info["interventions_per_second"] = n / benchmark.stats.stats.mean
@@ -44,8 +70,8 @@ def _record(benchmark, n: int) -> None:
 @pytest.fixture(scope="module")
 def engines(model, eval_tokens):
     return {
-        "reuse_kv": EffectEngine(model, HOOK, eval_tokens, EngineConfig(window=4)),
-        "truncate": EffectEngine(model, HOOK, eval_tokens, EngineConfig(window=4, reuse_kv=False)),
+        "reuse_kv": CountingEngine(model, HOOK, eval_tokens, EngineConfig(window=4)),
+        "truncate": CountingEngine(model, HOOK, eval_tokens, EngineConfig(window=4, reuse_kv=False)),
     }
 
 
@@ -60,9 +86,26 @@ def test_bench_naive_loop(benchmark, model, eval_tokens, bench_interventions):
 @pytest.mark.parametrize("variant", ["reuse_kv", "truncate"])
 def test_bench_engine_exact(benchmark, engines, bench_interventions, variant):
     ctx, pos, delta = bench_interventions
-    result = benchmark.pedantic(engines[variant].effects, args=(ctx, pos, delta), **PEDANTIC)
+    engine = engines[variant]
+    engine.flops = 0
+    result = benchmark.pedantic(engine.effects, args=(ctx, pos, delta), **PEDANTIC)
     _record(benchmark, N_INTERVENTIONS)
-    benchmark.extra_info["positions_run"] = result.stats["positions_run"]
+    benchmark.extra_info.update(positions_run=result.stats["positions_run"], dtype="float32",
+                                flops=engine.flops)
+
+
+@pytest.mark.benchmark(group="engine-dtype")
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
+def test_bench_engine_dtype(benchmark, models, eval_tokens, bench_interventions, dtype):
+    """The default engine (KV reuse + truncation, W = 4) on the same 32 interventions, with the
+    model's weights in ``dtype`` (the engine runs in its model's dtype)."""
+    ctx, pos, delta = bench_interventions
+    engine = CountingEngine(models[dtype], HOOK, eval_tokens, EngineConfig(window=4))
+    rounds = dict(rounds=3, iterations=1, warmup_rounds=1)
+    result = benchmark.pedantic(engine.effects, args=(ctx, pos, delta), **rounds)
+    _record(benchmark, N_INTERVENTIONS)
+    benchmark.extra_info.update(positions_run=result.stats["positions_run"], dtype=dtype,
+                                flops=engine.flops // (rounds["rounds"] + rounds["warmup_rounds"]))
 
 
 @pytest.mark.benchmark(group="engine-vs-naive")

@@ -5,7 +5,10 @@ Group ``evals``: both evals through the registry, as ``python -m csae_bench.run`
 the session's TopK SAE (d_sae 2048, k 32) and 8 x 128 eval tokens. ``small`` = the CI smoke
 suite's settings (evals/smoke.toml); ``default`` = the evals' defaults (what the default run does;
 NCES: 128 features x 8 tokens, about 10 minutes on 2 CPU cores) and runs only with
-``CSAE_BENCH_DEFAULT_EVALS=1``. NCES time includes its clean pass and attribution.
+``CSAE_BENCH_DEFAULT_EVALS=1``. NCES time includes its clean pass and attribution. ``test_bench_eval_core_dtype``: core at the
+small settings with the model loaded in float32 and in bfloat16 (what ``--dtype auto`` runs core in
+on a CPU with native bf16 matmuls; NCES's engine stays float32, docs/precision.md), each after a
+warm-up round, so that neither pays the session's first-eval setup.
 
 Group ``nces-scaling``: the NCES eval (exact effects only, no attribution) with one factor changed
 at a time from a base of 8 features x 4 tokens, W = 4, 8 x 128 tokens, d_sae 2048: the number of
@@ -55,6 +58,16 @@ def test_bench_eval(benchmark, model, eval_tokens, trained_sae, eval_name, setti
         cost = out.eval_result_metrics.cost
         benchmark.extra_info.update(interventions=cost.n_interventions, seconds_exact=cost.seconds_exact,
                                     seconds_attribution=cost.seconds_attribution)
+
+
+@pytest.mark.benchmark(group="evals-dtype")
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
+def test_bench_eval_core_dtype(benchmark, models, eval_tokens, trained_sae, dtype):
+    overrides = SETTINGS["small"]["core"]
+    benchmark.pedantic(_run_eval, args=("core", models[dtype], eval_tokens, trained_sae, overrides),
+                       rounds=1, iterations=1, warmup_rounds=1)
+    benchmark.extra_info.update(eval="core", settings="small", overrides=overrides, dtype=dtype,
+                                eval_tokens=int(eval_tokens.numel()))
 
 
 @pytest.fixture(scope="module")
