@@ -54,7 +54,7 @@ def pool(source):
 
 
 def config(**overrides) -> TrainConfig:
-    base = dict(d_sae=64, train_tokens=BATCH * STEPS, batch_size=BATCH, target_l0=4, hook_name=HOOK,
+    base = dict(architectures=ARCHITECTURES, d_sae=64, train_tokens=BATCH * STEPS, batch_size=BATCH, target_l0=4, hook_name=HOOK,
                 model_name="tiny-gemma3", checkpoint_every=4, lr=3e-3, dead_window=4, resample_every=4,
                 verify_every=4, causal_batch_size=16, heldout_tokens=64, log_every=2, show_progress=False,
                 norm_batches=2, n_snapshots=N_SNAP)

@@ -14,7 +14,7 @@ from sae_lens import SAE
 
 from csae_bench.activations.gradient_pool import GradientPool
 from csae_bench.activations.source import ActivationSource
-from csae_bench.architectures import DEFAULT_ARCHITECTURES as ARCHITECTURES  # what config() trains
+from csae_bench.architectures import TRAINED_ARCHITECTURES as ARCHITECTURES  # what config() trains
 from csae_bench.architectures import TOPK_FAMILY, UnknownArchitectureError
 from csae_bench.architectures.export import load_base_sae
 from csae_bench.metrics import explained_variance_mean_centred
@@ -62,7 +62,7 @@ def pool(source):
 
 
 def config(**overrides) -> TrainConfig:
-    base = dict(d_sae=D_SAE, train_tokens=BATCH * STEPS, batch_size=BATCH, target_l0=K, hook_name=HOOK,
+    base = dict(architectures=ARCHITECTURES, d_sae=D_SAE, train_tokens=BATCH * STEPS, batch_size=BATCH, target_l0=K, hook_name=HOOK,
                 model_name="tiny-gemma3", checkpoint_every=8, lr=3e-3, dead_window=6, resample_every=6,
                 verify_every=6, causal_batch_size=32, heldout_tokens=128, log_every=2, show_progress=False,
                 norm_batches=2, calibrate_l0=True, controller_gain=0.1)
@@ -267,7 +267,7 @@ def test_training_suites_build_a_train_config(name):
     run = build_config(Path(__file__).parents[1] / "evals" / f"{name}.toml")
     hook = f"blocks.{run.layer}.hook_resid_post"
     cfg = TrainConfig.from_flat(**train_settings(run, hook, run.seeds[0]))
-    assert cfg.architectures == ARCHITECTURES
+    assert cfg.architectures == tuple(run.architectures)
     assert cfg.hook_name == hook and cfg.n_steps > 0
     for key, value in run.train.items():
         assert cfg.to_flat()[key] == value
