@@ -14,8 +14,8 @@ from sae_lens import SAE
 
 from csae_bench.activations.gradient_pool import GradientPool
 from csae_bench.activations.source import ActivationSource
-from csae_bench.architectures import TRAINED_ARCHITECTURES as ARCHITECTURES  # what config() trains
 from csae_bench.architectures import TOPK_FAMILY, UnknownArchitectureError
+from csae_bench.architectures import TRAINED_ARCHITECTURES as ARCHITECTURES  # what config() trains
 from csae_bench.architectures.export import load_base_sae
 from csae_bench.metrics import explained_variance_mean_centred
 from csae_bench.training import (
