@@ -165,7 +165,8 @@ def test_registry_flags():
     assert all(archs.is_control(a) for a in NULLS) and not archs.is_control("topk")
     assert not archs.is_control("not-an-architecture")
     assert set(archs.TRAINED_ARCHITECTURES) == set(archs.ARCHITECTURES) - set(NULLS)
-    assert archs.DEFAULT_ARCHITECTURES == ("relu", "topk", "jumprelu", "csae", "random-decoder", *NULLS)
+    assert archs.DEFAULT_ARCHITECTURES == (
+        "relu", "topk", "jumprelu", "csae", "random-decoder", "permuted-decoder", "pca")
     assert archs.REGISTRY["permuted-decoder"].derived_from == "topk"
     assert archs.FROM_SAELENS["topk"] == "topk"  # the nulls saved as topk never take its name
     assert archs.architecture_of("topk", {"csae_bench_architecture": "pca"}) == "pca"

@@ -115,6 +115,7 @@ for _spec in (
         "csae_bench.architectures.nulls:InitOptions",
         control=True,
         trained=False,
+        in_default_run=False,  # the validity study's 0-token point; random-decoder covers "random"
     ),
     ArchitectureSpec(
         "pca",

@@ -77,8 +77,12 @@ class Resources:
         loader = self.model_loader
         if loader is None:
             from csae_bench.models import load_model as loader
+        from csae_bench.utils import release_memory
+
         logger.info("Loading model %s on %s in %s", self.cfg.model, self.cfg.device, dtype)
-        return loader(self.cfg.model, self.cfg.device, dtype)
+        model = loader(self.cfg.model, self.cfg.device, dtype)
+        release_memory()  # the load's transient copies, GBs for Gemma-3-270M
+        return model
 
     @property
     def dtype(self) -> str:

@@ -49,6 +49,7 @@ from csae_bench.interventions.controls import (
 from csae_bench.interventions.engine import EffectEngine, EngineConfig, check_sae_matches
 from csae_bench.interventions.types import feature_edit_BTD, make_intervention
 from csae_bench.stats import spearman, weighted_mean_ci
+from csae_bench.utils import cached
 
 logger = logging.getLogger(__name__)
 
@@ -206,7 +207,7 @@ def evaluate_sae(
         )
     t_attr = time.perf_counter() - t0
 
-    G = logit_gram(model)
+    G = cached(cache, ("nces_logit_gram", id(model)), lambda: logit_gram(model))
     details: list[NCESFeatureDetail] = []
     owner = owner_M.numpy()
     for j, f in enumerate(sample.feature_idx.tolist()):

@@ -45,12 +45,22 @@ def score_feature(
     return FeatureScore(E, R, float(nces(E, R)), float(lo), float(hi))
 
 
-def logit_gram(model) -> Tensor:
-    """``G = W̃_U W̃_Uᵀ`` with ``W̃_U`` the unembedding centred over the vocabulary: the inner product
-    of two logit-change vectors ``W̃_Uᵀ dx`` is ``dxᵀ G dx'`` (no full-vocab vectors needed)."""
-    W = model.W_U.detach().double()
-    W = W - W.mean(1, keepdim=True)
-    return W @ W.T
+def logit_gram(model, chunk: int = 16384) -> Tensor:
+    """``G = W̃_U W̃_Uᵀ`` ``[d_model, d_model]`` (float64) with ``W̃_U`` the unembedding centred over
+    the vocabulary: the inner product of two logit-change vectors ``W̃_Uᵀ dx`` is ``dxᵀ G dx'`` (no
+    full-vocab vectors needed). Accumulated over ``chunk`` vocabulary columns at a time as
+    ``Σ W_c W_cᵀ − V μ μᵀ`` (μ the mean column), so memory stays ``d_model × chunk`` — a float64
+    copy of Gemma-3's 640 × 262,144 unembedding would be 1.3 GB."""
+    W = model.W_U.detach()
+    d, V = W.shape
+    G = torch.zeros(d, d, dtype=torch.float64, device=W.device)
+    total = torch.zeros(d, dtype=torch.float64, device=W.device)
+    for start in range(0, V, chunk):
+        W_c = W[:, start : start + chunk].double()
+        G += W_c @ W_c.T
+        total += W_c.sum(1)
+    mu = total / V
+    return G - V * torch.outer(mu, mu)
 
 
 def mean_pairwise_cosine(dx_nD: Tensor, G_DD: Tensor) -> float | None:
