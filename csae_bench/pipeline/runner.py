@@ -10,6 +10,7 @@ from csae_bench.errors import BadInputError
 from csae_bench.pipeline.jobs import Job, PipelineError, TrainJob
 from csae_bench.pipeline.plan import check_unique_outputs, resolve_sae_folders
 from csae_bench.pipeline.resources import Resources
+from csae_bench.utils import release_memory
 
 
 def skip_if_done(
@@ -54,6 +55,7 @@ def run_jobs(
                 "is kept; fix the cause and re-run the same command to resume."
             ) from err
         counts["run"] += 1
+        release_memory()  # a job's freed buffers go back to the OS before the next one starts
         if isinstance(job, TrainJob):
             resolve_sae_folders(jobs)
         if on_progress:
