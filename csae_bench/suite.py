@@ -82,9 +82,10 @@ class _RunSettings:
     d_sae: Count = 1024
     """Dictionary width of every trained SAE (1.6 × Gemma-3-270M's d_model of 640 in the default
     run: five SAEs × 2M tokens fit its time budget at 1024, not at 2048 — docs/default_run.md)."""
-    train_tokens: Count = 2_000_000
-    """Activation tokens each SAE trains on (one harvest shared by all architectures and seeds)."""
-    harvest_tokens: Count | None = 1_000_000
+    train_tokens: Count = 2_097_152
+    """Activation tokens each SAE trains on (one harvest shared by all architectures and seeds);
+    training runs ``train_tokens // batch_size`` steps (default 2^21 = 512 steps of 4,096)."""
+    harvest_tokens: Count | None = 1_048_576
     """Distinct activation tokens harvested (at most ``train_tokens``); training cycles through
     them ``train_tokens / harvest_tokens`` times, each pass in a new order (the default run: 1M
     harvested, 2 passes). ``None``: ``train_tokens`` (one epoch)."""
