@@ -236,7 +236,8 @@ def config_from_args(args: argparse.Namespace) -> RunConfig:
         SuiteError: any invalid setting (exit 2).
     """
     from csae_bench.releases import check_release_ids, release_specs_requested
-    from csae_bench.suite import build_config, validate_names
+    from csae_bench.suite import build_config
+    from csae_bench.suite_checks import validate_names
 
     # issue 16: unknown or unreachable SAELens releases fail first, before any slow import.
     check_release_ids(release_specs_requested(args.suite, args.saes, args.extra_saes))

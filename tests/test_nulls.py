@@ -178,7 +178,8 @@ def test_registry_flags():
 def test_permuted_decoder_without_topk_is_refused_at_config_time(tmp_path):
     from helpers import tiny_run_config
 
-    from csae_bench.suite import SuiteError, validate_names
+    from csae_bench.suite import SuiteError
+    from csae_bench.suite_checks import validate_names
 
     with pytest.raises(MissingBaseArchitectureError, match="add topk to the architectures"):
         config(architectures=("init", "permuted-decoder"))
@@ -194,7 +195,7 @@ def test_a_run_of_topk_and_the_nulls_plans(tmp_path):
     from csae_bench.pipeline import plan
     from csae_bench.pipeline.jobs import EvalJob, TrainJob
     from csae_bench.pipeline.plan import check_train_settings
-    from csae_bench.suite import validate_names
+    from csae_bench.suite_checks import validate_names
 
     cfg = tiny_run_config(tmp_path, architectures="topk,permuted-decoder,init,pca")
     hook = "blocks.2.hook_resid_post"

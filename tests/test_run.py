@@ -89,7 +89,7 @@ def test_pinned_threads_hold_for_the_run_and_are_restored(tmp_path, monkeypatch)
 
 
 def test_unknown_eval_override_key_is_named(tmp_path):
-    from csae_bench.suite import validate_names
+    from csae_bench.suite_checks import validate_names
 
     suite = tmp_path / "s.toml"
     suite.write_text('[run]\nevals = ["core"]\n[evals.core]\nn_batches = 3\n')
@@ -99,7 +99,7 @@ def test_unknown_eval_override_key_is_named(tmp_path):
 
 @pytest.mark.parametrize("suite", SUITES, ids=[s.stem for s in SUITES])
 def test_shipped_suites_load(suite):
-    from csae_bench.suite import validate_names
+    from csae_bench.suite_checks import validate_names
 
     cfg = build_config(suite)
     validate_names(cfg)  # names and every [evals.<name>] override, as a run checks them
