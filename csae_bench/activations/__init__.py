@@ -1,1 +1,2 @@
-"""Residual-stream activations: the harvest (harvest.py) and the gradient pool (gradient_pool.py)."""
+"""Residual-stream activations: the harvest (harvest.py), the shard store training streams from
+(source.py) and the gradient pool (gradient_pool.py)."""

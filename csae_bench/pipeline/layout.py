@@ -88,7 +88,8 @@ def harvest_dir(out: Path, model: str, hook_name: str) -> Path:
 
 
 def run_dir(out: Path, model: str, hook_name: str, seed: int) -> Path:
-    """The folder of one (model, hook, seed): its activations, gradient pool and SAEs."""
+    """The folder of one (model, hook, seed): its gradient pool and SAEs (the activations every seed
+    streams are in :func:`harvest_dir`)."""
     return out / model_slug(model) / hook_name / f"seed{seed}"
 
 
