@@ -39,7 +39,7 @@ class NCESEvalConfig(BaseEvalConfig):
         description="KL is summed over the next-token predictions at t..t+W-1; null = to the end of the context.",
     )
     n_features: int = Field(
-        default=48,  # CPU default run budget (~13 minutes for everything, docs/default_run.md); the GPU suites sample 512
+        default=48,  # CPU default run budget (~14 minutes for everything, docs/default_run.md); the GPU suites sample 512
         title="Features Sampled",
         description="Alive features sampled (stratified by activation frequency, seeded).",
     )
