@@ -99,6 +99,14 @@ def embedded_eval_tokens(embedded_model):
     return embedded_tokens(embedded_model, split="eval", context_size=64, n_contexts=16)
 
 
+@pytest.fixture(scope="module")
+def word_model():
+    """The probing tests' tiny model over ``w<i>`` words (helpers.loud_word_model), per module."""
+    from helpers import loud_word_model
+
+    return loud_word_model()
+
+
 @pytest.fixture(scope="session")
 def word_tokenizer():
     """A real (fast) Hugging Face tokenizer over a small word vocabulary, built offline."""

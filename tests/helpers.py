@@ -203,3 +203,24 @@ def run_in_subprocess(out: str) -> None:
     setup_logging(False)
     cfg = tiny_run_config(Path(out))
     sys.exit(guarded(execute, cfg, tiny_resources(cfg), plots=False))
+
+
+class WordTokenizer:
+    """'w17 w3' -> [20, 6]: enough of a tokenizer for a tiny random model (the probing tests)."""
+
+    bos_token_id, pad_token_id, eos_token_id, padding_side = 2, 0, 1, "right"
+
+    def encode(self, text: str, add_special_tokens: bool = False) -> list[int]:
+        return [int(w[1:]) + 3 for w in text.split()]
+
+
+def loud_word_model():
+    """:func:`tiny_model` with a :class:`WordTokenizer` and loud label words (w1, w2: embedding
+    rows 4 and 5 × 20), so the random model's output follows them."""
+    import torch
+
+    model = tiny_model()
+    model.tokenizer = WordTokenizer()
+    with torch.no_grad():
+        model.W_E[[4, 5]] *= 20
+    return model

@@ -23,26 +23,6 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 MID, LAST = "blocks.1.hook_resid_post", "blocks.3.hook_resid_post"  # the tiny model has 4 blocks
 
 
-class WordTokenizer:
-    """'w17 w3' -> [20, 6]."""
-
-    bos_token_id, pad_token_id, eos_token_id, padding_side = 2, 0, 1, "right"
-
-    def encode(self, text: str, add_special_tokens: bool = False) -> list[int]:
-        return [int(w[1:]) + 3 for w in text.split()]
-
-
-@pytest.fixture(scope="module")
-def word_model():
-    from helpers import tiny_model
-
-    model = tiny_model()
-    model.tokenizer = WordTokenizer()
-    with torch.no_grad():  # loud label words (w1, w2): the random model's output follows them
-        model.W_E[[4, 5]] *= 20
-    return model
-
-
 def _word_task(model, n_per_class: int = 30, label_at: int = -1) -> ProbingTask:
     """A random prefix of words with the label word (w1 / w2) at position ``label_at`` of the
     words; the counterfactual swaps it. The first candidate of every fourth text is one word

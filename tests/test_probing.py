@@ -24,26 +24,6 @@ from csae_bench.evals.registry import EvalContext, get_eval
 HOOK = "blocks.1.hook_resid_post"
 
 
-class WordTokenizer:
-    """'w17 w3' -> [20, 6]: enough of a tokenizer for a tiny random model."""
-
-    bos_token_id, pad_token_id, eos_token_id, padding_side = 2, 0, 1, "right"
-
-    def encode(self, text: str, add_special_tokens: bool = False) -> list[int]:
-        return [int(w[1:]) + 3 for w in text.split()]
-
-
-@pytest.fixture(scope="module")
-def word_model():
-    from helpers import tiny_model
-
-    model = tiny_model()
-    model.tokenizer = WordTokenizer()
-    with torch.no_grad():  # loud label words (w1, w2), so the random model's output follows them
-        model.W_E[[4, 5]] *= 20
-    return model
-
-
 def _word_texts(n_per_class: int, seed: int) -> tuple[list[str], list[int]]:
     """A random prefix of words, then a last word that carries the label."""
     rng = random.Random(seed)
