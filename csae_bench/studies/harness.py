@@ -65,11 +65,13 @@ STUDY_MODEL = "embedded"
 """The model every study runs on (the embedded Gemma-3-270M)."""
 
 
-def embedded_run_config(cfg: Any, out: Path) -> RunConfig:
-    """The shared resources of a study on the embedded model and corpus: ``cfg``'s layer, seeds,
-    width, training tokens, batch size, context size and eval contexts (eval split, seed 0: the same
-    for every seed and SAE)."""
-    return RunConfig(
+def embedded_run_config(cfg: Any, out: Path, **settings: Any) -> RunConfig:
+    """The shared resources of a study on the embedded model: ``cfg``'s layer, seeds, width,
+    training tokens, batch size, context size and eval contexts (eval split, seed 0: the same for
+    every seed and SAE). Unless ``settings`` say otherwise, the settings the ablation and CSAE-sweep
+    studies were measured with: the ``embedded`` corpus, one epoch and float32 — pinned here so that
+    a change of :class:`RunConfig`'s defaults (the default run's) does not change a study."""
+    base: dict[str, Any] = dict(
         model=STUDY_MODEL,
         layer=cfg.layer,
         seeds=list(cfg.seeds),
@@ -79,7 +81,11 @@ def embedded_run_config(cfg: Any, out: Path) -> RunConfig:
         context_size=cfg.context_size,
         eval_contexts=cfg.eval_contexts,
         out=str(out),
+        corpus="embedded",
+        harvest_tokens=None,
+        dtype="float32",
     )
+    return RunConfig(**{**base, **settings})
 
 
 @dataclass(frozen=True)

@@ -31,7 +31,7 @@ from csae_bench.pipeline import (
     Resources,
     TrainJob,
 )
-from csae_bench.studies.harness import STUDY_MODEL, RecordJob
+from csae_bench.studies.harness import STUDY_MODEL, RecordJob, embedded_run_config
 from csae_bench.studies.validity.config import ValidityConfig
 from csae_bench.suite import RunConfig
 
@@ -46,20 +46,10 @@ def hook_name(layer: int) -> str:
 
 
 def run_config(cfg: ValidityConfig, out: Path) -> RunConfig:
-    """The study's shared resources: the embedded model, ``cfg.corpus``, the harvest size and the
-    eval contexts (eval split, seed 0: the same for every layer, seed and SAE)."""
-    return RunConfig(
-        model=STUDY_MODEL,
-        layer=cfg.layer,
-        seeds=list(cfg.seeds),
-        d_sae=cfg.d_sae,
-        train_tokens=cfg.train_tokens,
-        harvest_tokens=cfg.harvest_tokens,
-        batch_size=cfg.batch_size,
-        context_size=cfg.context_size,
-        corpus=cfg.corpus,
-        eval_contexts=cfg.eval_contexts,
-        out=str(out),
+    """The study's shared resources (:func:`~csae_bench.studies.harness.embedded_run_config`) on
+    ``cfg.corpus`` with ``cfg.harvest_tokens`` harvested, in the default run's precision (``auto``)."""
+    return embedded_run_config(
+        cfg, out, corpus=cfg.corpus, harvest_tokens=cfg.harvest_tokens, dtype="auto"
     )
 
 
