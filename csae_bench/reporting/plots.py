@@ -12,7 +12,7 @@ from collections import defaultdict
 from pathlib import Path
 from typing import Any
 
-from csae_bench.reporting.leaderboard import metric_value
+from csae_bench.reporting.leaderboard import metric_ci, metric_value
 from csae_bench.reporting.results import ResultFile, flat_metrics
 from csae_bench.stats import mean_sd
 from csae_bench.utils import atomic_path
@@ -59,26 +59,36 @@ def _nces_metric(board: dict[str, Any]) -> str | None:
     return next(iter(directions), None)
 
 
-def _scatter(rows, x_of, y_of, path: Path, xlabel: str, ylabel: str, title: str) -> Path | None:
+def _scatter(
+    rows, x_of, y_of, path: Path, xlabel: str, ylabel: str, title: str, ci_of=None
+) -> Path | None:
+    """One point per row (``x_of``, ``y_of``), one colour per architecture; ``ci_of(row)`` →
+    ``(low, high)`` or None draws the y value's CI as an error bar."""
     import matplotlib.pyplot as plt
 
     points = defaultdict(list)
     for row in rows:
         x, y = x_of(row), y_of(row)
         if x is not None and y is not None:
-            points[row["architecture"]].append((x, y))
+            points[row["architecture"]].append((x, y, ci_of(row) if ci_of else None))
     if not points:
         return None
     controls = control_archs(rows)
     fig, ax = plt.subplots(figsize=(6, 4.5))
-    for arch, xy in sorted(points.items()):
+    for i, (arch, xy) in enumerate(sorted(points.items())):
+        color = f"C{i % 10}"
         ax.scatter(
             [p[0] for p in xy],
             [p[1] for p in xy],
             label=legend_label(arch, controls),
             s=40,
+            color=color,
             marker="x" if arch in controls else "o",  # a cross: a null, never a contender
         )
+        for x, y, ci in xy:
+            if ci is not None:
+                ax.errorbar(x, y, yerr=[[y - ci[0]], [ci[1] - y]], fmt="none", ecolor=color,
+                            capsize=3, alpha=0.7)
     ax.set_xlabel(xlabel)
     ax.set_ylabel(ylabel)
     ax.set_title(title)
@@ -208,8 +218,9 @@ def make_plots(
                 lambda r: metric_value(r, "nces", nces_metric),
                 plots_dir / "l0_vs_nces.png",
                 "L0 (mean active features per token)",
-                f"NCES ({nces_metric.split('.')[-1]})",
+                f"NCES ({nces_metric.split('.')[-1]}; bars: 95% CI)",
                 "Sparsity vs causal specificity",
+                ci_of=lambda r: metric_ci(r, "nces", nces_metric),
             )
         )
     made.append(_nces_histogram(rows, results, plots_dir / "nces_distribution.png"))
