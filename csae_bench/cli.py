@@ -2,7 +2,7 @@
 
     csae-bench run [flags]              # train, evaluate, leaderboard (also: csae-bench [flags])
     csae-bench leaderboard DIR          # rebuild leaderboard.json, table and plots of any results
-    csae-bench study NAME [args]        # a study: ablation | csae_sweep (their own --help)
+    csae-bench study NAME [args]        # a study: ablation | csae_sweep | validity (own --help)
     csae-bench regression check|record  # the CI smoke regression check
 
 ``python -m csae_bench.run [flags]`` and ``python -m csae_bench.run leaderboard DIR`` are the same
@@ -34,8 +34,6 @@ EXIT_FAILED = 1
 EXIT_INTERRUPTED = 130
 
 COMMANDS = ("run", "leaderboard", "study", "regression")
-STUDIES = ("ablation", "csae_sweep")
-"""Modules of ``csae_bench.studies`` that ``csae-bench study NAME`` runs (their ``main(argv)``)."""
 
 WIDE_HELP = (
     "print every headline metric, architecture, width and seed in the console table "
@@ -177,7 +175,9 @@ def build_parser(run_prog: str | None = None) -> argparse.ArgumentParser:
         help="run a study (csae-bench study NAME --help for its options)",
         description="Run one of csae_bench's studies; the arguments after NAME are its own.",
     )
-    study.add_argument("name", choices=STUDIES)
+    from csae_bench import studies
+
+    study.add_argument("name", choices=studies.names())
     study.add_argument("args", nargs=argparse.REMAINDER, help="the study's own arguments")
     study.set_defaults(handler=_study)
     reg = sub.add_parser(

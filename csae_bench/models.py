@@ -108,16 +108,21 @@ def load_model(
     name: str = EMBEDDED, device: str = "cpu", dtype: str | torch.dtype | None = None
 ) -> torch.nn.Module:
     """Load ``name`` as a ``HookedTransformer`` (weights unprocessed, so hook activations are the
-    model's own residual stream, as SAELens/SAEBench expect)."""
+    model's own residual stream, as SAELens/SAEBench expect), a tied embedding held once
+    (:mod:`csae_bench.tied_embedding`)."""
+    from csae_bench.tied_embedding import share_tied_embedding
+
     spec = resolve_model(name)
     torch_dtype = _as_dtype(dtype or spec.dtype if device != "cpu" else dtype or "float32")
     if spec.kind == EMBEDDED:
-        hf_dir = embedded_model_dir()
-        return _hooked_from_hf_dir(hf_dir, spec.name, device, torch_dtype)
-    if spec.kind == "local":
+        model = _hooked_from_hf_dir(embedded_model_dir(), spec.name, device, torch_dtype)
+    elif spec.kind == "local":
         assert spec.path is not None
-        return _hooked_from_hf_dir(spec.path, spec.name, device, torch_dtype)
-    return _hooked_from_hub(spec.name, device, torch_dtype)
+        model = _hooked_from_hf_dir(spec.path, spec.name, device, torch_dtype)
+    else:
+        model = _hooked_from_hub(spec.name, device, torch_dtype)
+    share_tied_embedding(model)  # one copy of a tied W_E / W_U (−0.67 GB for Gemma-3-270M fp32)
+    return model
 
 
 def _as_dtype(dtype: str | torch.dtype) -> torch.dtype:

@@ -72,8 +72,14 @@ def test_bf16_training_step_keeps_float32_master_weights_and_adam_state():
     from csae_bench.training import TrainConfig
     from csae_bench.training.state import SAERunState
 
-    cfg = TrainConfig(architectures=("topk",), d_sae=64, target_l0=4, batch_size=32,
-                      train_tokens=320, dtype="bfloat16")
+    cfg = TrainConfig(
+        architectures=("topk",),
+        d_sae=64,
+        target_l0=4,
+        batch_size=32,
+        train_tokens=320,
+        dtype="bfloat16",
+    )
     run = SAERunState("topk", 16, cfg, 0)
     x = torch.randn(32, 16, generator=torch.Generator().manual_seed(0))
     run.calibrate_init(x)

@@ -44,7 +44,10 @@ def _diff_ci(trained, null, n=400, flat=False, seed=0):
     inner = {}
     for name, recs in (("t", trained), ("n", null)):
         inner[name] = np.stack(
-            [bs.nces_draws(bs.NcesUnit.from_record(r), n * K, rng)["nces"].reshape(n, K) for r in recs]
+            [
+                bs.nces_draws(bs.NcesUnit.from_record(r), n * K, rng)["nces"].reshape(n, K)
+                for r in recs
+            ]
         )
     pick = bs.seed_picks(K, n, rng, flat=flat)
     return bs.percentile_ci(bs.combine(inner["t"] - inner["n"], pick))
@@ -82,7 +85,9 @@ def test_point_estimates_follow_the_nces_definitions():
     E, R = u.kl_JT.mean(1), u.ctrl_JT.mean(1)
     v = (E - R) / (E + R)
     assert pt["nces"] == pytest.approx((v * u.weight_J).sum() / u.weight_J.sum())
-    assert pt["nces_fw"] == pytest.approx((v * u.weight_J * u.freq_J).sum() / (u.weight_J * u.freq_J).sum())
+    assert pt["nces_fw"] == pytest.approx(
+        (v * u.weight_J * u.freq_J).sum() / (u.weight_J * u.freq_J).sum()
+    )
     assert pt["raw_kl"] == pytest.approx(np.median(u.kl_JT))
     assert pt["kl_per_norm"] == pytest.approx(np.median(u.kl_JT / u.norm2_JT))
 
@@ -97,7 +102,9 @@ SPEC = MetricSpec("nces[data]", "NCES", "nces", "data")
 def _hand(gap=0.3, lo=0.1, sd=0.02, rho=0.9, hw=0.02):
     per_sae = {s: {"point": 0.5, "per_seed": [0.5, 0.5, 0.5], "reseed_sd": sd, "half_width": hw}
                for s in CFG.saes}  # fmt: skip
-    pairs = {f"{t} − {n}": {"gap": gap, "ci": [lo, gap + 0.1]} for t in CFG.trained for n in CFG.nulls}
+    pairs = {
+        f"{t} − {n}": {"gap": gap, "ci": [lo, gap + 0.1]} for t in CFG.trained for n in CFG.nulls
+    }
     rho_ = {t: {"mean": rho} for t in CFG.trained}
     return per_sae, pairs, rho_
 
@@ -244,6 +251,10 @@ def test_jobs_share_one_harvest_per_layer_and_request_snapshots(tmp_path):
     trains = [j for j in work if type(j).__name__ == "TrainJob"]
     assert len(trains) == 2 and all(t.harvest is work[0] for t in trains)
     assert all(t.settings["n_snapshots"] == 5 for t in trains)
+    from csae_bench.precision import dtype_name, resolve_dtype
+
+    # trained in the default run's precision (bf16 where the CPU is fast at it), not float32
+    assert {t.settings["dtype"] for t in trains} == {dtype_name(resolve_dtype("auto", "cpu"))}
     assert set(trains[0].architectures) == {"topk", "csae", "random-decoder", "init"}
     nces = [j for j in work if isinstance(j, NcesTokensJob)]
     snaps = snapshot_tokens(cfg)
@@ -257,7 +268,9 @@ def test_jobs_share_one_harvest_per_layer_and_request_snapshots(tmp_path):
     assert next(j for j in nces if j.sae == "init").tokens == 0
     assert len([j for j in work if type(j).__name__ == "EvalJob"]) == 2 * 4
     confirm = jobs(ValidityConfig(**{**cfg.__dict__, "phase": "confirm"}), tmp_path)
-    harvests = [j.path.relative_to(tmp_path).as_posix() for j in confirm if type(j).__name__ == "HarvestJob"]
+    harvests = [
+        j.path.relative_to(tmp_path).as_posix() for j in confirm if type(j).__name__ == "HarvestJob"
+    ]
     assert harvests == ["layer6/activations", "layer12/activations"]
 
 
@@ -319,3 +332,24 @@ def test_report_only_with_phase_writes_into_out_docs(tmp_path):
     (tmp_path / "validity_config.json").write_text(json.dumps(cfg.__dict__))
     assert main("validity", ["--out", str(tmp_path), "--report-only", "--phase", "select"]) == 0
     assert "<!-- validity-results:start -->" in (tmp_path / "docs" / "validity.md").read_text()
+
+
+def test_set_overrides_settings_with_their_types_and_bad_ones_exit_2(tmp_path, capsys):
+    from csae_bench import cli
+    from csae_bench.studies.harness import parse_settings
+
+    got = parse_settings(
+        ValidityConfig, ["n_features=128", "controls=data,feature", "probing=false"]
+    )
+    assert got == {"n_features": 128, "controls": ("data", "feature"), "probing": False}
+    for bad, says in [
+        (["--set", "n_feature=1"], "no such setting"),
+        (["--set", "n_features=many"], "expected a int"),
+        (["--set", "n_features"], "write FIELD=VALUE"),
+        (["--set", "snapshot_n_features=999"], "must not exceed n_features"),
+    ]:
+        with pytest.raises(SystemExit) as exit_:
+            cli.main(["study", "validity", "--out", str(tmp_path), *bad])
+        assert exit_.value.code == 2
+        err = capsys.readouterr().err
+        assert says in err and len(err.strip().splitlines()) == 1

@@ -37,7 +37,12 @@ def _default_train(
     from csae_bench.training import TrainConfig, train_alongside
 
     return train_alongside(
-        model, source, TrainConfig.from_flat(**settings), out_dir, gradient_pool=gradient_pool, resume=resume
+        model,
+        source,
+        TrainConfig.from_flat(**settings),
+        out_dir,
+        gradient_pool=gradient_pool,
+        resume=resume,
     )
 
 

@@ -3,7 +3,9 @@
 
 * :mod:`~csae_bench.studies.ablation` — intervention types and the CSAE's causal parts (issue 7);
 * :mod:`~csae_bench.studies.csae_sweep` — the CSAE's causal term against TopK on spliced-in KL
-  (issue 3).
+  (issue 3);
+* :mod:`~csae_bench.studies.validity` — do NCES and causal probing tell trained SAEs from nulls
+  (issue 14).
 
 Adding a study is adding one module (or package) here that defines ``STUDY`` (a
 :class:`~csae_bench.studies.harness.Study`) and ``main(argv)``; :func:`names` finds it and

@@ -29,7 +29,7 @@ import logging
 import time
 from abc import abstractmethod
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import MISSING, asdict, dataclass, fields
 from pathlib import Path
 from typing import Any
 
@@ -167,14 +167,47 @@ def replace_between_markers(page: Path, marker: str, body: str, title: str) -> P
     return page
 
 
+def parse_settings(config_cls: Any, pairs: Sequence[str]) -> dict[str, Any]:
+    """``["n_features=128", "controls=data,feature"]`` -> ``{"n_features": 128, "controls":
+    ("data", "feature")}``, each value converted to the type of the field's default.
+
+    Raises:
+        ValueError: a pair without ``=``, a field ``config_cls`` does not have, or a value that
+            does not convert (the message names the field and what it expects).
+    """
+    cls = getattr(config_cls, "func", config_cls)  # a functools.partial of the dataclass
+    defaults = {f.name: f.default for f in fields(cls) if f.default is not MISSING}
+    out: dict[str, Any] = {}
+    for pair in pairs:
+        name, sep, text = pair.partition("=")
+        if not sep:
+            raise ValueError(f"--set {pair!r}: write FIELD=VALUE")
+        if name not in defaults:
+            raise ValueError(f"--set {name}: no such setting; use one of {', '.join(defaults)}")
+        out[name] = _convert(name, text, defaults[name])
+    return out
+
+
+def _convert(name: str, text: str, default: Any) -> Any:
+    if isinstance(default, tuple):
+        kind = type(default[0]) if default else str
+        return tuple(_convert(name, t.strip(), kind()) for t in text.split(",") if t.strip())
+    if isinstance(default, bool):
+        if text.lower() not in ("true", "false", "1", "0"):
+            raise ValueError(f"--set {name}={text}: expected true or false")
+        return text.lower() in ("true", "1")
+    try:
+        return type(default)(text) if default is not None else text
+    except ValueError:
+        raise ValueError(f"--set {name}={text}: expected a {type(default).__name__}") from None
+
+
 def study_main(study: Study, argv: Sequence[str] | None = None) -> int:
     """The command line of a study: run it under ``--out`` (resuming), then write its report into
     ``--docs``."""
     from csae_bench.cli import OneLineParser
 
-    parser = OneLineParser(
-        prog=f"csae-bench study {study.name}", description=study.description
-    )
+    parser = OneLineParser(prog=f"csae-bench study {study.name}", description=study.description)
     parser.add_argument(
         "--out", required=True, help="folder for the study's SAEs and records (resumable)"
     )
@@ -187,6 +220,14 @@ def study_main(study: Study, argv: Sequence[str] | None = None) -> int:
     parser.add_argument(
         "--report-only", action="store_true", help="only rewrite the report from --out"
     )
+    parser.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="FIELD=VALUE",
+        help="override one field of the study's settings (repeatable; a tuple is comma-separated),"
+        " e.g. --set n_features=128 --set controls=data,feature",
+    )
     args = parser.parse_args(argv)
     from csae_bench.cli import setup_logging
 
@@ -195,7 +236,13 @@ def study_main(study: Study, argv: Sequence[str] | None = None) -> int:
     docs = Path(args.docs) if args.docs else out / "docs"
     cfg = None
     if not args.report_only:
-        cfg = study.config_cls(**({"seeds": tuple(args.seeds)} if args.seeds else {}))
+        try:
+            settings = parse_settings(study.config_cls, args.set)
+            if args.seeds:
+                settings["seeds"] = tuple(args.seeds)
+            cfg = study.config_cls(**settings)
+        except ValueError as err:
+            parser.error(str(err))
         run_study(study, cfg, out)
     logger.info("Wrote %s", study.write_report(out, docs, cfg))
     return 0

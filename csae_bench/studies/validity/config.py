@@ -59,9 +59,9 @@ class ValidityConfig:
     d_sae: int = 1024
     """Features per SAE (the default run's)."""
     target_l0: int = 32
-    train_tokens: int = 2_000_000
-    """Training tokens per SAE."""
-    harvest_tokens: int = 1_000_000
+    train_tokens: int = 2_097_152
+    """Training tokens per SAE (512 steps of ``batch_size``: the default run's)."""
+    harvest_tokens: int = 1_048_576
     """Harvested tokens per layer (the stream is replayed, reshuffled, to reach ``train_tokens``)."""
     batch_size: int = 4096
     context_size: int = 128

@@ -120,7 +120,10 @@ class NcesTokensJob(RecordJob):
 
 
 def _train_settings(c: ValidityConfig, layer: int, seed: int) -> dict[str, Any]:
+    from csae_bench.precision import dtype_name, resolve_dtype
+
     return dict(
+        dtype=dtype_name(resolve_dtype("auto", "cpu")),  # the default run's training precision
         architectures=tuple(c.saes),
         d_sae=c.d_sae,
         target_l0=c.target_l0,
