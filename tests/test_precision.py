@@ -68,6 +68,42 @@ def test_run_loads_the_engine_model_in_float32_beside_a_bf16_model(monkeypatch, 
     assert loads == (["bfloat16", "float32"] if fast else ["float32"])
 
 
+def test_resources_hold_one_model_and_drop_its_cached_work(monkeypatch, tmp_path):
+    """With bf16 and float32 models, asking for one drops the other (and the eval cache's entries
+    keyed by its id); tokens come from whichever model is loaded, never from a new load."""
+    from csae_bench.pipeline import Resources
+    from csae_bench.suite import RunConfig
+
+    monkeypatch.setattr(precision, "_cpu_has_fast_bf16", lambda: True)
+    precision._log_choice.cache_clear()
+    loads, tokenizers = [], []
+
+    class Model:
+        def __init__(self, dtype):
+            self.dtype = dtype
+
+    def loader(name, device, dtype):
+        loads.append(dtype)
+        return Model(dtype)
+
+    def tokens(model, cfg, split, n, seed):
+        tokenizers.append(model.dtype)
+        return torch.zeros(n, 4, dtype=torch.long)
+
+    res = Resources(RunConfig(out=str(tmp_path)), model_loader=loader, token_loader=tokens)
+    bf16 = res.model
+    res.eval_cache.update({("core_pass", id(bf16), "x"): 1, "shared": 2})
+    engine = res.engine_model
+    assert engine.dtype == "float32" and res._model is None
+    assert res.eval_cache == {"shared": 2}  # the bf16 model's work went with it
+    res.eval_tokens()
+    assert tokenizers == ["float32"] and loads == ["bfloat16", "float32"]
+    assert res.engine_model is engine and res.model.dtype == "bfloat16"
+    assert loads == ["bfloat16", "float32", "bfloat16"]
+    both = Resources(RunConfig(out=str(tmp_path)), model_loader=loader, hold_one_model=False)
+    assert both.model is not both.engine_model and both.model is both.model
+
+
 def test_bf16_training_step_keeps_float32_master_weights_and_adam_state():
     from csae_bench.training import TrainConfig
     from csae_bench.training.state import SAERunState

@@ -22,7 +22,9 @@ class EvalContext:
     ``eval_tokens`` ``[n_ctx, ctx]`` come from the corpus's held-out eval split and start with BOS.
     """
 
-    model: Any  # transformer_lens.HookedTransformer
+    model: Any
+    """The run's ``transformer_lens.HookedTransformer`` (harvest/core dtype); None with
+    :attr:`model_fn` set. Read it through :meth:`run_model`."""
     hook_name: str
     eval_tokens: torch.Tensor
     device: str = "cpu"
@@ -30,6 +32,9 @@ class EvalContext:
     model_name: str = "embedded"
     extra: dict[str, Any] = field(default_factory=dict)
     """Per-job facts (release name, corpus, SAE folder)."""
+    model_fn: Callable[[], Any] | None = None
+    """Returns the run's model (loaded on first call: evals that only intervene never load it)
+    when :attr:`model` is None."""
     engine_model_fn: Callable[[], Any] | None = None
     """Returns the model the intervention engine runs (loaded on first call: only evals that
     intervene pay for it); None: :attr:`model`. See :meth:`intervention_model`."""
@@ -38,10 +43,16 @@ class EvalContext:
     depends only on the model, hook and tokens — NCES's clean pass and loss gradients — is done
     once per run, not once per SAE."""
 
+    def run_model(self) -> Any:
+        """The run's model (the core eval's): :attr:`model`, or :attr:`model_fn`'s."""
+        if self.model is None and self.model_fn is not None:
+            return self.model_fn()
+        return self.model
+
     def intervention_model(self) -> Any:
         """The model interventions run through: float32 by default whatever :attr:`model`'s
         dtype, because bf16's rounding swamps feature-sized effects (docs/precision.md)."""
-        return self.engine_model_fn() if self.engine_model_fn is not None else self.model
+        return self.engine_model_fn() if self.engine_model_fn is not None else self.run_model()
 
 
 @dataclass(frozen=True)

@@ -218,7 +218,8 @@ class EvalJob(Job):
         if self.training_tokens and getattr(sae.cfg, "training_tokens", 0) in (None, -100_000, 0):
             sae.cfg.training_tokens = self.training_tokens  # carried into sae_cfg_dict
         ctx = EvalContext(
-            model=res.model,
+            model=None,  # loaded only by the evals that read it (the core eval)
+            model_fn=lambda: res.model,
             engine_model_fn=lambda: res.engine_model,
             hook_name=self.hook_name,
             eval_tokens=res.eval_tokens(),

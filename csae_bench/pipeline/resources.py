@@ -54,6 +54,13 @@ def _default_gradients(
     return harvest_gradient_pool(model, hook_name, tokens, seed=seed, **settings)
 
 
+def _dtype_of(model) -> str:
+    try:
+        return str(next(model.parameters()).dtype).removeprefix("torch.")
+    except (AttributeError, StopIteration, TypeError):
+        return type(model).__name__
+
+
 def load_sae(folder: Path, device: str = "cpu"):
     """The SAE in ``folder`` for the evals (see :func:`csae_bench.architectures.loading.load_sae`)."""
     from csae_bench.architectures.loading import load_sae as _load
@@ -77,6 +84,12 @@ class Resources:
     _tokens: dict[tuple[str, int, int], torch.Tensor] = field(default_factory=dict, repr=False)
     eval_cache: dict[str, Any] = field(default_factory=dict, repr=False)
     """Handed to every eval job as ``EvalContext.cache`` (per-model work shared across SAEs)."""
+    hold_one_model: bool = True
+    """Hold at most one model when the run's and the engine's dtypes differ: loading one drops the
+    other (and the eval cache's work on it), to be reloaded if asked for again. The pipeline runs
+    its stages in order (harvest; gradient pool; core; NCES and probing), so a default run loads
+    four times instead of twice (~10 s) and never holds a bf16 and a float32 Gemma-3-270M at once
+    (−0.9 GB of peak RSS, issue 13)."""
 
     def _load(self, dtype: str):
         loader = self.model_loader
@@ -98,8 +111,10 @@ class Resources:
 
     @property
     def model(self):
-        """The run's model in :attr:`dtype` (harvest, core eval), loaded once."""
+        """The run's model in :attr:`dtype` (harvest, core eval), loaded on first use."""
         if self._model is None:
+            if self._engine_model is not None and self.hold_one_model:
+                self._forget("_engine_model")
             self._model = self._load(self.dtype)
         return self._model
 
@@ -107,18 +122,36 @@ class Resources:
     def engine_model(self):
         """The model interventions run through, in ``cfg.engine_dtype`` (float32 by default): the
         run's model itself when the dtypes agree, else a second copy loaded on first use."""
+        if self.cfg.engine_dtype == self.dtype:
+            return self.model
         if self._engine_model is None:
-            if self.cfg.engine_dtype == self.dtype:
-                self._engine_model = self.model
-            else:
-                self._engine_model = self._load(self.cfg.engine_dtype)
+            if self._model is not None and self.hold_one_model:
+                self._forget("_model")
+            self._engine_model = self._load(self.cfg.engine_dtype)
         return self._engine_model
+
+    def _forget(self, attr: str) -> None:
+        """Drop the model held in ``attr`` and the eval cache's work on it (keys ``(kind,
+        id(model), ...)``, the evals' convention; a later model may reuse the id)."""
+        from csae_bench.utils import release_memory
+
+        model = getattr(self, attr)
+        setattr(self, attr, None)
+        mine = [k for k in self.eval_cache if isinstance(k, tuple) and k[1:2] == (id(model),)]
+        for key in mine:
+            del self.eval_cache[key]
+        logger.info("Releasing the %s model until it is needed again", _dtype_of(model))
+        del model
+        release_memory()
 
     def tokens(self, split: str, n_contexts: int, seed: int) -> torch.Tensor:
         """``n_contexts`` contexts of ``split`` shuffled with ``seed``, loaded once per request."""
         key = (split, n_contexts, seed)
         if key not in self._tokens:
-            self._tokens[key] = self.token_loader(self.model, self.cfg, split, n_contexts, seed)
+            # any loaded model's tokenizer will do (they are the same): never load one for it
+            loaded = self._model if self._model is not None else self._engine_model
+            model = loaded if loaded is not None else self.model
+            self._tokens[key] = self.token_loader(model, self.cfg, split, n_contexts, seed)
         return self._tokens[key]
 
     def train_contexts(self) -> int:

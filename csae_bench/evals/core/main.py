@@ -60,7 +60,7 @@ def make_core_config(ctx: EvalContext, overrides: dict[str, Any]) -> CoreEvalCon
         compute_featurewise_density_statistics=True,
         compute_featurewise_weight_based_metrics=True,
         exclude_special_tokens_from_reconstruction=True,
-        llm_dtype=str(next(ctx.model.parameters()).dtype).removeprefix("torch."),
+        llm_dtype=str(next(ctx.run_model().parameters()).dtype).removeprefix("torch."),
     )
     settings.update(overrides)
     return CoreEvalConfig(**settings)
@@ -164,7 +164,7 @@ def run_core_eval(ctx: EvalContext, sae, sae_id: str, config: CoreEvalConfig) ->
 
     release = str(ctx.extra.get("sae_release", "custom"))
     _, sae, _ = load_and_format_sae(release, sae, ctx.device)  # fills cfg fields SAEBench reads
-    llm_dtype = next(ctx.model.parameters()).dtype
+    llm_dtype = next(ctx.run_model().parameters()).dtype
     if sae.W_dec.dtype != llm_dtype:
         # SAEBench's runners put the SAE in the model's dtype (sae.to(device, llm_dtype) in
         # sae_bench/evals/core/main.py); its splice hooks do not cast, so a bf16 model needs a
@@ -192,7 +192,7 @@ def run_core_eval(ctx: EvalContext, sae, sae_id: str, config: CoreEvalConfig) ->
     )
     with quiet_upstream_warnings():
         store = ActivationsStore.from_sae(
-            ctx.model,
+            ctx.run_model(),
             sae,
             dataset=dataset,
             context_size=config.context_size,
@@ -200,9 +200,9 @@ def run_core_eval(ctx: EvalContext, sae, sae_id: str, config: CoreEvalConfig) ->
             device=ctx.device,
         )
     recorder = _BatchRecorder(store)
-    ignore = hooks.special_token_ids(ctx.model, ctx.eval_tokens)
+    ignore = hooks.special_token_ids(ctx.run_model(), ctx.eval_tokens)
     model = SharedPasses(
-        ctx.model, ctx.cache
+        ctx.run_model(), ctx.cache
     )  # clean and zero-ablated passes computed once per run
     # before SAEBench, whose NaN→-1 would make a broken SAE look best; not in seconds_total
     check_finite_sae(
