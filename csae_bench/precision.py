@@ -53,9 +53,8 @@ def has_fast_bf16(device: str | torch.device = "cpu") -> bool:
 def _log_choice(device_type: str, dtype: torch.dtype, fast: bool) -> None:
     # once per (device, outcome) per process: the choice is a fact about the machine, not the job
     if fast:
-        logger.info(
-            "Precision auto on %s: bfloat16 (the hardware runs bf16 matmuls natively).", device_type
-        )
+        logger.info("Precision auto on %s: bfloat16 (the hardware runs bf16 matmuls natively).",
+                    device_type)
     else:
         logger.info(
             "Precision auto on %s: float32 (no native bf16 matmuls found; "
@@ -64,9 +63,7 @@ def _log_choice(device_type: str, dtype: torch.dtype, fast: bool) -> None:
         )
 
 
-def resolve_dtype(
-    name: str | torch.dtype | None, device: str | torch.device = "cpu"
-) -> torch.dtype:
+def resolve_dtype(name: str | torch.dtype | None, device: str | torch.device = "cpu") -> torch.dtype:
     """The dtype that ``name`` (``auto``/``None``, ``float32``, ``bfloat16``, ``float16`` or a
     ``torch.dtype``) means on ``device``. Raises :class:`PrecisionError` for an unknown name."""
     if isinstance(name, torch.dtype):

@@ -114,19 +114,8 @@ def word_tokenizer():
     from transformers import PreTrainedTokenizerFast
 
     words = [f"word{i}" for i in range(500)] + "the a of and is to in it that was".split()
-    vocab = {
-        "<pad>": 0,
-        "<eos>": 1,
-        "<bos>": 2,
-        "<unk>": 3,
-        **{w: i + 4 for i, w in enumerate(words)},
-    }
+    vocab = {"<pad>": 0, "<eos>": 1, "<bos>": 2, "<unk>": 3, **{w: i + 4 for i, w in enumerate(words)}}
     tok = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
     tok.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
-    return PreTrainedTokenizerFast(
-        tokenizer_object=tok,
-        bos_token="<bos>",
-        eos_token="<eos>",
-        pad_token="<pad>",
-        unk_token="<unk>",
-    )
+    return PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<bos>", eos_token="<eos>",
+                                   pad_token="<pad>", unk_token="<unk>")

@@ -24,35 +24,15 @@ def tiny_config(arch: str = "gemma3", d_model: int = 64, n_layers: int = 4, d_vo
     """A tiny random TransformerLens config of a given family (gemma3 / gpt2 / gemma2)."""
     from transformer_lens import HookedTransformerConfig
 
-    common = dict(
-        n_layers=n_layers,
-        d_model=d_model,
-        n_ctx=128,
-        d_head=16,
-        n_heads=d_model // 16,
-        d_vocab=d_vocab,
-        seed=0,
-        device="cpu",
-    )
+    common = dict(n_layers=n_layers, d_model=d_model, n_ctx=128, d_head=16, n_heads=d_model // 16,
+                  d_vocab=d_vocab, seed=0, device="cpu")
     if arch == "gpt2":
-        return HookedTransformerConfig(
-            **common,
-            d_mlp=4 * d_model,
-            act_fn="gelu_new",
-            normalization_type="LN",
-            positional_embedding_type="standard",
-        )
-    return HookedTransformerConfig(
-        **common,
-        d_mlp=2 * d_model,
-        act_fn="gelu_pytorch_tanh",
-        normalization_type="RMS",
-        positional_embedding_type="rotary",
-        gated_mlp=True,
-        use_normalization_before_and_after=True,
-        n_key_value_heads=2,
-        final_rms=True,
-    )
+        return HookedTransformerConfig(**common, d_mlp=4 * d_model, act_fn="gelu_new",
+                                       normalization_type="LN", positional_embedding_type="standard")
+    return HookedTransformerConfig(**common, d_mlp=2 * d_model, act_fn="gelu_pytorch_tanh",
+                                   normalization_type="RMS", positional_embedding_type="rotary",
+                                   gated_mlp=True, use_normalization_before_and_after=True,
+                                   n_key_value_heads=2, final_rms=True)
 
 
 def tiny_model(arch: str = "gemma3", softcap: float | None = None):
@@ -67,9 +47,7 @@ def tiny_model(arch: str = "gemma3", softcap: float | None = None):
     return HookedTransformer(cfg).eval()
 
 
-def random_tokens(
-    n_contexts: int, context_size: int, seed: int, d_vocab: int = 512
-) -> torch.Tensor:
+def random_tokens(n_contexts: int, context_size: int, seed: int, d_vocab: int = 512) -> torch.Tensor:
     """``[n_contexts, context_size]`` random token ids in ``[3, d_vocab)``, BOS (2) first."""
     gen = torch.Generator().manual_seed(seed)
     toks = torch.randint(3, d_vocab, (n_contexts, context_size), generator=gen)
@@ -99,9 +77,7 @@ def random_sae(kind: str = "topk", d_in: int = 64, d_sae: int = 256, seed: int =
     return sae
 
 
-def write_saelens6_folder(
-    folder, d_in: int, d_sae: int, hook: str, model_name: str, nan_row: int | None = None
-):
+def write_saelens6_folder(folder, d_in: int, d_sae: int, hook: str, model_name: str, nan_row: int | None = None):
     """An SAELens 6 SAE folder (cfg.json with metadata + sae_weights.safetensors) of random
     weights; with ``nan_row``, that decoder row is NaN."""
     from sae_lens import StandardSAE, StandardSAEConfig
@@ -129,15 +105,11 @@ def embedded_model():
     return load_model("embedded")
 
 
-def embedded_tokens(
-    model, split: str, context_size: int, n_contexts: int, seed: int = 0
-) -> torch.Tensor:
+def embedded_tokens(model, split: str, context_size: int, n_contexts: int, seed: int = 0) -> torch.Tensor:
     """``n_contexts`` contexts of the embedded corpus's ``split`` in ``model``'s tokens."""
     from csae_bench.data import load_tokens
 
-    return load_tokens(
-        model.tokenizer, split=split, context_size=context_size, n_contexts=n_contexts, seed=seed
-    )
+    return load_tokens(model.tokenizer, split=split, context_size=context_size, n_contexts=n_contexts, seed=seed)
 
 
 # ---------------------------------------------------------------- the tiny run (pipeline stand-ins)
@@ -147,14 +119,10 @@ FAKE_ARCHS = ["relu", "topk"]
 
 def tiny_tokens(model, cfg, split: str, n_contexts: int, seed: int) -> torch.Tensor:
     """The run's token loader: random contexts of the run's ``context_size``, eval apart from train."""
-    return random_tokens(
-        n_contexts, cfg.context_size, seed * 2 + (split == "eval"), model.cfg.d_vocab
-    )
+    return random_tokens(n_contexts, cfg.context_size, seed * 2 + (split == "eval"), model.cfg.d_vocab)
 
 
-def fast_train(
-    model, source, settings: dict, out_dir: Path, gradient_pool=None, resume: bool = True
-):
+def fast_train(model, source, settings: dict, out_dir: Path, gradient_pool=None, resume: bool = True):
     """A few Adam steps per architecture on the shared stream; one folder per architecture,
     written atomically (temp folder renamed), skipping finished ones like the real trainer."""
     from csae_bench.activations.harvest import layer_of_hook
@@ -199,24 +167,12 @@ def fast_train(
 def tiny_run_config(out: Path, **overrides):
     from csae_bench.suite import RunConfig
 
-    settings = dict(
-        model="tiny",
-        layer=2,
-        architectures=list(FAKE_ARCHS),
-        evals=["core"],
-        seeds=[0],
-        d_sae=128,
-        train_tokens=2048,
-        batch_size=256,
-        context_size=32,
-        eval_contexts=16,
-        out=str(out),
-        eval_settings={"core": {"batch_size_prompts": 8}},
-        # one thread and float32 in every process and on every CPU kind, so resumed and
-        # straight runs compare bit for bit
-        threads=1,
-        dtype="float32",
-    )
+    settings = dict(model="tiny", layer=2, architectures=list(FAKE_ARCHS), evals=["core"], seeds=[0],
+                    d_sae=128, train_tokens=2048, batch_size=256, context_size=32, eval_contexts=16,
+                    out=str(out), eval_settings={"core": {"batch_size_prompts": 8}},
+                    # one thread and float32 in every process and on every CPU kind, so resumed and
+                    # straight runs compare bit for bit
+                    threads=1, dtype="float32")
     settings.update(overrides)
     return RunConfig(**settings)
 
@@ -224,12 +180,8 @@ def tiny_run_config(out: Path, **overrides):
 def tiny_resources(cfg):
     from csae_bench.pipeline import Resources
 
-    return Resources(
-        cfg,
-        model_loader=lambda name, device, dtype: tiny_model(),
-        token_loader=tiny_tokens,
-        train_fn=fast_train,
-    )
+    return Resources(cfg, model_loader=lambda name, device, dtype: tiny_model(), token_loader=tiny_tokens,
+                     train_fn=fast_train)
 
 
 def run_tiny(out: Path, **overrides) -> Path:

@@ -69,10 +69,5 @@ def ray_resources(cfg, model_log: Path | None = None, **seams) -> Resources:
     from helpers import fast_train
 
     loader = CountingModelLoader(model_log) if model_log else CountingModelLoader(os.devnull)
-    return Resources(
-        cfg,
-        model_loader=loader,
-        token_loader=seams.pop("token_loader", tiny_tokens),
-        train_fn=fast_train,
-        **seams,
-    )
+    return Resources(cfg, model_loader=loader, token_loader=seams.pop("token_loader", tiny_tokens),
+                     train_fn=fast_train, **seams)

@@ -26,9 +26,7 @@ def model(word_tokenizer):
 
 
 def test_harvest_matches_full_forward_and_drops_bos(model, tiny_tokens):
-    acts = harvest_activations(
-        model, "blocks.1.hook_resid_post", tiny_tokens, batch_contexts=3, show_progress=False
-    )
+    acts = harvest_activations(model, "blocks.1.hook_resid_post", tiny_tokens, batch_contexts=3, show_progress=False)
     _, cache = model.run_with_cache(tiny_tokens, names_filter="blocks.1.hook_resid_post")
     ref = cache["blocks.1.hook_resid_post"][:, 1:].reshape(-1, model.cfg.d_model)
     assert acts.shape == ref.shape
@@ -60,12 +58,8 @@ def test_shards_stream_one_epoch_exactly(model, tiny_tokens):
 
 
 def test_seeds_change_the_order_not_the_data(model, tiny_tokens):
-    a = torch.cat(
-        list(ActivationSource(model, HOOK, tiny_tokens, seed=0, shard_tokens=64).batches(8))
-    )
-    b = torch.cat(
-        list(ActivationSource(model, HOOK, tiny_tokens, seed=1, shard_tokens=64).batches(8))
-    )
+    a = torch.cat(list(ActivationSource(model, HOOK, tiny_tokens, seed=0, shard_tokens=64).batches(8)))
+    b = torch.cat(list(ActivationSource(model, HOOK, tiny_tokens, seed=1, shard_tokens=64).batches(8)))
     assert not torch.equal(a, b)
     torch.testing.assert_close(a.sort(dim=0).values, b.sort(dim=0).values)
 
@@ -102,8 +96,7 @@ def test_store_refuses_other_tokens(model, tiny_tokens, tmp_path):
     other = ActivationSource(model, HOOK, tiny_tokens.flip(0), cache_path=folder)
     assert not other.is_harvested()
     torch.testing.assert_close(
-        other.all_activations(),
-        harvest_activations(model, HOOK, tiny_tokens.flip(0), show_progress=False),
+        other.all_activations(), harvest_activations(model, HOOK, tiny_tokens.flip(0), show_progress=False)
     )
 
 

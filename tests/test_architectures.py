@@ -51,26 +51,13 @@ def perturb(sae) -> None:
 
 def step_input(x, arch, dead=None):
     coeffs = {"relu": {"l1": 1.0}, "jumprelu": {"l0": 1.0}}.get(arch, {})
-    return TrainStepInput(
-        sae_in=x,
-        coefficients=coeffs,
-        dead_neuron_mask=dead,
-        n_training_steps=0,
-        is_logging_step=False,
-    )
+    return TrainStepInput(sae_in=x, coefficients=coeffs, dead_neuron_mask=dead, n_training_steps=0,
+                          is_logging_step=False)
 
 
 def test_architecture_names_and_registry():
-    assert ARCHITECTURES == (
-        "relu",
-        "topk",
-        "jumprelu",
-        "csae",
-        "random-decoder",
-        "permuted-decoder",
-        "init",
-        "pca",
-    )
+    assert ARCHITECTURES == ("relu", "topk", "jumprelu", "csae", "random-decoder",
+                             "permuted-decoder", "init", "pca")
     for name in ("csae", "random-decoder"):
         assert name in SAE_CLASS_REGISTRY and name in SAE_TRAINING_CLASS_REGISTRY
     archs.register_with_saelens()  # registering again (a re-import) must not raise SAELens's duplicate-name error
@@ -88,21 +75,14 @@ def test_registry_is_one_table_light_to_import_and_refuses_duplicates():
     assert archs.options_class("csae").__name__ == "CSAEOptions"
     with pytest.raises(ValueError, match="already registered"):
         archs.register_architecture(archs.REGISTRY["topk"])
-    code = (
-        "import sys, csae_bench.architectures as a, csae_bench.suite as s; "
-        "print(s.DEFAULT_ARCHITECTURES == a.DEFAULT_ARCHITECTURES, 'torch' in sys.modules, 'sae_lens' in sys.modules)"
-    )
-    out = subprocess.run(
-        [sys.executable, "-c", code], capture_output=True, text=True, check=True
-    ).stdout
+    code = ("import sys, csae_bench.architectures as a, csae_bench.suite as s; "
+            "print(s.DEFAULT_ARCHITECTURES == a.DEFAULT_ARCHITECTURES, 'torch' in sys.modules, 'sae_lens' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.split() == ["True", "False", "False"]
 
 
 def test_unknown_architecture_lists_valid_ones():
-    with pytest.raises(
-        UnknownArchitectureError,
-        match="relu, topk, jumprelu, csae, random-decoder, permuted-decoder, init, pca",
-    ):
+    with pytest.raises(UnknownArchitectureError, match="relu, topk, jumprelu, csae, random-decoder, permuted-decoder, init, pca"):
         check_architecture("gated-causal")
     with pytest.raises(UnknownArchitectureError, match="did you mean 'relu'"):
         build_training_sae("standard", D_IN, D_SAE)
@@ -201,10 +181,8 @@ def stand_in_pool(n: int = 128, s: int = 2, seed: int = 0):
     from csae_bench.activations.gradient_pool import GradientPool
 
     gen = torch.Generator().manual_seed(seed)
-    return GradientPool(
-        acts_ND=torch.randn(n, D_IN, generator=gen),
-        grads_NSD=0.3 * torch.randn(n, s, D_IN, generator=gen),
-    )
+    return GradientPool(acts_ND=torch.randn(n, D_IN, generator=gen),
+                        grads_NSD=0.3 * torch.randn(n, s, D_IN, generator=gen))
 
 
 @pytest.mark.parametrize("fisher", ["mean", "per-token"])
@@ -229,9 +207,7 @@ def test_csae_mean_fisher_term_is_the_batch_error_under_the_pool_metric():
     the SAE's units (like its MSE) and F̂ the pool's mean g gᵀ scaled to mean eigenvalue 1 — so the
     activation scale does not enter."""
     pool, scale = stand_in_pool(), 1.5
-    sae = make_sae(
-        "csae", causal_coeff=2.0, fisher="mean", fisher_energy=1.0, fisher_clip_quantile=1.0
-    )
+    sae = make_sae("csae", causal_coeff=2.0, fisher="mean", fisher_energy=1.0, fisher_clip_quantile=1.0)
     perturb(sae)
     sae.attach_causal(pool, torch.Generator().manual_seed(0), activation_scale=scale)
     x = torch.randn(16, D_IN)
@@ -257,22 +233,13 @@ def test_csae_without_pool_trains_as_topk_and_warns(caplog):
 
 
 def test_csae_verification_reinitializes_failing_features():
-    sae = make_sae(
-        "csae",
-        verify_every=1,
-        tau=0.99,
-        patience=2,
-        verify_tokens=128,
-        min_active=1,
-        max_reinit_frac=0.05,
-    )
+    sae = make_sae("csae", verify_every=1, tau=0.99, patience=2, verify_tokens=128, min_active=1,
+                   max_reinit_frac=0.05)
     perturb(sae)
     sae.attach_causal(stand_in_pool(), torch.Generator().manual_seed(0))
     W_dec0 = sae.W_dec.detach().clone()
     first = sae.verify_and_reinit()
-    assert (
-        first["judged"] > 0 and first["reinitialized"] == 0
-    )  # patience 2: one failure is not enough
+    assert first["judged"] > 0 and first["reinitialized"] == 0  # patience 2: one failure is not enough
     second = sae.verify_and_reinit()
     assert 0 < second["reinitialized"] <= int(0.05 * D_SAE)  # capped per check
     changed = (sae.W_dec != W_dec0).any(-1)
@@ -283,13 +250,8 @@ def test_csae_verification_reinitializes_failing_features():
 
 @pytest.mark.parametrize(
     ("options", "match"),
-    [
-        ({"tau": 1.5}, "tau=1.5"),
-        ({"patience": 0}, "patience=0"),
-        ({"causal_coeff": -1.0}, "causal_coeff=-1.0"),
-        ({"verify_every": -2}, "verify_every=-2"),
-        ({"max_reinit_frac": 2.0}, "max_reinit_frac=2.0"),
-    ],
+    [({"tau": 1.5}, "tau=1.5"), ({"patience": 0}, "patience=0"), ({"causal_coeff": -1.0}, "causal_coeff=-1.0"),
+     ({"verify_every": -2}, "verify_every=-2"), ({"max_reinit_frac": 2.0}, "max_reinit_frac=2.0")],
 )
 def test_csae_config_validation(options, match):
     with pytest.raises(ValueError, match=match):

@@ -79,24 +79,19 @@ class NearIdentitySAE(torch.nn.Module):
 @pytest.mark.parametrize(("arch", "softcap"), [("gemma3", None), ("gemma3", 3.0), ("gpt2", None)])
 def test_pool_gradients_match_naive_autograd(arch, softcap, tiny_tokens):
     model, tokens, S = _tiny(arch, softcap), tiny_tokens[:3], 3
-    pool = harvest_gradient_pool(
-        model, HOOK, tokens, n_samples=S, batch_contexts=8, seed=5, show_progress=False
-    )
+    pool = harvest_gradient_pool(model, HOOK, tokens, n_samples=S, batch_contexts=8, seed=5,
+                                 show_progress=False)
     # Recover the sampled tokens: same seed, same (single) batch, same draw order.
     start = suffix_start(model, HOOK)
     with torch.no_grad():
         x = final_residual(model, model(tokens, stop_at_layer=start), start)
         B, T, D = x.shape
-        _, y_NS = sampled_logprob_grads(
-            model, x.reshape(B * T, D), S, torch.Generator().manual_seed(5)
-        )
+        _, y_NS = sampled_logprob_grads(model, x.reshape(B * T, D), S, torch.Generator().manual_seed(5))
     naive_BTSD = _naive_logprob_grads(model, HOOK, tokens, y_NS.reshape(B, T, S))
     with torch.no_grad():
         h_BTD = model(tokens, stop_at_layer=start)
     torch.testing.assert_close(pool.acts_ND, h_BTD.reshape(B * T, D))
-    torch.testing.assert_close(
-        pool.grads_NSD, naive_BTSD.reshape(B * T, S, D), rtol=1e-4, atol=1e-5
-    )
+    torch.testing.assert_close(pool.grads_NSD, naive_BTSD.reshape(B * T, S, D), rtol=1e-4, atol=1e-5)
     assert pool.grads_NSD.abs().max() > 0
 
 
@@ -129,9 +124,8 @@ def _one_position_effects(model, tokens_1T, t, delta_D):
     move[0, t] = delta_D
     with torch.no_grad():
         exact_kl = float(_kl(clean, model(h + move, start_at_layer=start)).sum())
-    _, dlogits = torch.func.jvp(
-        lambda e: model(h + e * move, start_at_layer=start), (torch.zeros(()),), (torch.ones(()),)
-    )
+    _, dlogits = torch.func.jvp(lambda e: model(h + e * move, start_at_layer=start),
+                                (torch.zeros(()),), (torch.ones(()),))
     p = torch.softmax(clean, -1)
     dlogits = dlogits.detach()
     fisher = float(0.5 * ((p * dlogits**2).sum(-1) - (p * dlogits).sum(-1) ** 2).sum())
@@ -143,15 +137,8 @@ def test_fisher_term_matches_exact_kl_for_small_perturbations(tiny_model, tiny_t
     Fisher quadratic form as ε → 0, and the pool's sampled gradients estimate that form."""
     tokens, t, copies, S = tiny_tokens[:1, :8], 5, 100, 8
     # copies of one context give copies × S independent samples of g at position t
-    pool = harvest_gradient_pool(
-        tiny_model,
-        HOOK,
-        tokens.expand(copies, -1).contiguous(),
-        n_samples=S,
-        batch_contexts=copies,
-        seed=1,
-        show_progress=False,
-    )
+    pool = harvest_gradient_pool(tiny_model, HOOK, tokens.expand(copies, -1).contiguous(), n_samples=S,
+                                 batch_contexts=copies, seed=1, show_progress=False)
     h_D = pool.acts_ND[t]
     g_GD = pool.grads_NSD.reshape(copies, 8, S, 64)[:, t].reshape(copies * S, 64)
     gen = torch.Generator().manual_seed(0)
@@ -168,16 +155,10 @@ def test_fisher_term_matches_exact_kl_for_small_perturbations(tiny_model, tiny_t
     for name in ("random", "sensitive"):
         exact_kl, fisher, sampled = out[name, 1e-2]
         assert exact_kl / fisher == pytest.approx(1.0, abs=0.03), (name, exact_kl, fisher)
-        assert sampled / fisher == pytest.approx(1.0, abs=0.15), (
-            name,
-            sampled,
-            fisher,
-        )  # 800 samples
+        assert sampled / fisher == pytest.approx(1.0, abs=0.15), (name, sampled, fisher)  # 800 samples
     # large moves along a sensitive direction leave the second-order regime (DESIGN §2)
     big_kl, big_fisher, _ = out["sensitive", 3e-1]
-    assert abs(big_kl / big_fisher - 1) > abs(
-        out["sensitive", 1e-2][0] / out["sensitive", 1e-2][1] - 1
-    )
+    assert abs(big_kl / big_fisher - 1) > abs(out["sensitive", 1e-2][0] / out["sensitive", 1e-2][1] - 1)
     # the model is more sensitive along the sensitive direction, by every measure
     for i in range(3):
         assert out["sensitive", 1e-2][i] > 3 * out["random", 1e-2][i]
@@ -196,10 +177,7 @@ def test_mean_fisher_factor_reproduces_the_pool_fisher_and_truncates_by_energy()
     gen = torch.Generator().manual_seed(0)
     # gradients concentrated in 3 directions plus a little isotropic noise
     basis = torch.linalg.qr(torch.randn(16, 16, generator=gen, dtype=torch.float64))[0][:, :3]
-    grads = (
-        torch.randn(200, 4, 3, generator=gen, dtype=torch.float64)
-        * torch.tensor([3.0, 2.0, 1.0], dtype=torch.float64)
-    ) @ basis.T
+    grads = (torch.randn(200, 4, 3, generator=gen, dtype=torch.float64) * torch.tensor([3.0, 2.0, 1.0], dtype=torch.float64)) @ basis.T
     grads = (grads + 1e-3 * torch.randn(200, 4, 16, generator=gen, dtype=torch.float64)).float()
     g = grads.reshape(-1, 16).double()
     fisher = g.T @ g / len(g)
@@ -209,14 +187,10 @@ def test_mean_fisher_factor_reproduces_the_pool_fisher_and_truncates_by_energy()
     assert low.shape == (16, 3)  # the three planted directions carry > 99% of the trace
     err = torch.randn(8, 16, generator=gen)
     exact = 0.5 * torch.einsum("bd,de,be->b", err.double(), fisher, err.double()).mean()
-    torch.testing.assert_close(
-        metric_faithfulness(err, full.float()).double(), exact, rtol=1e-4, atol=0
-    )
+    torch.testing.assert_close(metric_faithfulness(err, full.float()).double(), exact, rtol=1e-4, atol=0)
     assert abs(float(metric_faithfulness(err, low)) - float(exact)) < 0.02 * float(exact)
     normed = mean_fisher_factor(grads, energy=1.0, normalize=True).double()
-    torch.testing.assert_close(
-        normed @ normed.T, fisher * 16 / fisher.trace(), rtol=1e-4, atol=1e-6
-    )
+    torch.testing.assert_close(normed @ normed.T, fisher * 16 / fisher.trace(), rtol=1e-4, atol=1e-6)
     with pytest.raises(GradientError, match="do not match"):
         metric_faithfulness(err[:, :8], full.float())
     with pytest.raises(GradientError, match="Fisher matrix is zero"):
@@ -262,17 +236,13 @@ def test_end_to_end_kl_matches_naive_full_logits(arch, softcap, tiny_tokens, mon
     assert all(p.requires_grad for p in model.parameters()), "requires_grad flags are restored"
     # the gradient is the true one: compare with autograd through the naive computation
     sae_naive = NearIdentitySAE(64, scale=0.3)
-    naive_kl = _kl(
-        model(tokens).detach(), _naive_spliced_logits(model, HOOK, tokens, sae_naive)
-    ).mean()
+    naive_kl = _kl(model(tokens).detach(), _naive_spliced_logits(model, HOOK, tokens, sae_naive)).mean()
     naive_kl.backward()
     torch.testing.assert_close(sae.W.grad, sae_naive.W.grad, rtol=1e-3, atol=1e-7)
 
 
 def test_end_to_end_kl_is_zero_for_identity(tiny_model, tiny_tokens):
-    assert spliced_kl(tiny_model, HOOK, tiny_tokens[:2], lambda h: h) == pytest.approx(
-        0.0, abs=1e-7
-    )
+    assert spliced_kl(tiny_model, HOOK, tiny_tokens[:2], lambda h: h) == pytest.approx(0.0, abs=1e-7)
 
 
 # --- Fisher NCES -----------------------------------------------------------------------------
@@ -314,9 +284,7 @@ def test_fisher_nces_separates_sensitive_from_random_directions(tiny_pool):
 def test_sensitive_directions_capture_more_fisher_error_than_random(tiny_pool):
     acts, grads = tiny_pool.acts_ND, tiny_pool.grads_NSD
     gen = torch.Generator().manual_seed(0)
-    recon = (
-        acts + 0.3 * torch.randn(acts.shape, generator=gen) * acts.norm(dim=-1, keepdim=True) / 8
-    )
+    recon = acts + 0.3 * torch.randn(acts.shape, generator=gen) * acts.norm(dim=-1, keepdim=True) / 8
     dirs = sensitive_directions(acts, recon, grads, n=70)  # more than D=64: filled from top tokens
     assert dirs.shape == (70, 64)
     torch.testing.assert_close(dirs.norm(dim=-1), torch.ones(70))
@@ -352,9 +320,7 @@ def test_non_finite_inputs_raise_clear_errors(tiny_pool):
 
 def test_bad_hooks_raise(tiny_model, tiny_tokens):
     with pytest.raises(GradientError, match="out of range"):
-        harvest_gradient_pool(
-            tiny_model, "blocks.9.hook_resid_post", tiny_tokens, show_progress=False
-        )
+        harvest_gradient_pool(tiny_model, "blocks.9.hook_resid_post", tiny_tokens, show_progress=False)
     with pytest.raises(GradientError, match="out of range"):
         end_to_end_kl(tiny_model, "blocks.4.hook_resid_post", tiny_tokens, lambda h: h)
     with pytest.raises(GradientError, match="residual-stream hook"):
@@ -364,15 +330,11 @@ def test_bad_hooks_raise(tiny_model, tiny_tokens):
 
 
 def test_last_layer_and_resid_pre_hooks(tiny_model, tiny_tokens):
-    last = harvest_gradient_pool(
-        tiny_model, "blocks.3.hook_resid_post", tiny_tokens[:2], n_samples=2, show_progress=False
-    )
-    pre = harvest_gradient_pool(
-        tiny_model, "blocks.2.hook_resid_pre", tiny_tokens[:2], n_samples=2, show_progress=False
-    )
-    post = harvest_gradient_pool(
-        tiny_model, HOOK, tiny_tokens[:2], n_samples=2, show_progress=False
-    )
+    last = harvest_gradient_pool(tiny_model, "blocks.3.hook_resid_post", tiny_tokens[:2], n_samples=2,
+                                 show_progress=False)
+    pre = harvest_gradient_pool(tiny_model, "blocks.2.hook_resid_pre", tiny_tokens[:2], n_samples=2,
+                                show_progress=False)
+    post = harvest_gradient_pool(tiny_model, HOOK, tiny_tokens[:2], n_samples=2, show_progress=False)
     assert last.grads_NSD.abs().sum() > 0
     torch.testing.assert_close(pre.acts_ND, post.acts_ND)  # resid_pre of block 2 == resid_post of 1
     torch.testing.assert_close(pre.grads_NSD, post.grads_NSD)
@@ -385,35 +347,25 @@ def test_embedded_model_gradients_and_kl(embedded_model):
     """Gemma-3-270M (262k vocab, BOS dropped): pool gradients and the end-to-end KL agree with
     naive full-logit autograd on a few short contexts."""
     model, hook = embedded_model, "blocks.6.hook_resid_post"
-    tokens = torch.tensor(
-        [[2, 651, 6037, 236787, 529, 506, 9479, 563], [2, 1018, 1110, 4401, 236764, 506, 3826, 691]]
-    )
+    tokens = torch.tensor([[2, 651, 6037, 236787, 529, 506, 9479, 563], [2, 1018, 1110, 4401, 236764, 506, 3826, 691]])
     S = 2
-    pool = harvest_gradient_pool(
-        model, hook, tokens, n_samples=S, batch_contexts=2, seed=3, show_progress=False
-    )
+    pool = harvest_gradient_pool(model, hook, tokens, n_samples=S, batch_contexts=2, seed=3, show_progress=False)
     assert pool.n_tokens == 14  # BOS dropped
     start = suffix_start(model, hook)
     with torch.no_grad():
         x = final_residual(model, model(tokens, stop_at_layer=start), start)
-        _, y_NS = sampled_logprob_grads(
-            model, x.reshape(16, -1), S, torch.Generator().manual_seed(3)
-        )
+        _, y_NS = sampled_logprob_grads(model, x.reshape(16, -1), S, torch.Generator().manual_seed(3))
     naive = _naive_logprob_grads(model, hook, tokens, y_NS.reshape(2, 8, S))[:, 1:]
     torch.testing.assert_close(pool.grads_NSD, naive.reshape(14, S, -1), rtol=1e-3, atol=1e-4)
 
     sae = NearIdentitySAE(model.cfg.d_model, scale=0.05)
     kl = end_to_end_kl(model, hook, tokens, sae)
     with torch.no_grad():
-
         def splice(act):
             out = act.clone()
             out[:, 1:] = sae(act[:, 1:])
             return out
-
-        naive_kl = _kl(model(tokens), _naive_spliced_logits(model, hook, tokens, splice))[
-            :, 1:
-        ].mean()
+        naive_kl = _kl(model(tokens), _naive_spliced_logits(model, hook, tokens, splice))[:, 1:].mean()
     torch.testing.assert_close(kl.detach(), naive_kl, rtol=1e-3, atol=1e-6)
     kl.backward()
     assert sae.W.grad.abs().sum() > 0

@@ -30,16 +30,12 @@ def _relu_sae(d_in: int, d_sae: int, seed: int = 0) -> ReluSAE:
 @pytest.fixture(scope="module")
 def ctx(tiny_model):
     toks = random_tokens(16, 32, seed=1)
-    return EvalContext(
-        tiny_model, HOOK, toks, model_name="tiny", extra={"sae_release": "test-release"}
-    )
+    return EvalContext(tiny_model, HOOK, toks, model_name="tiny", extra={"sae_release": "test-release"})
 
 
 def test_core_output_validates_against_saebench_and_ours(ctx, tmp_path):
     spec = get_eval("core")
-    out = spec.run(
-        ctx, _relu_sae(64, 256), "relu-d256-s0", spec.make_config(ctx, {"batch_size_prompts": 8})
-    )
+    out = spec.run(ctx, _relu_sae(64, 256), "relu-d256-s0", spec.make_config(ctx, {"batch_size_prompts": 8}))
     path = tmp_path / "core.json"
     out.to_json_file(str(path))
     validate_eval_output_format_file(str(path), CoreEvalOutput)
@@ -64,9 +60,7 @@ def test_mean_centred_ev_matches_its_definition_on_harvested_activations(ctx):
     from csae_bench.evals.core.main import mean_centred_explained_variance
 
     sae = _relu_sae(64, 256)
-    acts_ND = harvest_activations(
-        ctx.model, HOOK, ctx.eval_tokens, show_progress=False, drop_bos=False
-    )
+    acts_ND = harvest_activations(ctx.model, HOOK, ctx.eval_tokens, show_progress=False, drop_bos=False)
     keep = (ctx.eval_tokens != 2).flatten()
     x = acts_ND[keep]
     with torch.no_grad():
@@ -81,9 +75,7 @@ def test_predicting_the_mean_scores_zero_mean_centred_but_not_saebench(ctx):
     SAEBench 0.6's explained_variance (spread around ~zero) credits it — hence both, labelled."""
     spec = get_eval("core")
     sae = _relu_sae(64, 256)
-    acts = harvest_activations(
-        ctx.model, HOOK, ctx.eval_tokens, show_progress=False, drop_bos=False
-    )
+    acts = harvest_activations(ctx.model, HOOK, ctx.eval_tokens, show_progress=False, drop_bos=False)
     acts = acts[(ctx.eval_tokens != 2).flatten()]  # the tiny model has no tokenizer: drop BOS here
     with torch.no_grad():
         sae.W_enc.zero_()
@@ -93,9 +85,7 @@ def test_predicting_the_mean_scores_zero_mean_centred_but_not_saebench(ctx):
     rq = out.eval_result_metrics.reconstruction_quality
     assert out.eval_result_metrics.sparsity.l0 == 0
     assert rq.explained_variance_mean_centred == pytest.approx(0.0, abs=1e-5)
-    assert (
-        rq.explained_variance > 1e-3
-    )  # (0.02 here; on real residual streams, with a large mean, far more)
+    assert rq.explained_variance > 1e-3  # (0.02 here; on real residual streams, with a large mean, far more)
 
 
 def test_core_failure_raises(ctx):
@@ -113,40 +103,20 @@ def test_sae_independent_passes_are_computed_once_and_change_no_metric(ctx):
 
     spec = get_eval("core")
     cfg = spec.make_config(ctx, {"batch_size_prompts": 8})
-    alone = [
-        spec.run(dataclasses.replace(ctx, cache={}), _relu_sae(64, 256, seed=s), f"s{s}", cfg)
-        for s in (0, 1)
-    ]
+    alone = [spec.run(dataclasses.replace(ctx, cache={}), _relu_sae(64, 256, seed=s), f"s{s}", cfg) for s in (0, 1)]
     shared_ctx = dataclasses.replace(ctx, cache={})
     first = spec.run(shared_ctx, _relu_sae(64, 256, seed=0), "s0", cfg)
-    passes = {
-        k: v
-        for k, v in shared_ctx.cache.items()
-        if isinstance(k, tuple) and k[:1] == ("core_pass",)
-    }
+    passes = {k: v for k, v in shared_ctx.cache.items() if isinstance(k, tuple) and k[:1] == ("core_pass",)}
     assert sorted({k[2] for k in passes}) == ["clean", "residual", "zero_ablated"]
     second = spec.run(shared_ctx, _relu_sae(64, 256, seed=1), "s1", cfg)
-    after = {
-        k: v
-        for k, v in shared_ctx.cache.items()
-        if isinstance(k, tuple) and k[:1] == ("core_pass",)
-    }
-    assert after.keys() == passes.keys() and all(
-        after[k] is passes[k] for k in passes
-    )  # reused, not recomputed
+    after = {k: v for k, v in shared_ctx.cache.items() if isinstance(k, tuple) and k[:1] == ("core_pass",)}
+    assert after.keys() == passes.keys() and all(after[k] is passes[k] for k in passes)  # reused, not recomputed
     for solo, shared in zip(alone, (first, second)):
-        for category in (
-            "model_behavior_preservation",
-            "model_performance_preservation",
-            "reconstruction_quality",
-            "sparsity",
-        ):
-            assert vars(getattr(solo.eval_result_metrics, category)) == vars(
-                getattr(shared.eval_result_metrics, category)
-            )
+        for category in ("model_behavior_preservation", "model_performance_preservation", "reconstruction_quality",
+                         "sparsity"):
+            assert vars(getattr(solo.eval_result_metrics, category)) == vars(getattr(shared.eval_result_metrics, category))
     assert vars(alone[0].eval_result_metrics.model_performance_preservation) != vars(
-        alone[1].eval_result_metrics.model_performance_preservation
-    )  # the SAE-dependent pass did run
+        alone[1].eval_result_metrics.model_performance_preservation)  # the SAE-dependent pass did run
 
 
 # ---------------------------------------------------------------- non-finite SAEs and metrics
@@ -161,9 +131,7 @@ def test_nan_decoder_row_fails_the_eval_naming_the_sae(ctx):
     sae = _relu_sae(64, 256)
     with torch.no_grad():
         sae.W_dec[7] = float("nan")
-    with pytest.raises(
-        NonFiniteSAEError, match=r"SAE nan-row-sae has NaN or infinite weights \(W_dec\)"
-    ):
+    with pytest.raises(NonFiniteSAEError, match=r"SAE nan-row-sae has NaN or infinite weights \(W_dec\)"):
         spec.run(ctx, sae, "nan-row-sae", spec.make_config(ctx, {"batch_size_prompts": 8}))
 
 
@@ -178,15 +146,11 @@ def test_overflowing_reconstruction_fails_the_eval_naming_the_sae(ctx):
         sae.W_enc[:, 0] = 0.0
         sae.b_enc[0] = 10.0
         sae.W_dec[0] = 3e38
-    with pytest.raises(
-        NonFiniteSAEError, match=r"SAE overflow-sae reconstructs 256 of 256 eval activations"
-    ):
+    with pytest.raises(NonFiniteSAEError, match=r"SAE overflow-sae reconstructs 256 of 256 eval activations"):
         spec.run(ctx, sae, "overflow-sae", spec.make_config(ctx, {"batch_size_prompts": 8}))
 
 
-def test_non_finite_metric_is_kept_non_finite_and_written_as_standard_json(
-    ctx, tmp_path, monkeypatch
-):
+def test_non_finite_metric_is_kept_non_finite_and_written_as_standard_json(ctx, tmp_path, monkeypatch):
     """A finite SAE whose metrics SAEBench computes as -inf / NaN (the random decoder's
     log(softmax) underflow on Gemma-3): not replaced by SAEBench's -1, named in
     eval_result_unstructured, written as the strings "-inf"/"nan" — standard JSON that validates
@@ -209,9 +173,7 @@ def test_non_finite_metric_is_kept_non_finite_and_written_as_standard_json(
 
     monkeypatch.setattr(core_main.sb_core, "run_evals", underflowing_run_evals)
     spec = get_eval("core")
-    out = spec.run(
-        ctx, _relu_sae(64, 256), "underflow", spec.make_config(ctx, {"batch_size_prompts": 8})
-    )
+    out = spec.run(ctx, _relu_sae(64, 256), "underflow", spec.make_config(ctx, {"batch_size_prompts": 8}))
     mbp = out.eval_result_metrics.model_behavior_preservation
     assert mbp.kl_div_score == float("-inf") and mbp.kl_div_with_sae == float("inf")
     assert out.eval_result_metrics.shrinkage.relative_reconstruction_bias != -1
@@ -271,25 +233,8 @@ def test_nan_row_gemma3_sae_folder_exits_2_naming_it(tmp_path, caplog):
     from csae_bench.run import main
 
     saes = tmp_path / "saes"
-    write_saelens6_folder(
-        saes / "gemma3-nan", 640, 256, "blocks.6.hook_resid_post", "google/gemma-3-270m", nan_row=0
-    )
+    write_saelens6_folder(saes / "gemma3-nan", 640, 256, "blocks.6.hook_resid_post", "google/gemma-3-270m", nan_row=0)
     out = tmp_path / "out"
-    assert (
-        main(
-            [
-                "--saes",
-                str(saes),
-                "--evals",
-                "core",
-                "--layer",
-                "6",
-                "--out",
-                str(out),
-                "--no-plots",
-            ]
-        )
-        == 2
-    )
+    assert main(["--saes", str(saes), "--evals", "core", "--layer", "6", "--out", str(out), "--no-plots"]) == 2
     assert "SAE gemma3-nan has NaN or infinite weights" in caplog.text
     assert not list(out.rglob("*_eval_results.json"))

@@ -29,14 +29,11 @@ def test_local_txt_and_jsonl_corpora(tmp_path):
     assert len(load_corpus(str(jl), "train")) + len(load_corpus(str(jl), "eval")) == 100
 
 
-@pytest.mark.parametrize(
-    "content, match",
-    [
-        (b"", "holds no text"),
-        (b"\n\n   \n", "holds no text"),
-        (b"\xff\xfe\x00\x81binary", "not UTF-8"),
-    ],
-)
+@pytest.mark.parametrize("content, match", [
+    (b"", "holds no text"),
+    (b"\n\n   \n", "holds no text"),
+    (b"\xff\xfe\x00\x81binary", "not UTF-8"),
+])
 def test_unusable_corpus_files_are_clear_errors(tmp_path, content, match):
     f = tmp_path / "bad.txt"
     f.write_bytes(content)

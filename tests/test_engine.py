@@ -46,12 +46,8 @@ def sae_interventions(engine, sae, spec: str, n: int, seed: int = 0):
     ctx = torch.randint(0, len(h), (n,), generator=gen)
     pos = torch.randint(1, engine.max_position() + 1, (n,), generator=gen)
     feats = f[ctx, pos].argsort(-1, descending=True)[:, :4]
-    feat = feats[
-        torch.arange(n), torch.randint(0, 4, (n,), generator=gen)
-    ]  # active (top-4) features
-    delta = feature_edit_BTD(sae, h[ctx, pos][:, None], feat[:, None, None], iv, generator=gen)[
-        :, 0
-    ]
+    feat = feats[torch.arange(n), torch.randint(0, 4, (n,), generator=gen)]  # active (top-4) features
+    delta = feature_edit_BTD(sae, h[ctx, pos][:, None], feat[:, None, None], iv, generator=gen)[:, 0]
     return ctx, pos, delta.to(engine.dtype)
 
 
@@ -65,9 +61,7 @@ def assert_same_effects(eng, ref, rtol=1e-4):
 
 @pytest.mark.parametrize("spec", [*SPECS, "control"])
 def test_engine_equals_naive_for_every_intervention_type(tiny64, tiny_tokens, spec):
-    engine = EffectEngine(
-        tiny64, HOOK, tiny_tokens, EngineConfig(window=4, vocab_chunk=100, max_batch=5)
-    )
+    engine = EffectEngine(tiny64, HOOK, tiny_tokens, EngineConfig(window=4, vocab_chunk=100, max_batch=5))
     sae = random_sae()
     ctx, pos, delta = sae_interventions(engine, sae, "zero" if spec == "control" else spec, n=12)
     if spec == "control":
@@ -81,25 +75,15 @@ def test_engine_equals_naive_for_every_intervention_type(tiny64, tiny_tokens, sp
 @pytest.mark.parametrize("window", [1, 4, None])
 @pytest.mark.parametrize("reuse_kv", [True, False])
 def test_engine_equals_naive_for_windows_and_reuse(tiny64, tiny_tokens, window, reuse_kv):
-    engine = EffectEngine(
-        tiny64, HOOK, tiny_tokens, EngineConfig(window=window, reuse_kv=reuse_kv, max_span=3)
-    )
+    engine = EffectEngine(tiny64, HOOK, tiny_tokens, EngineConfig(window=window, reuse_kv=reuse_kv, max_span=3))
     ctx, pos, delta = sae_interventions(engine, random_sae(), "clamp:5", n=10, seed=1)
-    assert_same_effects(
-        engine.effects(ctx, pos, delta),
-        naive_effects(tiny64, HOOK, tiny_tokens, ctx, pos, delta, window),
-    )
+    assert_same_effects(engine.effects(ctx, pos, delta), naive_effects(tiny64, HOOK, tiny_tokens, ctx, pos, delta, window))
 
 
 def test_engine_equals_naive_on_gpt2_architecture(tiny_gpt2, tiny_tokens):
-    engine = EffectEngine(
-        tiny_gpt2, "blocks.2.hook_resid_post", tiny_tokens, EngineConfig(window=3)
-    )
+    engine = EffectEngine(tiny_gpt2, "blocks.2.hook_resid_post", tiny_tokens, EngineConfig(window=3))
     gen = torch.Generator().manual_seed(0)
-    ctx, pos = (
-        torch.randint(0, 8, (8,), generator=gen),
-        torch.randint(1, engine.max_position() + 1, (8,), generator=gen),
-    )
+    ctx, pos = torch.randint(0, 8, (8,), generator=gen), torch.randint(1, engine.max_position() + 1, (8,), generator=gen)
     delta = 2 * torch.randn(8, 64, generator=gen, dtype=torch.float64)
     ref = naive_effects(tiny_gpt2, "blocks.2.hook_resid_post", tiny_tokens, ctx, pos, delta, 3)
     assert_same_effects(engine.effects(ctx, pos, delta), ref)
@@ -109,19 +93,13 @@ def test_kv_reuse_and_truncation_run_fewer_positions(tiny64, tiny_tokens):
     ctx, pos = torch.arange(8).repeat(3), torch.arange(24) % 20 + 5
     delta = torch.randn(24, 64, dtype=torch.float64)
     reuse = EffectEngine(tiny64, HOOK, tiny_tokens, EngineConfig(window=2)).effects(ctx, pos, delta)
-    trunc = EffectEngine(tiny64, HOOK, tiny_tokens, EngineConfig(window=2, reuse_kv=False)).effects(
-        ctx, pos, delta
-    )
+    trunc = EffectEngine(tiny64, HOOK, tiny_tokens, EngineConfig(window=2, reuse_kv=False)).effects(ctx, pos, delta)
     torch.testing.assert_close(reuse.kl, trunc.kl)
     assert reuse.stats["positions_run"] < trunc.stats["positions_run"] <= 8 * 32 * 3
 
 
 def test_memory_budget_sets_the_batch_size(tiny64, tiny_tokens):
-    ctx, pos, delta = (
-        torch.zeros(6, dtype=torch.long),
-        torch.full((6,), 3),
-        torch.randn(6, 64, dtype=torch.float64),
-    )
+    ctx, pos, delta = torch.zeros(6, dtype=torch.long), torch.full((6,), 3), torch.randn(6, 64, dtype=torch.float64)
     small = EffectEngine(tiny64, HOOK, tiny_tokens, EngineConfig(memory_budget_mb=1e-4))
     big = EffectEngine(tiny64, HOOK, tiny_tokens, EngineConfig(memory_budget_mb=1024))
     assert small.batch_size_for(8, 4, 8) == 1 and big.batch_size_for(8, 4, 8) > 1
@@ -177,21 +155,13 @@ def test_control_keeps_the_norm_and_is_seeded():
 @pytest.mark.parametrize("softcap", [None, 3.0])
 def test_chunked_kl_and_loss_gradient_match_full_vocab(softcap):
     gen = torch.Generator().manual_seed(0)
-    W_U, b_U = (
-        torch.randn(16, 300, generator=gen, dtype=torch.float64),
-        torch.randn(300, generator=gen, dtype=torch.float64),
-    )
+    W_U, b_U = torch.randn(16, 300, generator=gen, dtype=torch.float64), torch.randn(300, generator=gen, dtype=torch.float64)
     un = ChunkedUnembed(W_U, b_U, softcap, chunk=64)
-    xa, xb = (
-        torch.randn(7, 16, generator=gen, dtype=torch.float64),
-        torch.randn(7, 16, generator=gen, dtype=torch.float64),
-    )
+    xa, xb = torch.randn(7, 16, generator=gen, dtype=torch.float64), torch.randn(7, 16, generator=gen, dtype=torch.float64)
     y = torch.randint(0, 300, (7,), generator=gen)
     full = lambda x: un.logits(x, 0, 300)  # noqa: E731
     la, lb = F.log_softmax(full(xa), -1), F.log_softmax(full(xb), -1)
-    kl, loss_a, loss_b = kl_and_losses(
-        un, xa[[2, 0, 1]], xb, y, clean_index_R=torch.tensor([1, 2, 0, 1, 2, 0, 0])
-    )
+    kl, loss_a, loss_b = kl_and_losses(un, xa[[2, 0, 1]], xb, y, clean_index_R=torch.tensor([1, 2, 0, 1, 2, 0, 0]))
     xa_rows = xa[[0, 1, 2, 0, 1, 2, 2]]
     la = F.log_softmax(full(xa_rows), -1)
     torch.testing.assert_close(kl, (la.exp() * (la - lb)).sum(-1))
@@ -220,17 +190,10 @@ def test_engine_equals_naive_on_the_embedded_model(embedded_model, embedded_eval
     gen = torch.Generator().manual_seed(0)
     d = engine.h_clean_NTD[0, 5].norm().item()
     ctx, pos = torch.tensor([0, 1]), torch.tensor([3, 20])
-    delta = (
-        0.3
-        * d
-        * torch.randn(2, embedded_model.cfg.d_model, generator=gen)
-        / embedded_model.cfg.d_model**0.5
-    )
+    delta = 0.3 * d * torch.randn(2, embedded_model.cfg.d_model, generator=gen) / embedded_model.cfg.d_model**0.5
     if spec == "clamp:-1":
         delta = -2 * engine.h_clean_NTD[ctx, pos]  # a large edit along the residual itself
-    eng = engine.effects(
-        ctx, pos, delta, control=spec == "control", generator=torch.Generator().manual_seed(1)
-    )
+    eng = engine.effects(ctx, pos, delta, control=spec == "control", generator=torch.Generator().manual_seed(1))
     if spec == "control":
         delta = random_direction_control(delta, torch.Generator().manual_seed(1))
     ref = naive_effects(embedded_model, hook, toks, ctx, pos, delta, window=4)

@@ -23,16 +23,7 @@ def test_names_and_layers():
         hooks.layer_of_hook("hook_embed", error=KeyError)
 
 
-@pytest.mark.parametrize(
-    "name",
-    [
-        "blocks.0.hook_resid_post",
-        "blocks.17.attn.hook_z",
-        "blocks.3",
-        "blocks.x.hook_resid_pre",
-        "blocks.hook",
-    ],
-)
+@pytest.mark.parametrize("name", ["blocks.0.hook_resid_post", "blocks.17.attn.hook_z", "blocks.3", "blocks.x.hook_resid_pre", "blocks.hook"])
 def test_layer_rule_is_saelens(name):
     from sae_lens.util import extract_layer_from_tlens_hook_name
 
@@ -49,9 +40,7 @@ def test_resume_layer_reads_residual_hooks_only():
 
 
 @pytest.mark.parametrize(("arch", "softcap"), [("gpt2", None), ("gemma3", None), ("gemma3", 3.0)])
-@pytest.mark.parametrize(
-    "hook", ["blocks.1.hook_resid_post", "blocks.2.hook_resid_pre", "blocks.3.hook_resid_post"]
-)
+@pytest.mark.parametrize("hook", ["blocks.1.hook_resid_post", "blocks.2.hook_resid_pre", "blocks.3.hook_resid_post"])
 def test_hook_to_logits_equals_the_model(arch, softcap, hook, tiny_tokens):
     model, tokens = _tiny(arch, softcap), tiny_tokens[:2]
     start = hooks.resume_layer(model, hook)
@@ -61,9 +50,7 @@ def test_hook_to_logits_equals_the_model(arch, softcap, hook, tiny_tokens):
         x = hooks.final_residual(model, cache[hook], start)
         ours = hooks.model_logits(model, x)
         cols = torch.tensor([5, 1, 300])
-        rows = hooks.model_logits(
-            model, hooks.final_norm(model, hooks.run_from(model, cache[hook], start)[:, -1]), cols
-        )
+        rows = hooks.model_logits(model, hooks.final_norm(model, hooks.run_from(model, cache[hook], start)[:, -1]), cols)
         full, slope = hooks.unembed(x, model.W_U, model.b_U, model.cfg.output_logits_soft_cap)
     torch.testing.assert_close(ours, logits, rtol=1e-5, atol=1e-5)
     torch.testing.assert_close(rows, logits[:, -1, cols], rtol=1e-5, atol=1e-5)
@@ -89,14 +76,8 @@ def test_token_masks():
         tokenizer = None
 
     tokens = torch.tensor([[2, 5, 1, 0], [7, 2, 3, 4]])
-    assert hooks.non_bos_mask(WithTok(), tokens).tolist() == [
-        [False, True, True, True],
-        [True, False, True, True],
-    ]
+    assert hooks.non_bos_mask(WithTok(), tokens).tolist() == [[False, True, True, True], [True, False, True, True]]
     assert hooks.non_bos_mask(NoTok(), tokens).all()
     assert hooks.special_token_ids(WithTok(), tokens) == {0, 1, 2}
     assert hooks.special_token_ids(NoTok(), tokens) == {2, 7}  # each context's first token
-    assert hooks.keep_mask(tokens, {0, 1, None}).tolist() == [
-        [True, True, False, False],
-        [True, True, True, True],
-    ]
+    assert hooks.keep_mask(tokens, {0, 1, None}).tolist() == [[True, True, False, False], [True, True, True, True]]

@@ -44,34 +44,17 @@ def write_legacy_sae(folder: Path, d_in, d_sae, hook, model, normalize=False) ->
     gen = torch.Generator().manual_seed(1)
     W_dec = torch.randn(d_sae, d_in, generator=gen) / d_in**0.5
     save_file(
-        {
-            "W_enc": W_dec.T.contiguous(),
-            "W_dec": W_dec,
-            "b_enc": torch.randn(d_sae, generator=gen) * 0.1,
-            "b_dec": torch.randn(d_in, generator=gen) * 0.1,
-        },
+        {"W_enc": W_dec.T.contiguous(), "W_dec": W_dec, "b_enc": torch.randn(d_sae, generator=gen) * 0.1,
+         "b_dec": torch.randn(d_in, generator=gen) * 0.1},
         str(folder / "sae_weights.safetensors"),
     )
     layer = int(hook.split(".")[1])
-    (folder / "cfg.json").write_text(
-        json.dumps(
-            {
-                "model_name": model,
-                "hook_point": hook,
-                "hook_point_layer": layer,
-                "hook_point_head_index": None,
-                "d_in": d_in,
-                "d_sae": d_sae,
-                "dtype": "float32",
-                "device": "cpu",
-                "context_size": 32,
-                "normalize_activations": normalize,
-                "activation_fn_str": "relu",
-                "apply_b_dec_to_input": True,
-                "sae_lens_training_version": "3.12.0",
-            }
-        )
-    )
+    (folder / "cfg.json").write_text(json.dumps({
+        "model_name": model, "hook_point": hook, "hook_point_layer": layer, "hook_point_head_index": None,
+        "d_in": d_in, "d_sae": d_sae, "dtype": "float32", "device": "cpu", "context_size": 32,
+        "normalize_activations": normalize, "activation_fn_str": "relu", "apply_b_dec_to_input": True,
+        "sae_lens_training_version": "3.12.0",
+    }))
     return folder
 
 
@@ -121,19 +104,13 @@ def test_every_error_class_has_one_of_the_two_bases():
         if info.name.endswith("__main__"):
             continue  # importing it runs the CLI
         module = importlib.import_module(info.name)
-        found += [
-            c
-            for _, c in inspect.getmembers(module, inspect.isclass)
-            if issubclass(c, Exception) and c.__module__ == info.name
-        ]
+        found += [c for _, c in inspect.getmembers(module, inspect.isclass)
+                  if issubclass(c, Exception) and c.__module__ == info.name]
     assert len(found) >= 15, [c.__name__ for c in found]
     for c in found:
         assert issubclass(c, CsaeBenchError), f"{c.__module__}.{c.__name__} has no csae_bench base"
         assert issubclass(c, BadInputError) != issubclass(c, JobFailedError) or c in (
-            CsaeBenchError,
-            BadInputError,
-            JobFailedError,
-        ), c
+            CsaeBenchError, BadInputError, JobFailedError), c
     assert issubclass(suite.SuiteError, ValueError) and issubclass(data.DataError, RuntimeError)
 
 
@@ -196,9 +173,7 @@ def test_normalization_inference_would_skip_is_refused(tmp_path, caplog, mode):
     from csae_bench.pipeline import load_sae
 
     folder = write_sae(tmp_path / "gemma", **GEMMA, normalize=mode)
-    with pytest.raises(
-        SaeMismatchError, match=f"normalize_activations='{mode}'.*Fold the normalization"
-    ):
+    with pytest.raises(SaeMismatchError, match=f"normalize_activations='{mode}'.*Fold the normalization"):
         load_sae(folder)
     saes = tmp_path / "saes"
     write_sae(saes / "norm", **TINY, normalize=mode)
@@ -293,73 +268,33 @@ def test_core_flags_left_on_are_accepted():
 # ---------------------------------------------------------------- item 9: SAE vs model
 
 
-@pytest.mark.parametrize(
-    ("overrides", "evals", "message"),
-    [
-        (dict(d_in=768), ["core"], "SAE bad: d_in is 768 but the model's d_model is 64"),
-        (dict(hook="blocks.9.hook_resid_post"), ["core"], "layer 9 but the model has layers 0..3"),
-        (
-            dict(hook="blocks.2.hook_resid_pre"),
-            ["nces"],
-            "eval nces does not support hook_resid_pre",
-        ),
-        (dict(hook="blocks.2.hook_mlp_out"), ["csae_probing"], "does not support hook_mlp_out"),
-        (
-            dict(hook="blocks.2.hook_nonsense"),
-            ["core"],
-            "the model has no hook blocks.2.hook_nonsense",
-        ),
-        (
-            dict(model="gpt2"),
-            ["core"],
-            "trained on gpt2, but the run's model is google/gemma-3-270m",
-        ),
-    ],
-)
+@pytest.mark.parametrize(("overrides", "evals", "message"), [
+    (dict(d_in=768), ["core"], "SAE bad: d_in is 768 but the model's d_model is 64"),
+    (dict(hook="blocks.9.hook_resid_post"), ["core"], "layer 9 but the model has layers 0..3"),
+    (dict(hook="blocks.2.hook_resid_pre"), ["nces"], "eval nces does not support hook_resid_pre"),
+    (dict(hook="blocks.2.hook_mlp_out"), ["csae_probing"], "does not support hook_mlp_out"),
+    (dict(hook="blocks.2.hook_nonsense"), ["core"], "the model has no hook blocks.2.hook_nonsense"),
+    (dict(model="gpt2"), ["core"], "trained on gpt2, but the run's model is google/gemma-3-270m"),
+])
 def test_sae_that_does_not_fit_the_model_is_refused(tiny_model, overrides, evals, message):
     from csae_bench.architectures.loading import check_sae_fits
 
     sae = {**TINY, "model": "google/gemma-3-270m", **overrides}
     with pytest.raises(SaeMismatchError, match=message):
-        check_sae_fits(
-            "bad",
-            sae["d_in"],
-            sae["hook"],
-            tiny_model,
-            sae_model_name=sae["model"],
-            run_model_name="google/gemma-3-270m",
-            evals=evals,
-        )
+        check_sae_fits("bad", sae["d_in"], sae["hook"], tiny_model, sae_model_name=sae["model"],
+                       run_model_name="google/gemma-3-270m", evals=evals)
 
 
 def test_same_family_other_variant_warns_and_resid_pre_fits_core(tiny_model):
     from csae_bench.architectures.loading import check_sae_fits
 
-    warnings = check_sae_fits(
-        "ok",
-        64,
-        "blocks.2.hook_resid_pre",
-        tiny_model,
-        sae_model_name="google/gemma-3-270m-it",
-        run_model_name="google/gemma-3-270m",
-        evals=["core", "csae_probing"],
-    )
-    assert warnings == [
-        "SAE ok was trained on google/gemma-3-270m-it; evaluating it on "
-        "google/gemma-3-270m (same family, another variant)."
-    ]
-    assert (
-        check_sae_fits(
-            "ok",
-            64,
-            TINY["hook"],
-            tiny_model,
-            sae_model_name="tiny",
-            run_model_name="tiny",
-            evals=["core", "nces", "csae_probing"],
-        )
-        == []
-    )
+    warnings = check_sae_fits("ok", 64, "blocks.2.hook_resid_pre", tiny_model,
+                              sae_model_name="google/gemma-3-270m-it",
+                              run_model_name="google/gemma-3-270m", evals=["core", "csae_probing"])
+    assert warnings == ["SAE ok was trained on google/gemma-3-270m-it; evaluating it on "
+                        "google/gemma-3-270m (same family, another variant)."]
+    assert check_sae_fits("ok", 64, TINY["hook"], tiny_model, sae_model_name="tiny",
+                          run_model_name="tiny", evals=["core", "nces", "csae_probing"]) == []
 
 
 def test_nces_width_check_is_the_same_check(tiny_model):
@@ -399,18 +334,10 @@ def test_bad_corpus_found_inside_a_job_exits_2_without_traceback(tmp_path, caplo
     cfg = tiny_run_config(tmp_path / "out", corpus=str(corpus))
 
     def real_corpus(model, cfg, split, n_contexts, seed):  # the real reader; no tokenizer needed
-        return load_tokens(
-            None,
-            corpus=cfg.corpus,
-            split=split,
-            context_size=cfg.context_size,
-            n_contexts=n_contexts,
-            seed=seed,
-        )
+        return load_tokens(None, corpus=cfg.corpus, split=split, context_size=cfg.context_size,
+                           n_contexts=n_contexts, seed=seed)
 
-    res = Resources(
-        cfg, model_loader=lambda name, device, dtype: tiny_model(), token_loader=real_corpus
-    )
+    res = Resources(cfg, model_loader=lambda name, device, dtype: tiny_model(), token_loader=real_corpus)
     caplog.set_level(logging.INFO)
     assert guarded(execute, cfg, res, plots=False) == EXIT_USAGE
     assert_refused(caplog, tmp_path, str(corpus), "is not UTF-8")
@@ -464,9 +391,7 @@ def test_second_saes_folder_with_the_same_name_is_not_skipped_as_done(tmp_path, 
     caplog.clear()
     assert run_tiny(tmp_path, caplog, saes=tmp_path / "y" / "saes") == EXIT_USAGE
     (err,) = error_lines(caplog)
-    assert (
-        str(tmp_path / "x" / "saes") in err.getMessage() and "use another --out" in err.getMessage()
-    )
+    assert str(tmp_path / "x" / "saes") in err.getMessage() and "use another --out" in err.getMessage()
     assert "skip" not in caplog.text
 
 
@@ -477,9 +402,7 @@ def test_trained_manifest_cannot_point_outside_its_folder(tmp_path):
     saes = tmp_path / "run" / "saes"
     saes.mkdir(parents=True)
     (saes / "trained.json").write_text(json.dumps({"saes": {"relu": "../../elsewhere/relu"}}))
-    job = TrainJob(
-        HarvestJob(TINY["hook"], 0, tmp_path / "a.safetensors"), None, ["relu"], {}, saes
-    )
+    job = TrainJob(HarvestJob(TINY["hook"], 0, tmp_path / "a.safetensors"), None, ["relu"], {}, saes)
     assert job.finished() == {} and not job.done()
     write_sae(saes / "relu", **TINY)
     (saes / "trained.json").write_text(json.dumps({"saes": {"relu": "relu"}}))

@@ -48,28 +48,13 @@ def _word_task(model, n_per_class: int = 30, label_at: int = -1) -> ProbingTask:
     diff[:3] = 0  # not BOS / pad / eos: the two answers the model gives most differently
     answers = (f"w{int(diff.argmin()) - 3}", f"w{int(diff.argmax()) - 3}")
     return ProbingTask(
-        "word_pairs",
-        tuple(texts),
-        tuple(labels),
-        ("w1", "w2"),
-        "last",
-        answers,
-        counterfactuals=tuple(cfs),
+        "word_pairs", tuple(texts), tuple(labels), ("w1", "w2"), "last", answers, counterfactuals=tuple(cfs)
     )
 
 
 def _cfg(**kw) -> ProbingEvalConfig:
-    base = dict(
-        tasks=["word_pairs"],
-        examples_per_class=30,
-        ks=[1, 2, 5],
-        verify_k=1,
-        n_random_sets=2,
-        max_verify_examples=32,
-        n_bootstrap=100,
-        batch_size=16,
-        interventions=["zero"],
-    )
+    base = dict(tasks=["word_pairs"], examples_per_class=30, ks=[1, 2, 5], verify_k=1, n_random_sets=2,
+                max_verify_examples=32, n_bootstrap=100, batch_size=16, interventions=["zero"])
     return ProbingEvalConfig(**{**base, **kw})
 
 
@@ -109,9 +94,7 @@ def test_pairs_are_token_aligned_and_differ_at_one_position(word_model, word_tas
         cf_ids = io.tokenize(word_model, [cf]).tokens_BT[0]
         assert len(base_ids) == len(cf_ids)
         assert (base_ids != cf_ids).nonzero().flatten().tolist() == [pos] == [len(base_ids) - 1]
-    only_bad = dataclasses.replace(
-        word_task, counterfactuals=tuple((c[0] + " w9",) for c in word_task.counterfactuals)
-    )
+    only_bad = dataclasses.replace(word_task, counterfactuals=tuple((c[0] + " w9",) for c in word_task.counterfactuals))
     assert iia.build_pairs(word_model, only_bad, rows[:5], 40) == ([], 5)
     assert iia.align(torch.tensor([2, 5, 6]), torch.tensor([2, 7, 8])) is None  # two positions
 
@@ -146,9 +129,7 @@ def test_cached_patched_runs_equal_full_forward_passes(word_model, word_task):
             resid, tokens = by_row[row]
             resid = resid.clone()[None]
             resid[0, -1] += delta[c, i]
-            raw = pairs.behaviour.raw(
-                word_model, resid, io.Batch(tokens[None], torch.tensor([len(tokens)]))
-            )
+            raw = pairs.behaviour.raw(word_model, resid, io.Batch(tokens[None], torch.tensor([len(tokens)])))
             full = raw if pairs.cf_labels_N[i] == 1 else -raw
             assert float(cached[c, i]) == pytest.approx(float(full[0]), rel=1e-3, abs=1e-3)
 
@@ -163,9 +144,7 @@ def test_brackets_have_dimension_k(word_model, position):
     sae = random_sae("topk", seed=1)
     for k in (1, 2, 5):
         resid, pca, dims = iia.bracket_deltas(pairs, k, Vh)
-        assert len(set(dims)) == k and set(resid.abs().sum(0).nonzero().flatten().tolist()) <= set(
-            dims
-        )
+        assert len(set(dims)) == k and set(resid.abs().sum(0).nonzero().flatten().tolist()) <= set(dims)
         assert torch.linalg.matrix_rank(pca.double(), atol=1e-4) == k
         idx = torch.arange(k) * 3
         assert torch.linalg.matrix_rank(iia.sae_delta(sae, pairs, idx).double(), atol=1e-4) <= k
@@ -174,9 +153,7 @@ def test_brackets_have_dimension_k(word_model, position):
     for e in detail.per_k:
         assert len(e.sae_features) == e.k and len(e.resid_dims) == e.k
         assert len(e.random_per_set) == 3 and e.random.n == 3 * detail.n_pairs
-        assert (
-            e.sae.n == e.pca.n == detail.n_pairs and 0 <= e.sae.ci_low <= e.sae.iia <= e.sae.ci_high
-        )
+        assert e.sae.n == e.pca.n == detail.n_pairs and 0 <= e.sae.ci_low <= e.sae.iia <= e.sae.ci_high
     expected_pos = 1 + 1 if position == "varied" else None  # BOS, then the second word
     if expected_pos is not None:
         found, _ = iia.build_pairs(word_model, task, pairs.rows, 40)
@@ -189,12 +166,8 @@ def test_run_output_validates_and_reports_iia(word_model, word_task, tmp_path):
 
     from csae_bench.utils import atomic_write_text
 
-    register_task(
-        "word_pairs_iia", lambda n, seed: dataclasses.replace(word_task, name="word_pairs_iia")
-    )
-    ctx = EvalContext(
-        model=word_model, hook_name=MID, eval_tokens=torch.zeros(1, 2, dtype=torch.long)
-    )
+    register_task("word_pairs_iia", lambda n, seed: dataclasses.replace(word_task, name="word_pairs_iia"))
+    ctx = EvalContext(model=word_model, hook_name=MID, eval_tokens=torch.zeros(1, 2, dtype=torch.long))
     sae = random_sae("topk", seed=1)
     out = run(ctx, sae, "random", _cfg(tasks=["word_pairs_iia"], interchange_position="last"))
     path = tmp_path / "out.json"
@@ -203,18 +176,13 @@ def test_run_output_validates_and_reports_iia(word_model, word_task, tmp_path):
     (detail,) = out.eval_result_details
     m = out.eval_result_metrics.interchange
     assert detail.judged and detail.interchange is not None and m.n_tasks_with_pairs == 1
-    assert (
-        m.sae_iia_top_1 == detail.interchange.per_k[0].sae.iia
-        and m.ceiling_iia == detail.interchange.ceiling.iia
-    )
+    assert m.sae_iia_top_1 == detail.interchange.per_k[0].sae.iia and m.ceiling_iia == detail.interchange.ceiling.iia
     assert m.sae_iia_top_10 is None  # k = 10 not configured
     probe_features = {p.k: p.sae_features for p in detail.probes if p.k}
     # at the last token, the patched features are the probes' own
     assert all(e.sae_features == probe_features[e.k] for e in detail.interchange.per_k)
     assert "interchange.sae_iia_top_1" in get_eval("csae_probing").headline
-    off = evaluate_task(
-        word_model, sae, prepare_task(word_model, MID, word_task, _cfg(interchange=False)), _cfg()
-    )
+    off = evaluate_task(word_model, sae, prepare_task(word_model, MID, word_task, _cfg(interchange=False)), _cfg())
     assert off.interchange is None
     clear_cache()
 

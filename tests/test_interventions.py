@@ -50,9 +50,7 @@ def test_targets_match_their_definitions(acts_NF):
     assert torch.equal(Zero().target(cur, idx), torch.zeros(5))
     torch.testing.assert_close(Mean("active").fit(acts_NF).target(cur, idx), active_mean)
     torch.testing.assert_close(Mean("all").fit(acts_NF).target(cur, idx), acts_NF.mean(0)[idx])
-    torch.testing.assert_close(
-        Clamp(-1.0).fit(acts_NF).target(cur, idx), -acts_NF.max(0).values[idx]
-    )
+    torch.testing.assert_close(Clamp(-1.0).fit(acts_NF).target(cur, idx), -acts_NF.max(0).values[idx])
     assert Mean("active").fit(acts_NF).target(cur, idx)[3] == 0  # dead feature: 0, not NaN
 
 
@@ -93,14 +91,10 @@ def test_feature_edit_keeps_the_error_term(kind, spec):
     iv = make_intervention(spec).fit(f.reshape(-1, 256))
     idx = f.argmax(-1, keepdim=True)  # an active feature at every position
     delta = feature_edit_BTD(sae, h, idx, iv, generator=torch.Generator().manual_seed(0))
-    new = iv.target(
-        f.gather(-1, idx).reshape(-1), idx.reshape(-1), torch.Generator().manual_seed(0)
-    )
+    new = iv.target(f.gather(-1, idx).reshape(-1), idx.reshape(-1), torch.Generator().manual_seed(0))
     f_edit = f.scatter(-1, idx, new.reshape(2, 5, 1))
     # h' = h + delta has the same SAE error term as h, with the feature at its new value
-    torch.testing.assert_close(
-        (h + delta) - sae.decode(f_edit), h - sae.decode(f), atol=1e-5, rtol=1e-5
-    )
+    torch.testing.assert_close((h + delta) - sae.decode(f_edit), h - sae.decode(f), atol=1e-5, rtol=1e-5)
 
 
 def test_feature_edit_sets_several_features_per_position():

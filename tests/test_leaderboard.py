@@ -24,27 +24,15 @@ def mixed_results(tiny_run, tmp_path):
     foreign = {
         "eval_type_id": "absorption_first_letter",
         "eval_config": {"model_name": "gemma-2-2b"},
-        "eval_id": "x",
-        "datetime_epoch_millis": 1,
-        "sae_bench_commit_hash": "abc",
-        "sae_lens_id": "layer_12/width_16k/average_l0_82",
-        "sae_lens_release_id": "gemma-scope-2b-pt-res",
-        "sae_lens_version": "5.0",
-        "sae_cfg_dict": {
-            "architecture": "jumprelu",
-            "d_sae": 16384,
-            "model_name": "gemma-2-2b",
-            "hook_name": "blocks.12.hook_resid_post",
-        },
-        "eval_result_metrics": {
-            "mean": {"mean_absorption_fraction_score": 0.25, "mean_num_split_features": 1.5}
-        },
+        "eval_id": "x", "datetime_epoch_millis": 1, "sae_bench_commit_hash": "abc",
+        "sae_lens_id": "layer_12/width_16k/average_l0_82", "sae_lens_release_id": "gemma-scope-2b-pt-res",
+        "sae_lens_version": "5.0", "sae_cfg_dict": {"architecture": "jumprelu", "d_sae": 16384,
+                                                    "model_name": "gemma-2-2b", "hook_name": "blocks.12.hook_resid_post"},
+        "eval_result_metrics": {"mean": {"mean_absorption_fraction_score": 0.25, "mean_num_split_features": 1.5}},
         "eval_result_details": [],
     }
     (out / "eval_results" / "absorption").mkdir()
-    (out / "eval_results" / "absorption" / "gemma-scope_x_eval_results.json").write_text(
-        json.dumps(foreign)
-    )
+    (out / "eval_results" / "absorption" / "gemma-scope_x_eval_results.json").write_text(json.dumps(foreign))
     (out / "eval_results" / "core" / "broken_eval_results.json").write_text(json.dumps(ours)[:200])
     (out / "eval_results" / "core" / "notaresult_eval_results.json").write_text("[1, 2, 3]")
     return out
@@ -52,10 +40,7 @@ def mixed_results(tiny_run, tmp_path):
 
 def test_rows_metrics_and_directions(tiny_run):
     board, _ = build_leaderboard(tiny_run, requested_evals=["core"])
-    assert [(r["architecture"], r["d_sae"], r["seed"]) for r in board["rows"]] == [
-        ("relu", 128, 0),
-        ("topk", 128, 0),
-    ]
+    assert [(r["architecture"], r["d_sae"], r["seed"]) for r in board["rows"]] == [("relu", 128, 0), ("topk", 128, 0)]
     for row in board["rows"]:
         assert row["missing_evals"] == []
         assert row["model"] == "tiny" and row["hook"] == "blocks.2.hook_resid_post"
@@ -64,9 +49,7 @@ def test_rows_metrics_and_directions(tiny_run):
         assert core["model_performance_preservation.ce_loss_score"]["direction"] == "higher"
         assert core["reconstruction_quality.mse"]["direction"] == "lower"
         assert all(isinstance(m["value"], float) for m in core.values())
-        saved = json.loads(
-            next((tiny_run / "eval_results" / "core").glob(f"*{row['sae_id']}*")).read_text()
-        )
+        saved = json.loads(next((tiny_run / "eval_results" / "core").glob(f"*{row['sae_id']}*")).read_text())
         assert row["l0"] == saved["eval_result_metrics"]["sparsity"]["l0"]
     topk = board["rows"][1]
     assert topk["l0"] == pytest.approx(8.0)  # TopK with k = 8
@@ -78,25 +61,13 @@ def test_unknown_eval_types_and_corrupt_files(mixed_results):
     assert json.loads((mixed_results / "leaderboard.json").read_text())["rows"] == board["rows"]
     assert board["unknown_eval_types"] == ["absorption_first_letter"]
     foreign = next(r for r in board["rows"] if r["sae_release"] == "gemma-scope-2b-pt-res")
-    assert (
-        foreign["architecture"] == "jumprelu"
-        and foreign["d_sae"] == 16384
-        and foreign["seed"] is None
-    )
+    assert foreign["architecture"] == "jumprelu" and foreign["d_sae"] == 16384 and foreign["seed"] is None
     assert foreign["metrics"]["absorption_first_letter"]["mean.mean_absorption_fraction_score"] == {
-        "value": 0.25,
-        "direction": None,
-    }
+        "value": 0.25, "direction": None}
     assert foreign["missing_evals"] == ["core"]
-    reasons = {
-        p.split("/")[-1]: why
-        for p, why in ((s["path"], s["reason"]) for s in board["skipped_files"])
-    }
+    reasons = {p.split("/")[-1]: why for p, why in ((s["path"], s["reason"]) for s in board["skipped_files"])}
     assert "not valid JSON" in reasons["broken_eval_results.json"]
-    assert (
-        reasons["notaresult_eval_results.json"]
-        == "not a SAEBench eval result (a JSON list, not an object)"
-    )
+    assert reasons["notaresult_eval_results.json"] == "not a SAEBench eval result (a JSON list, not an object)"
     assert len(board["rows"]) == 3
     assert [p.name for p in made] == ["l0_vs_ce_loss_score.png"]
     assert made[0].read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
@@ -113,8 +84,7 @@ def test_result_that_fails_validation_is_skipped(tiny_run, tmp_path):
     assert [r["architecture"] for r in board["rows"]] == ["relu"]
     # judged by SAEBench's own class (the one the file fails), the offending field named
     assert board["skipped_files"][0]["reason"] == (
-        "does not validate as CoreEvalOutput: eval_result_metrics.sparsity.l0: Field required"
-    )
+        "does not validate as CoreEvalOutput: eval_result_metrics.sparsity.l0: Field required")
 
 
 def test_table_renders(tiny_run):
@@ -154,9 +124,7 @@ def _saebench_core_file(ours: dict, path, **provenance) -> dict:
 
 
 def _strict_json(path):
-    return json.loads(
-        path.read_text(), parse_constant=lambda c: pytest.fail(f"non-standard JSON {c} in {path}")
-    )
+    return json.loads(path.read_text(), parse_constant=lambda c: pytest.fail(f"non-standard JSON {c} in {path}"))
 
 
 @pytest.fixture
@@ -171,17 +139,10 @@ def varied_results(tiny_run, tmp_path):
     control["sae_lens_id"] = "random-decoder-d128-s0"
     control["eval_result_metrics"]["model_behavior_preservation"]["kl_div_score"] = "-inf"
     control["eval_result_metrics"]["model_behavior_preservation"]["kl_div_with_sae"] = "inf"
-    (core / "csae_bench-tiny_random-decoder-d128-s0_eval_results.json").write_text(
-        json.dumps(control)
-    )
+    (core / "csae_bench-tiny_random-decoder-d128-s0_eval_results.json").write_text(json.dumps(control))
     cfg = dict(ours["sae_cfg_dict"], model_name="gemma-2-2b", hook_name="blocks.12.hook_resid_post")
-    _saebench_core_file(
-        ours,
-        core / "gemma-scope_x_eval_results.json",
-        sae_lens_id="layer_12/width_16k/canonical",
-        sae_lens_release_id="gemma-scope-2b-pt-res",
-        sae_cfg_dict=cfg,
-    )
+    _saebench_core_file(ours, core / "gemma-scope_x_eval_results.json", sae_lens_id="layer_12/width_16k/canonical",
+                        sae_lens_release_id="gemma-scope-2b-pt-res", sae_cfg_dict=cfg)
     return out
 
 
@@ -191,37 +152,23 @@ def test_saebench_own_core_file_is_read_with_our_metric_empty(varied_results):
     board, _ = build_leaderboard(varied_results)
     assert board["skipped_files"] == []
     foreign = next(r for r in board["rows"] if r["sae_release"] == "gemma-scope-2b-pt-res")
-    data = json.loads(
-        (varied_results / "eval_results" / "core" / "gemma-scope_x_eval_results.json").read_text()
-    )
+    data = json.loads((varied_results / "eval_results" / "core" / "gemma-scope_x_eval_results.json").read_text())
     core = foreign["metrics"]["core"]
     assert foreign["validated_as"] == {"core": "CoreEvalOutput"}
-    assert core["reconstruction_quality.explained_variance_mean_centred"] == {
-        "value": None,
-        "direction": "higher",
-    }
-    assert (
-        core["reconstruction_quality.mse"]["value"]
-        == data["eval_result_metrics"]["reconstruction_quality"]["mse"]
-    )
+    assert core["reconstruction_quality.explained_variance_mean_centred"] == {"value": None, "direction": "higher"}
+    assert core["reconstruction_quality.mse"]["value"] == data["eval_result_metrics"]["reconstruction_quality"]["mse"]
     assert foreign["l0"] == data["eval_result_metrics"]["sparsity"]["l0"] and foreign["flags"] == {}
     ours = next(r for r in board["rows"] if r["sae_id"] == "relu-d128-s0")
     assert ours["validated_as"] == {"core": "CsaeCoreEvalOutput"}
-    assert isinstance(
-        ours["metrics"]["core"]["reconstruction_quality.explained_variance_mean_centred"]["value"],
-        float,
-    )
+    assert isinstance(ours["metrics"]["core"]["reconstruction_quality.explained_variance_mean_centred"]["value"], float)
 
 
 def test_skip_reasons_name_every_offending_field(tiny_run, tmp_path):
     out = tmp_path / "r"
     shutil.copytree(tiny_run / "eval_results", out / "eval_results")
     (out / "eval_results" / "core" / "nometrics_eval_results.json").write_text(
-        json.dumps({"eval_type_id": "core", "eval_result_metrics": [1]})
-    )
-    (out / "eval_results" / "core" / "notype_eval_results.json").write_text(
-        json.dumps({"eval_result_metrics": {}})
-    )
+        json.dumps({"eval_type_id": "core", "eval_result_metrics": [1]}))
+    (out / "eval_results" / "core" / "notype_eval_results.json").write_text(json.dumps({"eval_result_metrics": {}}))
     path = next((out / "eval_results" / "core").glob("*topk*"))
     data = json.loads(path.read_text())
     data["eval_result_metrics"]["sparsity"]["l1"] = "lots"
@@ -230,8 +177,7 @@ def test_skip_reasons_name_every_offending_field(tiny_run, tmp_path):
     board, _ = build_leaderboard(out)
     reasons = {s["path"].split("/")[-1]: s["reason"] for s in board["skipped_files"]}
     assert reasons["nometrics_eval_results.json"] == (
-        "not a SAEBench eval result (eval_result_metrics missing or not an object)"
-    )
+        "not a SAEBench eval result (eval_result_metrics missing or not an object)")
     assert reasons["notype_eval_results.json"] == "not a SAEBench eval result (no eval_type_id)"
     reason = reasons[path.name]
     assert reason.startswith("does not validate as CoreEvalOutput: ")
@@ -249,15 +195,10 @@ def test_saebench_nan_sentinels_never_rank(tiny_run, tmp_path):
     core = out / "eval_results" / "core"
     ours = json.loads(next(core.glob("*relu*")).read_text())
     m = ours["eval_result_metrics"]
-    for cat, name in [
-        ("reconstruction_quality", "mse"),
-        ("reconstruction_quality", "explained_variance"),
-        ("reconstruction_quality", "explained_variance_mean_centred"),
-        ("reconstruction_quality", "cossim"),
-        ("model_performance_preservation", "ce_loss_score"),
-        ("model_performance_preservation", "ce_loss_with_sae"),
-        ("shrinkage", "l2_norm_out"),
-    ]:
+    for cat, name in [("reconstruction_quality", "mse"), ("reconstruction_quality", "explained_variance"),
+                      ("reconstruction_quality", "explained_variance_mean_centred"), ("reconstruction_quality", "cossim"),
+                      ("model_performance_preservation", "ce_loss_score"),
+                      ("model_performance_preservation", "ce_loss_with_sae"), ("shrinkage", "l2_norm_out")]:
         m[cat][name] = -1
     nan_sae = dict(ours, sae_lens_id="nan-row", sae_lens_release_id="saebench")
     (core / "saebench_nan-row_eval_results.json").write_text(json.dumps(nan_sae))
@@ -270,24 +211,16 @@ def test_saebench_nan_sentinels_never_rank(tiny_run, tmp_path):
     rows = {r["sae_id"]: r for r in board["rows"]}
     nan_row = rows["nan-row"]["metrics"]["core"]
     sentinel = "nan (SAEBench's -1 sentinel)"
-    for metric in (
-        "reconstruction_quality.mse",
-        "reconstruction_quality.explained_variance",
-        "reconstruction_quality.explained_variance_mean_centred",
-        "model_performance_preservation.ce_loss_score",
-    ):
+    for metric in ("reconstruction_quality.mse", "reconstruction_quality.explained_variance",
+                   "reconstruction_quality.explained_variance_mean_centred",
+                   "model_performance_preservation.ce_loss_score"):
         assert nan_row[metric]["value"] is None and nan_row[metric]["flag"] == sentinel, metric
     assert rows["nan-row"]["flags"]["core.shrinkage.l2_norm_out"] == sentinel
-    assert (
-        nan_row["model_behavior_preservation.kl_div_score"]["value"]
-        == m["model_behavior_preservation"]["kl_div_score"]
-    )
+    assert nan_row["model_behavior_preservation.kl_div_score"]["value"] == m["model_behavior_preservation"]["kl_div_score"]
     kl = rows["inf-kl"]["metrics"]["core"]["model_behavior_preservation.kl_div_score"]
     assert kl == {"value": None, "direction": "higher", "flag": "-inf"}
-    assert rows["inf-kl"]["flags"] == {
-        "core.model_behavior_preservation.kl_div_score": "-inf",
-        "core.shrinkage.l2_ratio": "nan",
-    }
+    assert rows["inf-kl"]["flags"] == {"core.model_behavior_preservation.kl_div_score": "-inf",
+                                       "core.shrinkage.l2_ratio": "nan"}
     assert rows["relu-d128-s0"]["flags"] == {}
     saved = _strict_json(out / "leaderboard.json")  # standard JSON: no NaN / Infinity anywhere
     assert "non_finite_values" not in saved  # nothing left to null: the board already did
@@ -303,14 +236,9 @@ def test_leaderboard_json_is_standard_with_the_controls_infinite_kl(varied_resul
     control = next(r for r in saved["rows"] if r["sae_id"] == "random-decoder-d128-s0")
     assert control["control"] is True and control["architecture"] == "random-decoder"
     assert control["metrics"]["core"]["model_behavior_preservation.kl_div_score"] == {
-        "value": None,
-        "direction": "higher",
-        "flag": "-inf",
-    }
-    assert control["flags"] == {
-        "core.model_behavior_preservation.kl_div_score": "-inf",
-        "core.model_behavior_preservation.kl_div_with_sae": "inf",
-    }
+        "value": None, "direction": "higher", "flag": "-inf"}
+    assert control["flags"] == {"core.model_behavior_preservation.kl_div_score": "-inf",
+                                "core.model_behavior_preservation.kl_div_with_sae": "inf"}
 
 
 def test_atomic_write_json_writes_standard_json_and_names_non_finite_values(tmp_path):
@@ -318,15 +246,9 @@ def test_atomic_write_json_writes_standard_json_and_names_non_finite_values(tmp_
     from csae_bench.utils import atomic_write_json
 
     path = tmp_path / "record.json"
-    atomic_write_json(
-        path, {"a": float("-inf"), "b": [1.5, float("nan")], "c": {"d": float("inf"), "e": 2}}
-    )
-    assert _strict_json(path) == {
-        "a": None,
-        "b": [1.5, None],
-        "c": {"d": None, "e": 2},
-        "non_finite_values": {"a": "-inf", "b[1]": "nan", "c.d": "inf"},
-    }
+    atomic_write_json(path, {"a": float("-inf"), "b": [1.5, float("nan")], "c": {"d": float("inf"), "e": 2}})
+    assert _strict_json(path) == {"a": None, "b": [1.5, None], "c": {"d": None, "e": 2},
+                                  "non_finite_values": {"a": "-inf", "b[1]": "nan", "c.d": "inf"}}
     atomic_write_json(path, [float("nan")])  # not a dict: nulled, still standard
     assert _strict_json(path) == [None]
 
@@ -350,21 +272,11 @@ def test_default_table_fits_80_columns_and_tells_saes_apart(varied_results):
     assert headers == [["SAE", "L0", "CE↑", "EVmc↑", "flag"]] * 2
     titles = [line.strip() for line in lines if " · " in line]
     assert titles == ["gemma-2-2b · blocks.12.hook_resid_post", "tiny · blocks.2.hook_resid_post"]
-    data = {
-        line.split()[0]: line
-        for line in lines
-        if line.strip().startswith(("relu", "topk", "random", "layer_12"))
-    }
-    assert sorted(data) == [
-        "layer_12/width_16k/canonical",
-        "random-decoder-d128-s0",
-        "relu-d128-s0",
-        "topk-d128-s0",
-    ]
-    order = [
-        next(i for i, line in enumerate(lines) if key in line)
-        for key in ("layer_12/width_16k/canonical", titles[1], "relu-d128-s0")
-    ]
+    data = {line.split()[0]: line for line in lines if line.strip().startswith(("relu", "topk", "random", "layer_12"))}
+    assert sorted(data) == ["layer_12/width_16k/canonical", "random-decoder-d128-s0", "relu-d128-s0",
+                            "topk-d128-s0"]
+    order = [next(i for i, line in enumerate(lines) if key in line)
+             for key in ("layer_12/width_16k/canonical", titles[1], "relu-d128-s0")]
     assert order == sorted(order)  # each SAE under its model/hook title
     assert data["random-decoder-d128-s0"].split()[-2:] == ["ctrl", "!"]
     assert data["relu-d128-s0"].split()[-1] != "!"
@@ -414,34 +326,15 @@ def test_nces_separation_flag():
     from csae_bench.reporting.table import row_flags
 
     def row(sae_id, control, seed=0, hook="h"):
-        return {
-            "sae_id": sae_id,
-            "control": control,
-            "seed": seed,
-            "model": "m",
-            "hook": hook,
-            "flags": {},
-        }
+        return {"sae_id": sae_id, "control": control, "seed": seed, "model": "m", "hook": hook, "flags": {}}
 
-    rows = [
-        row("ctrl", True),
-        row("apart", False),
-        row("overlap", False),
-        row("other-hook", False, hook="g"),
-        row("ctrl-s1", True, seed=1),
-        row("no-nces", False),
-    ]
+    rows = [row("ctrl", True), row("apart", False), row("overlap", False), row("other-hook", False, hook="g"),
+            row("ctrl-s1", True, seed=1), row("no-nces", False)]
     cis = [(-0.05, 0.10), (0.11, 0.3), (0.09, 0.4), (-0.5, 0.0), (0.5, 0.6)]
     mark_separation(rows, {id(r): ci for r, ci in zip(rows, cis)})
     sep = {r["sae_id"]: r["nces_separated_from_control"] for r in rows}
-    assert sep == {
-        "ctrl": None,
-        "apart": True,
-        "overlap": False,
-        "other-hook": None,
-        "ctrl-s1": None,
-        "no-nces": None,
-    }
+    assert sep == {"ctrl": None, "apart": True, "overlap": False, "other-hook": None, "ctrl-s1": None,
+                   "no-nces": None}
     assert [row_flags(r) for r in rows] == ["ctrl", "", "~null", "", "ctrl", ""]
 
 
@@ -460,11 +353,7 @@ def test_l0_axis_has_plain_tick_labels():
         ax.scatter(values, [0.1, 0.2, 0.3])
         set_l0_axis(ax, values)
         fig.canvas.draw()
-        labels = [
-            t.get_text()
-            for t in ax.get_xticklabels() + ax.get_xticklabels(minor=True)
-            if t.get_text()
-        ]
+        labels = [t.get_text() for t in ax.get_xticklabels() + ax.get_xticklabels(minor=True) if t.get_text()]
         plt.close(fig)
         assert ax.get_xscale() == scale and labels
         assert all(label.replace(".", "").replace("−", "").isdigit() for label in labels), labels
@@ -500,50 +389,22 @@ def test_default_run_shaped_table_fits_80_columns():
 
     specs = registered_specs()
     types = ["core", "csae_probing", "nces"]
-    archs = [
-        "csae",
-        "jumprelu",
-        "random-decoder",
-        "relu",
-        "topk",
-        "permuted-decoder",
-        "init",
-        "pca",
-    ]
+    archs = ["csae", "jumprelu", "random-decoder", "relu", "topk", "permuted-decoder", "init", "pca"]
     rows = []
     for i, arch in enumerate(archs):
-        metrics = {
-            e: {
-                m: {"value": -0.0123456 * (i + 1), "direction": d}
-                for m, d in specs[e].headline.items()
-            }
-            for e in types
-        }
+        metrics = {e: {m: {"value": -0.0123456 * (i + 1), "direction": d} for m, d in specs[e].headline.items()}
+                   for e in types}
         metrics["nces"]["nces.nces_freq_weighted_mean"]["ci"] = [-0.5 - i, 0.25]
-        rows.append(
-            {
-                "sae_release": "csae_bench-embedded-blocks.6.hook_resid_post",
-                "sae_id": f"{arch}-d4096-s0",
-                "model": "embedded",
-                "hook": "blocks.6.hook_resid_post",
-                "architecture": arch,
-                "d_sae": 4096,
-                "seed": 0,
-                "l0": 1234.5 if arch == "relu" else 32.0,
-                "control": arch in archs[5:] + ["random-decoder"],
-                "nces_separated_from_control": False if arch == "jumprelu" else None,
-                "flags": {"core.x": "-inf"} if arch in ("random-decoder", "jumprelu") else {},
-                "metrics": metrics,
-            }
-        )
-    board = {
-        "results_dir": "results",
-        "eval_types": types,
-        "unknown_eval_types": [],
-        "skipped_files": [],
-        "metric_directions": {e: dict(specs[e].headline) for e in types},
-        "rows": rows,
-    }
+        rows.append({
+            "sae_release": "csae_bench-embedded-blocks.6.hook_resid_post", "sae_id": f"{arch}-d4096-s0",
+            "model": "embedded", "hook": "blocks.6.hook_resid_post", "architecture": arch, "d_sae": 4096, "seed": 0,
+            "l0": 1234.5 if arch == "relu" else 32.0, "control": arch in archs[5:] + ["random-decoder"],
+            "nces_separated_from_control": False if arch == "jumprelu" else None,
+            "flags": {"core.x": "-inf"} if arch in ("random-decoder", "jumprelu") else {},
+            "metrics": metrics,
+        })
+    board = {"results_dir": "results", "eval_types": types, "unknown_eval_types": [], "skipped_files": [],
+             "metric_directions": {e: dict(specs[e].headline) for e in types}, "rows": rows}
     console = Console(record=True, width=80)
     render_table(board, console)
     lines = _lines(console)
@@ -552,10 +413,7 @@ def test_default_run_shaped_table_fits_80_columns():
     assert headers == [["SAE", "L0", "CE↑", "EVmc↑", "NCES↑", "probe1↑", "flag"]]
     data = {line.split()[0]: line.split()[1:] for line in lines if "-d4096-s0" in line}
     assert sorted(data) == sorted(f"{a}-d4096-s0" for a in archs)
-    assert data["relu-d4096-s0"][0] == "1234" and data["random-decoder-d4096-s0"][-2:] == [
-        "ctrl",
-        "!",
-    ]
+    assert data["relu-d4096-s0"][0] == "1234" and data["random-decoder-d4096-s0"][-2:] == ["ctrl", "!"]
     assert data["jumprelu-d4096-s0"][-2:] == ["~null", "!"]
     assert data["csae-d4096-s0"][3] == "-0.01±0.38" and data["pca-d4096-s0"][-1] == "ctrl"
 
@@ -563,13 +421,9 @@ def test_default_run_shaped_table_fits_80_columns():
 def test_same_sae_id_from_two_releases_is_told_apart():
     from csae_bench.reporting.table import row_label
 
-    rows = [
-        {"sae_release": "gemma-scope-2b-pt-res", "sae_id": "layer_12/width_16k/canonical"},
-        {"sae_release": "csae_bench-gemma-2-2b-saes", "sae_id": "layer_12/width_16k/canonical"},
-        {"sae_release": "csae_bench-gemma-2-2b-saes", "sae_id": "topk-d128-s0"},
-    ]
+    rows = [{"sae_release": "gemma-scope-2b-pt-res", "sae_id": "layer_12/width_16k/canonical"},
+            {"sae_release": "csae_bench-gemma-2-2b-saes", "sae_id": "layer_12/width_16k/canonical"},
+            {"sae_release": "csae_bench-gemma-2-2b-saes", "sae_id": "topk-d128-s0"}]
     assert [row_label(r, rows) for r in rows] == [
         "gemma-scope-2b-pt-res/layer_12/width_16k/canonical",
-        "csae_bench-gemma-2-2b-saes/layer_12/width_16k/canonical",
-        "topk-d128-s0",
-    ]
+        "csae_bench-gemma-2-2b-saes/layer_12/width_16k/canonical", "topk-d128-s0"]

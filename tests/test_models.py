@@ -30,22 +30,11 @@ def _tiny_tokenizer(tmp_path):
     from transformers import PreTrainedTokenizerFast
 
     words = sorted({w for p in PARAGRAPHS for w in p.replace(".", " .").replace(",", " ,").split()})
-    vocab = {
-        "<pad>": 0,
-        "<eos>": 1,
-        "<bos>": 2,
-        "<unk>": 3,
-        **{w: i + 4 for i, w in enumerate(words)},
-    }
+    vocab = {"<pad>": 0, "<eos>": 1, "<bos>": 2, "<unk>": 3, **{w: i + 4 for i, w in enumerate(words)}}
     tok = Tokenizer(tk_models.WordLevel(vocab, unk_token="<unk>"))
     tok.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
-    return PreTrainedTokenizerFast(
-        tokenizer_object=tok,
-        bos_token="<bos>",
-        eos_token="<eos>",
-        pad_token="<pad>",
-        unk_token="<unk>",
-    ), len(vocab)
+    return PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<bos>", eos_token="<eos>",
+                                   pad_token="<pad>", unk_token="<unk>"), len(vocab)
 
 
 def test_local_gpt2_directory_loads_offline_and_matches_hf(tmp_path):
@@ -53,16 +42,8 @@ def test_local_gpt2_directory_loads_offline_and_matches_hf(tmp_path):
     import transformers
 
     tokenizer, vocab = _tiny_tokenizer(tmp_path)
-    cfg = transformers.GPT2Config(
-        vocab_size=vocab,
-        n_positions=64,
-        n_ctx=64,
-        n_embd=32,
-        n_layer=2,
-        n_head=2,
-        bos_token_id=2,
-        eos_token_id=1,
-    )
+    cfg = transformers.GPT2Config(vocab_size=vocab, n_positions=64, n_ctx=64, n_embd=32, n_layer=2,
+                                  n_head=2, bos_token_id=2, eos_token_id=1)
     hf = transformers.GPT2LMHeadModel(cfg).eval()
     hf.save_pretrained(tmp_path)
     tokenizer.save_pretrained(tmp_path)
@@ -72,8 +53,7 @@ def test_local_gpt2_directory_loads_offline_and_matches_hf(tmp_path):
     toks = torch.randint(4, vocab, (2, 24), generator=torch.Generator().manual_seed(0))
     with torch.no_grad():
         assert model(toks, return_type="loss").item() == pytest.approx(
-            hf(toks, labels=toks).loss.item(), rel=1e-4
-        )
+            hf(toks, labels=toks).loss.item(), rel=1e-4)
 
 
 def test_gemma_2_architecture_weights_convert_exactly():
@@ -86,57 +66,27 @@ def test_gemma_2_architecture_weights_convert_exactly():
     from transformer_lens import HookedTransformer
     from transformer_lens import loading_from_pretrained as loading
 
-    full = loading.get_pretrained_model_config(
-        "google/gemma-2-2b", fold_ln=False
-    )  # no hub: by name
-    tiny = dataclasses.replace(
-        full,
-        d_model=32,
-        d_head=16,
-        n_heads=2,
-        n_key_value_heads=1,
-        d_mlp=64,
-        n_layers=2,
-        d_vocab=128,
-        d_vocab_out=128,
-        n_ctx=64,
-        window_size=8,
-        attn_types=["global", "local"],
-        rotary_dim=16,
-        tokenizer_name=None,
-    )
+    full = loading.get_pretrained_model_config("google/gemma-2-2b", fold_ln=False)  # no hub: by name
+    tiny = dataclasses.replace(full, d_model=32, d_head=16, n_heads=2, n_key_value_heads=1, d_mlp=64,
+                               n_layers=2, d_vocab=128, d_vocab_out=128, n_ctx=64, window_size=8,
+                               attn_types=["global", "local"], rotary_dim=16,
+                               tokenizer_name=None)
     hf_cfg = transformers.Gemma2Config(
-        vocab_size=128,
-        hidden_size=32,
-        intermediate_size=64,
-        num_hidden_layers=2,
-        num_attention_heads=2,
-        num_key_value_heads=1,
-        head_dim=16,
-        max_position_embeddings=64,
-        sliding_window=8,
-        final_logit_softcapping=full.output_logits_soft_cap,
-        attn_logit_softcapping=full.attn_scores_soft_cap,
-        query_pre_attn_scalar=int(round(full.attn_scale**2)),
-        rms_norm_eps=full.eps,
-        layer_types=["full_attention", "sliding_attention"],
+        vocab_size=128, hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2,
+        num_key_value_heads=1, head_dim=16, max_position_embeddings=64, sliding_window=8,
+        final_logit_softcapping=full.output_logits_soft_cap, attn_logit_softcapping=full.attn_scores_soft_cap,
+        query_pre_attn_scalar=int(round(full.attn_scale ** 2)), rms_norm_eps=full.eps, layer_types=["full_attention", "sliding_attention"],
     )
     torch.manual_seed(0)
     hf = transformers.Gemma2ForCausalLM(hf_cfg).eval()
     state = loading.get_pretrained_state_dict("google/gemma-2-2b", tiny, hf)
     model = HookedTransformer(tiny)
-    model.load_and_process_state_dict(
-        state,
-        fold_ln=False,
-        center_writing_weights=False,
-        center_unembed=False,
-        fold_value_biases=False,
-    )
+    model.load_and_process_state_dict(state, fold_ln=False, center_writing_weights=False,
+                                      center_unembed=False, fold_value_biases=False)
     toks = torch.randint(3, 128, (2, 24), generator=torch.Generator().manual_seed(0))
     with torch.no_grad():
         assert model(toks, return_type="loss").item() == pytest.approx(
-            hf(toks, labels=toks).loss.item(), rel=1e-3
-        )
+            hf(toks, labels=toks).loss.item(), rel=1e-3)
 
 
 def test_unknown_model_name_lists_valid_choices():
@@ -183,17 +133,10 @@ def test_corrupt_embedded_cache_is_detected(tmp_path, monkeypatch, damage):
     (target / "config.json").write_text("{}")
     import json
 
-    models._manifest_path(target).write_text(
-        json.dumps(
-            {
-                "version": models._CACHE_FORMAT_VERSION,
-                "files": {
-                    "model.safetensors": [1000, models._sha256(weights)],
-                    "config.json": [2, ""],
-                },
-            }
-        )
-    )
+    models._manifest_path(target).write_text(json.dumps({
+        "version": models._CACHE_FORMAT_VERSION,
+        "files": {"model.safetensors": [1000, models._sha256(weights)], "config.json": [2, ""]},
+    }))
     assert models._cache_is_valid(target)
     if damage == "truncate":
         weights.write_bytes(b"x" * 10)
@@ -212,9 +155,7 @@ def test_corrupt_embedded_cache_is_detected(tmp_path, monkeypatch, damage):
 def test_embedded_model_is_a_real_pretrained_model_and_matches_hf(embedded_model):
     from transformers import AutoModelForCausalLM
 
-    hf = AutoModelForCausalLM.from_pretrained(
-        models.embedded_model_dir(), dtype=torch.float32
-    ).eval()
+    hf = AutoModelForCausalLM.from_pretrained(models.embedded_model_dir(), dtype=torch.float32).eval()
     tl_losses, hf_losses = [], []
     for text in PARAGRAPHS:
         toks = embedded_model.to_tokens(text)

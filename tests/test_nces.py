@@ -26,24 +26,14 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def small_config(**kw) -> NCESEvalConfig:
-    return NCESEvalConfig(
-        **{
-            "n_features": 24,
-            "tokens_per_feature": 4,
-            "n_bootstrap": 100,
-            "n_frequency_strata": 4,
-            "hook_name": HOOK,
-            **kw,
-        }
-    )
+    return NCESEvalConfig(**{"n_features": 24, "tokens_per_feature": 4, "n_bootstrap": 100,
+                             "n_frequency_strata": 4, "hook_name": HOOK, **kw})
 
 
 @pytest.fixture(scope="module")
 def tiny_result(tiny_model, tiny_tokens, tmp_path_factory):
     out_dir = tmp_path_factory.mktemp("nces")
-    res = run_nces_eval(
-        tiny_model, {"topk_random": random_sae()}, tiny_tokens, small_config(), output_dir=out_dir
-    )
+    res = run_nces_eval(tiny_model, {"topk_random": random_sae()}, tiny_tokens, small_config(), output_dir=out_dir)
     return res["topk_random"], out_dir / "topk_random_nces.json"
 
 
@@ -52,12 +42,8 @@ def test_output_validates_against_saebench_format(tiny_result):
     validate_eval_output_format_file(str(path), NCESEvalOutput)
     data = json.loads(path.read_text())
     assert data["eval_type_id"] == "nces"
-    assert (
-        data["sae_bench_commit_hash"].startswith("sae-bench==") and "csae_bench_commit_hash" in data
-    )
-    assert (
-        data["eval_config"]["intervention"] == "zero" and data["eval_config"]["effect_window"] == 4
-    )
+    assert data["sae_bench_commit_hash"].startswith("sae-bench==") and "csae_bench_commit_hash" in data
+    assert data["eval_config"]["intervention"] == "zero" and data["eval_config"]["effect_window"] == 4
     assert len(data["eval_result_details"]) == out.eval_result_metrics.nces.n_features_sampled
     cost = out.eval_result_metrics.cost
     assert cost.n_interventions > 0 and cost.seconds_exact > 0 and cost.n_eval_tokens == 8 * 32
@@ -66,19 +52,12 @@ def test_output_validates_against_saebench_format(tiny_result):
 def test_schema_file_is_generated_and_current(tmp_path):
     fresh = generate_schema(tmp_path / "schema.json")
     assert json.loads(fresh.read_text()) == json.loads(SCHEMA_PATH.read_text()), (
-        "eval_output_schema_nces.json is stale: run csae_bench.evals.nces.output.generate_schema()"
-    )
+        "eval_output_schema_nces.json is stale: run csae_bench.evals.nces.output.generate_schema()")
 
 
 def test_existing_result_is_reused(tiny_model, tiny_tokens, tiny_result):
     out, path = tiny_result
-    again = run_nces_eval(
-        tiny_model,
-        {"topk_random": random_sae()},
-        tiny_tokens,
-        small_config(),
-        output_dir=path.parent,
-    )
+    again = run_nces_eval(tiny_model, {"topk_random": random_sae()}, tiny_tokens, small_config(), output_dir=path.parent)
     assert again["topk_random"].eval_id == out.eval_id
 
 
@@ -88,11 +67,7 @@ def test_registered_with_headline_metrics():
     spec = EVALS["nces"]
     assert spec.output_cls is NCESEvalOutput
     assert spec.headline["nces.nces_freq_weighted_mean"] == "higher"
-    assert set(spec.headline) >= {
-        "nces.nces_mean",
-        "nces.frac_causally_verified",
-        "attribution.attribution_spearman",
-    }
+    assert set(spec.headline) >= {"nces.nces_mean", "nces.frac_causally_verified", "attribution.attribution_spearman"}
 
 
 def test_results_are_seeded(tiny_model, tiny_tokens, tiny_result):
@@ -105,9 +80,7 @@ def test_results_are_seeded(tiny_model, tiny_tokens, tiny_result):
 
 def test_features_without_eligible_tokens_are_reported_not_scored(tiny_model, tiny_tokens):
     # W = 29 leaves only positions 1..2 of 32 able to carry an intervention
-    out = evaluate_sae(
-        tiny_model, random_sae(), tiny_tokens, HOOK, small_config(effect_window=29, n_features=40)
-    )
+    out = evaluate_sae(tiny_model, random_sae(), tiny_tokens, HOOK, small_config(effect_window=29, n_features=40))
     m = out.eval_result_metrics.nces
     missing = [d for d in out.eval_result_details if d.status == "no_eligible_tokens"]
     assert missing and m.n_features_no_eligible_tokens == len(missing)
@@ -122,9 +95,7 @@ def test_mismatched_sae_is_refused(tiny_model, tiny_tokens):
     with pytest.raises(InterventionError, match="d_in"):
         evaluate_sae(tiny_model, random_sae(d_in=32), tiny_tokens, HOOK, small_config())
     with pytest.raises(InterventionError, match="trained at"):
-        evaluate_sae(
-            tiny_model, random_sae(), tiny_tokens, "blocks.2.hook_resid_post", small_config()
-        )
+        evaluate_sae(tiny_model, random_sae(), tiny_tokens, "blocks.2.hook_resid_post", small_config())
 
 
 def test_bad_config_is_refused():
@@ -178,20 +149,9 @@ def planted():
 
     f64 = torch.float64
     cfg = HookedTransformerConfig(
-        n_layers=2,
-        d_model=D_PLANTED,
-        n_ctx=32,
-        d_head=8,
-        n_heads=4,
-        d_mlp=64,
-        d_vocab=64,
-        act_fn="relu",
-        normalization_type=None,
-        positional_embedding_type="standard",
-        seed=0,
-        device="cpu",
-        dtype=f64,
-    )
+        n_layers=2, d_model=D_PLANTED, n_ctx=32, d_head=8, n_heads=4, d_mlp=64, d_vocab=64,
+        act_fn="relu", normalization_type=None, positional_embedding_type="standard", seed=0,
+        device="cpu", dtype=f64)
     torch.manual_seed(0)
     model = HookedTransformer(cfg).eval()
     gen = torch.Generator().manual_seed(0)
@@ -228,15 +188,9 @@ def test_nces_ranks_planted_read_directions_above_ignored_ones(planted, control)
     control moves the output, it does not) or is not scored (neither moves it), never above −0.99."""
     model, sae, tokens = planted
     hook = "blocks.0.hook_resid_post"
-    cfg = NCESEvalConfig(
-        n_features=D_PLANTED,
-        tokens_per_feature=8,
-        n_bootstrap=100,
-        n_frequency_strata=1,
-        hook_name=hook,
-        control=control,
-        compute_attribution=False,
-    )
+    cfg = NCESEvalConfig(n_features=D_PLANTED, tokens_per_feature=8, n_bootstrap=100,
+                         n_frequency_strata=1, hook_name=hook, control=control,
+                         compute_attribution=False)
     out = evaluate_sae(model, sae, tokens, hook, cfg, "planted")
     details = {d.feature_idx: d for d in out.eval_result_details}
     assert sorted(details) == list(range(D_PLANTED))  # every feature sampled and active somewhere
@@ -257,9 +211,7 @@ def test_runs_through_the_registry(tiny_model, tiny_tokens):
     from csae_bench.evals.registry import EVALS, EvalContext
 
     spec = EVALS["nces"]
-    ctx = EvalContext(
-        model=tiny_model, hook_name=HOOK, eval_tokens=tiny_tokens, seed=3, model_name="tiny"
-    )
+    ctx = EvalContext(model=tiny_model, hook_name=HOOK, eval_tokens=tiny_tokens, seed=3, model_name="tiny")
     cfg = spec.make_config(ctx, {"n_features": 8, "tokens_per_feature": 2, "n_bootstrap": 50})
     assert cfg.hook_name == HOOK and cfg.random_seed == 3 and cfg.model_name == "tiny"
     a = spec.run(ctx, random_sae(), "a", cfg)

@@ -25,9 +25,7 @@ def test_data_is_the_default_and_unknown_controls_list_the_valid_ones():
     assert NCESEvalConfig().control == "data"
     with pytest.raises(ValueError, match="valid: data, feature, isotropic"):
         NCESEvalConfig(control="gaussian")
-    with pytest.raises(
-        BadInputError, match="Unknown control 'gaussian'; valid: data, feature, isotropic"
-    ):
+    with pytest.raises(BadInputError, match="Unknown control 'gaussian'; valid: data, feature, isotropic"):
         get_control("gaussian")
 
 
@@ -37,10 +35,7 @@ def test_data_directions_are_seeded_unit_pair_differences_of_non_bos_tokens():
     counted = torch.ones(3, 5, dtype=torch.bool)
     counted[:, 0] = False
     h[:, 0] = 1e6  # BOS-sized outliers: never part of a direction
-    a, b = (
-        data_directions(h, counted, seed=7, n_directions=6),
-        data_directions(h, counted, seed=7, n_directions=6),
-    )
+    a, b = data_directions(h, counted, seed=7, n_directions=6), data_directions(h, counted, seed=7, n_directions=6)
     assert torch.equal(a.pool_PD, b.pool_PD) and torch.equal(a.index_NT, b.index_NT)
     assert not torch.equal(a.pool_PD, data_directions(h, counted, seed=8, n_directions=6).pool_PD)
     assert a.pool_PD.shape == (6, 8) and a.index_NT.shape == (3, 5)
@@ -57,16 +52,9 @@ def test_data_directions_are_seeded_unit_pair_differences_of_non_bos_tokens():
 
 def test_data_control_has_the_norm_of_each_edit():
     gen = torch.Generator().manual_seed(1)
-    delta = (
-        torch.randn(6, 8, generator=gen, dtype=torch.float64)
-        * torch.arange(1, 7, dtype=torch.float64)[:, None]
-    )
-    unit = torch.nn.functional.normalize(
-        torch.randn(6, 8, generator=gen, dtype=torch.float64), dim=-1
-    )
-    out = data_control(
-        None, delta, torch.zeros(6, dtype=torch.long), torch.zeros(6, 4), data_MD=unit
-    )
+    delta = torch.randn(6, 8, generator=gen, dtype=torch.float64) * torch.arange(1, 7, dtype=torch.float64)[:, None]
+    unit = torch.nn.functional.normalize(torch.randn(6, 8, generator=gen, dtype=torch.float64), dim=-1)
+    out = data_control(None, delta, torch.zeros(6, dtype=torch.long), torch.zeros(6, 4), data_MD=unit)
     torch.testing.assert_close(out.norm(dim=-1), delta.norm(dim=-1))
     torch.testing.assert_close(out / out.norm(dim=-1, keepdim=True), unit)
     with pytest.raises(ValueError, match="data_directions"):
@@ -88,13 +76,9 @@ def test_every_sae_gets_the_same_data_directions(tiny_model, tiny_tokens, monkey
 
     monkeypatch.setitem(controls.CONTROLS, "data", recording)
     spec = EVALS["nces"]
-    ctx = EvalContext(
-        model=tiny_model, hook_name=HOOK, eval_tokens=tiny_tokens, seed=3, model_name="tiny"
-    )
-    cfg = spec.make_config(
-        ctx,
-        {"n_features": 8, "tokens_per_feature": 2, "n_bootstrap": 50, "compute_attribution": False},
-    )
+    ctx = EvalContext(model=tiny_model, hook_name=HOOK, eval_tokens=tiny_tokens, seed=3, model_name="tiny")
+    cfg = spec.make_config(ctx, {"n_features": 8, "tokens_per_feature": 2, "n_bootstrap": 50,
+                                 "compute_attribution": False})
     assert cfg.control == "data"
     spec.run(ctx, random_sae(seed=0), "a", cfg)
     spec.run(ctx, random_sae(seed=1), "b", cfg)
@@ -107,9 +91,7 @@ def test_every_sae_gets_the_same_data_directions(tiny_model, tiny_tokens, monkey
         torch.testing.assert_close(out.norm(dim=-1), delta.norm(dim=-1), rtol=1e-5, atol=1e-6)
 
 
-def test_registry_control_flag_drives_the_leaderboard_and_table(
-    tiny_model, tiny_tokens, tmp_path, monkeypatch
-):
+def test_registry_control_flag_drives_the_leaderboard_and_table(tiny_model, tiny_tokens, tmp_path, monkeypatch):
     """Rows are controls because the registry says so: pca is marked ``ctrl``, topk is not, and
     flipping topk's registry flag marks it too; plots label controls."""
     from csae_bench.evals.nces import evaluate_sae
@@ -119,13 +101,8 @@ def test_registry_control_flag_drives_the_leaderboard_and_table(
     from csae_bench.utils import atomic_write_text, eval_output_json
 
     folder = tmp_path / "eval_results" / "nces"
-    cfg = NCESEvalConfig(
-        n_features=4,
-        tokens_per_feature=2,
-        n_bootstrap=20,
-        hook_name=HOOK,
-        compute_attribution=False,
-    )
+    cfg = NCESEvalConfig(n_features=4, tokens_per_feature=2, n_bootstrap=20, hook_name=HOOK,
+                         compute_attribution=False)
     for seed, sid in enumerate(["topk-d256-s0", "pca-d256-s0"]):
         out = evaluate_sae(tiny_model, random_sae(seed=seed), tiny_tokens, HOOK, cfg, sid)
         atomic_write_text(folder / f"rel_{sid}_eval_results.json", eval_output_json(out))
@@ -137,10 +114,6 @@ def test_registry_control_flag_drives_the_leaderboard_and_table(
     got = flags()
     assert got["pca"][0] is True and "ctrl" in got["pca"][1]
     assert got["topk"][0] is False and "ctrl" not in got["topk"][1]
-    monkeypatch.setitem(
-        archs.REGISTRY, "topk", dataclasses.replace(archs.REGISTRY["topk"], control=True)
-    )
+    monkeypatch.setitem(archs.REGISTRY, "topk", dataclasses.replace(archs.REGISTRY["topk"], control=True))
     assert flags()["topk"][0] is True and "ctrl" in flags()["topk"][1]
-    assert (
-        legend_label("pca", {"pca"}) == "pca (control)" and legend_label("topk", {"pca"}) == "topk"
-    )
+    assert legend_label("pca", {"pca"}) == "pca (control)" and legend_label("topk", {"pca"}) == "topk"

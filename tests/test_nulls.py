@@ -30,20 +30,9 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def config(**overrides) -> TrainConfig:
-    base = dict(
-        architectures=ARCHS,
-        d_sae=D_SAE,
-        train_tokens=BATCH * STEPS,
-        batch_size=BATCH,
-        target_l0=K,
-        hook_name=HOOK,
-        model_name="tiny-gemma3",
-        lr=3e-3,
-        heldout_tokens=128,
-        norm_batches=2,
-        show_progress=False,
-        pca_batches=3,
-    )
+    base = dict(architectures=ARCHS, d_sae=D_SAE, train_tokens=BATCH * STEPS, batch_size=BATCH,
+                target_l0=K, hook_name=HOOK, model_name="tiny-gemma3", lr=3e-3, heldout_tokens=128,
+                norm_batches=2, show_progress=False, pca_batches=3)
     base.update(overrides)
     return TrainConfig.from_flat(**base)
 
@@ -130,9 +119,7 @@ def test_pca_decoder_is_signed_orthonormal_principal_directions(trained):
     assert s["null"]["sample_tokens"] == 3 * BATCH
     w = weights(trained["pca"])
     W = w["W_dec"].double()
-    torch.testing.assert_close(
-        W[:n] @ W[:n].T, torch.eye(n, dtype=torch.float64), atol=1e-5, rtol=0
-    )
+    torch.testing.assert_close(W[:n] @ W[:n].T, torch.eye(n, dtype=torch.float64), atol=1e-5, rtol=0)
     torch.testing.assert_close(W[n:], -W[:n])
     torch.testing.assert_close(w["W_enc"], w["W_dec"].T, rtol=1e-5, atol=1e-6)  # the projection
 
@@ -142,11 +129,8 @@ def test_pca_encodes_the_top_k_coefficients_by_magnitude_with_their_sign():
     x = mean + 5e0 − 3e1 + 1e2 with k = 2 fires +e0 (5) and −e1 (3), and decodes to
     mean + 5e0 − 3e1."""
     mean = torch.tensor([1.0, -2.0, 0.5, 3.0], dtype=torch.float64)
-    rows = [
-        mean + sign * a * torch.eye(4, dtype=torch.float64)[i]
-        for i, a in enumerate([4.0, 3.0, 2.0, 1.0])
-        for sign in (1, -1)
-    ]
+    rows = [mean + sign * a * torch.eye(4, dtype=torch.float64)[i]
+            for i, a in enumerate([4.0, 3.0, 2.0, 1.0]) for sign in (1, -1)]
     X = torch.stack(rows)
     comps, variances, m = principal_directions(X, 4)
     torch.testing.assert_close(comps, torch.eye(4, dtype=torch.float64))
@@ -159,17 +143,12 @@ def test_pca_encodes_the_top_k_coefficients_by_magnitude_with_their_sign():
         expected = torch.zeros(8)
         expected[0], expected[4 + 1] = 5.0, 3.0
         torch.testing.assert_close(f, expected, atol=1e-5, rtol=0)
-        torch.testing.assert_close(
-            sae.decode(f[None])[0].double(),
-            mean + torch.tensor([5.0, -3.0, 0.0, 0.0], dtype=torch.float64),
-            atol=1e-5,
-            rtol=0,
-        )
+        torch.testing.assert_close(sae.decode(f[None])[0].double(),
+                                   mean + torch.tensor([5.0, -3.0, 0.0, 0.0], dtype=torch.float64),
+                                   atol=1e-5, rtol=0)
 
 
-def test_nulls_added_later_are_derived_from_the_saved_topk(
-    trained, tiny_model, source, heldout, tmp_path
-):
+def test_nulls_added_later_are_derived_from_the_saved_topk(trained, tiny_model, source, heldout, tmp_path):
     """A folder with a finished topk only: a second call derives the nulls from its saved folder."""
     import shutil
 
@@ -187,14 +166,7 @@ def test_registry_flags():
     assert not archs.is_control("not-an-architecture")
     assert set(archs.TRAINED_ARCHITECTURES) == set(archs.ARCHITECTURES) - set(NULLS)
     assert archs.DEFAULT_ARCHITECTURES == (
-        "relu",
-        "topk",
-        "jumprelu",
-        "csae",
-        "random-decoder",
-        "permuted-decoder",
-        "pca",
-    )
+        "relu", "topk", "jumprelu", "csae", "random-decoder", "permuted-decoder", "pca")
     assert archs.REGISTRY["permuted-decoder"].derived_from == "topk"
     assert archs.FROM_SAELENS["topk"] == "topk"  # the nulls saved as topk never take its name
     assert archs.architecture_of("topk", {"csae_bench_architecture": "pca"}) == "pca"

@@ -130,9 +130,7 @@ def hub(tmp_path, monkeypatch):
     stand_in = StandInHub(tmp_path / "hub")
     monkeypatch.setattr(loaders, "hf_hub_download", stand_in.hf_hub_download)
     monkeypatch.setattr(loaders.requests, "get", stand_in.get)
-    monkeypatch.setattr(
-        release_checks, "_hub_reachable", lambda timeout_s=3.0: True
-    )  # the network probe
+    monkeypatch.setattr(release_checks, "_hub_reachable", lambda timeout_s=3.0: True)  # the network probe
     monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
     sp.release_config.cache_clear()
     yield stand_in
@@ -179,16 +177,8 @@ def test_resolve_release_reads_saelens_directory():
 @pytest.mark.parametrize(
     "flag, spec, named",
     [
-        (
-            "--saes",
-            "gemma-scope-2-270m-pt-res-al:layer_6_width_16k_l0_small",
-            "Did you mean " + GS2,
-        ),
-        (
-            "--saes",
-            f"{GS2}:layer_6_width_16k_l0_medium",
-            "has no SAE id 'layer_6_width_16k_l0_medium'",
-        ),
+        ("--saes", "gemma-scope-2-270m-pt-res-al:layer_6_width_16k_l0_small", "Did you mean " + GS2),
+        ("--saes", f"{GS2}:layer_6_width_16k_l0_medium", "has no SAE id 'layer_6_width_16k_l0_medium'"),
         ("--extra-saes", f"{GS2}:layer_6_width_16k", "has no SAE id 'layer_6_width_16k'"),
         ("--saes", f"{GS2}:", "write a SAELens SAE as release:sae_id"),
     ],
@@ -306,7 +296,9 @@ def _cli(tmp_path, *args):
 
 def test_other_model_family_exits_2_before_the_model(hub, tmp_path, caplog, monkeypatch):
     hub.put_gemma_scope("resid_post_all/layer_6_width_16k_l0_small")
-    monkeypatch.setattr("csae_bench.models.load_model", lambda *a, **k: pytest.fail("model loaded"))
+    monkeypatch.setattr(
+        "csae_bench.models.load_model", lambda *a, **k: pytest.fail("model loaded")
+    )
     assert _cli(tmp_path, "--model", "gpt2", "--saes", f"{GS2}:layer_6_width_16k_l0_small") == 2
     (error,) = [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR]
     assert f"{GS2}:layer_6_width_16k_l0_small was trained on google/gemma-3-270m" in error
@@ -318,10 +310,8 @@ def test_unsupported_architecture_exits_2(hub, tmp_path, caplog):
     spec = "gemma-scope-2-270m-pt-transcoders:transcoder/layer_9_width_16k_l0_small_affine"
     rel = sp.resolve_release(spec)
     params = hub.put_gemma_scope(rel.path, config=False)  # same tensors as a transcoder's
-    save_file(
-        {**params, "affine_skip_connection": torch.zeros(D_IN, D_IN)},
-        hub.file(GS2_REPO, rel.path) / "params.safetensors",
-    )
+    save_file({**params, "affine_skip_connection": torch.zeros(D_IN, D_IN)},
+              hub.file(GS2_REPO, rel.path) / "params.safetensors")
     assert _cli(tmp_path, "--saes", spec) == 2
     (error,) = [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR]
     assert spec in error and "jumprelu_skip_transcoder" in error and "cannot be evaluated" in error
@@ -396,9 +386,7 @@ def test_saes_release_only_trains_nothing(hub, tmp_path):
 
 def test_sae_source():
     assert sp.sae_source(GS2, "layer_6_width_16k_l0_small") == "release"
-    assert (
-        sp.sae_source("csae_bench-embedded-blocks.6.hook_resid_post", "csae-d2048-s0") == "trained"
-    )
+    assert sp.sae_source("csae_bench-embedded-blocks.6.hook_resid_post", "csae-d2048-s0") == "trained"
     assert sp.sae_source("csae_bench-embedded-saes", "relu") == "folder"
 
 
@@ -461,9 +449,8 @@ def test_resid_pre_release_runs_every_eval_at_the_previous_resid_post(hub, tmp_p
 def test_run_time_normalization_exits_2(hub, tmp_path, caplog):
     """``layer_norm`` normalization happens per token at run time: no BaseSAE expresses it."""
     spec = "gpt2-small-res-jb:blocks.3.hook_resid_pre"
-    hub.put_saelens(
-        "gpt2-small-res-jb", "blocks.3.hook_resid_pre", "blocks.3.hook_resid_pre", norm="layer_norm"
-    )
+    hub.put_saelens("gpt2-small-res-jb", "blocks.3.hook_resid_pre", "blocks.3.hook_resid_pre",
+                    norm="layer_norm")
     assert _cli(tmp_path, "--model", "gpt2", "--saes", spec) == 2
     (error,) = [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR]
     assert spec in error and "normalize_activations='layer_norm'" in error

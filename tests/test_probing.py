@@ -56,23 +56,12 @@ def word_task(word_model) -> ProbingTask:
 
 
 def _cfg(**kw) -> ProbingEvalConfig:
-    base = dict(
-        tasks=["last_word"],
-        examples_per_class=40,
-        ks=[1, 2, 5],
-        verify_k=1,
-        n_random_sets=4,
-        max_verify_examples=32,
-        n_bootstrap=300,
-        batch_size=12,
-        interventions=["zero", "clamp:2"],
-    )
+    base = dict(tasks=["last_word"], examples_per_class=40, ks=[1, 2, 5], verify_k=1, n_random_sets=4,
+                max_verify_examples=32, n_bootstrap=300, batch_size=12, interventions=["zero", "clamp:2"])
     return ProbingEvalConfig(**{**base, **kw})
 
 
-def _planted_sae(
-    model, task: ProbingTask, causal: bool, d_sae: int = 256, seed: int = 0
-) -> ReluSAE:
+def _planted_sae(model, task: ProbingTask, causal: bool, d_sae: int = 256, seed: int = 0) -> ReluSAE:
     """Feature 7 reads the label direction at the last token. Its decoder is the residual direction
     the logit difference is most sensitive to (``causal``) or the one it is least sensitive to.
     The other features are random and sparse, with the same maximum activation as feature 7."""
@@ -130,10 +119,7 @@ def test_selection_picks_planted_informative_features():
     acts[:, 40] += 2.0 * (1 - y)  # fires for label 0
     top = select_top_k(acts[:150], y[:150], 2)
     assert top.tolist() == [11, 40]
-    results = {
-        r.k: r
-        for r in k_sparse_probes(acts[:150], y[:150], acts[150:], y[150:], [1, 2, 5], full=True)
-    }
+    results = {r.k: r for r in k_sparse_probes(acts[:150], y[:150], acts[150:], y[150:], [1, 2, 5], full=True)}
     assert results[1].indices == (11,) and results[1].test_accuracy > 0.95
     assert results[None].test_accuracy > 0.9
     # without a planted feature, a top-1 probe is near chance
@@ -147,9 +133,7 @@ def test_compare_effects_statistic():
     gen = torch.Generator().manual_seed(0)
     rand = torch.randn(4, 50, generator=gen) * 0.1
     clean = torch.ones(50)
-    big = compare_effects(
-        "zero", 1.0 + 0.1 * torch.randn(50, generator=gen), rand, clean, 300, 0.95, 0, 0.05
-    )
+    big = compare_effects("zero", 1.0 + 0.1 * torch.randn(50, generator=gen), rand, clean, 300, 0.95, 0, 0.05)
     assert big.passed and big.ci_low > 0.5 and big.relative_effect == pytest.approx(big.difference)
     null = compare_effects("zero", rand[0].clone(), rand[1:], clean, 300, 0.95, 0, 0.05)
     assert not null.passed and null.ci_low < 0 < null.ci_high
@@ -174,9 +158,7 @@ def test_the_tiny_model_solves_the_planted_task(prepared):
 
 
 @pytest.mark.parametrize("causal", [True, False])
-def test_planted_causal_feature_passes_and_non_causal_fails(
-    word_model, word_task, prepared, causal_sae, causal
-):
+def test_planted_causal_feature_passes_and_non_causal_fails(word_model, word_task, prepared, causal_sae, causal):
     sae = causal_sae if causal else _planted_sae(word_model, word_task, causal=False)
     cfg = _cfg()
     detail = evaluate_task(word_model, sae, prepared, cfg)
@@ -194,14 +176,8 @@ def test_planted_causal_feature_passes_and_non_causal_fails(
 
 
 def test_task_the_model_cannot_do_is_reported_not_judged(word_model, word_task, causal_sae):
-    wrong = ProbingTask(
-        "wrong",
-        word_task.texts,
-        word_task.labels,
-        word_task.label_names,
-        "last",
-        (word_task.answers[1], word_task.answers[0]),
-    )  # answers swapped
+    wrong = ProbingTask("wrong", word_task.texts, word_task.labels, word_task.label_names, "last",
+                        (word_task.answers[1], word_task.answers[0]))  # answers swapped
     prep = prepare_task(word_model, HOOK, wrong, _cfg())
     assert prep.clean_accuracy < 0.2
     detail = evaluate_task(word_model, causal_sae, prep, _cfg())
@@ -217,47 +193,29 @@ def test_run_writes_valid_saebench_output(word_model, word_task, causal_sae, tmp
 
     from csae_bench.utils import atomic_write_text
 
-    register_task(
-        "last_word_e2e", lambda n, seed: dataclasses.replace(word_task, name="last_word_e2e")
-    )
+    register_task("last_word_e2e", lambda n, seed: dataclasses.replace(word_task, name="last_word_e2e"))
     texts, labels = _word_texts(30, seed=1)
     jsonl = tmp_path / "words.jsonl"
-    jsonl.write_text(
-        "\n".join(json.dumps({"text": t, "label": ["a", "b"][y]}) for t, y in zip(texts, labels))
-    )
-    ctx = EvalContext(
-        model=word_model, hook_name=HOOK, eval_tokens=torch.zeros(1, 2, dtype=torch.long)
-    )
-    cfg = _cfg(
-        tasks=["last_word_e2e", str(jsonl)],
-        behaviour_layer_offset=2,
-        interventions=["zero"],
-        n_bootstrap=200,
-    )
+    jsonl.write_text("\n".join(json.dumps({"text": t, "label": ["a", "b"][y]}) for t, y in zip(texts, labels)))
+    ctx = EvalContext(model=word_model, hook_name=HOOK, eval_tokens=torch.zeros(1, 2, dtype=torch.long))
+    cfg = _cfg(tasks=["last_word_e2e", str(jsonl)], behaviour_layer_offset=2, interventions=["zero"], n_bootstrap=200)
     out = run(ctx, causal_sae, "planted", cfg)
     path = tmp_path / "out.json"
     atomic_write_text(path, out.to_json())
     validate_eval_output_format_file(str(path), ProbingEvalOutput)
     m = out.eval_result_metrics
     assert out.eval_type_id == "csae_probing"
-    assert (
-        out.sae_bench_commit_hash.startswith("sae-bench==")
-        and out.sae_cfg_dict["d_sae"] == causal_sae.cfg.d_sae
-    )
+    assert out.sae_bench_commit_hash.startswith("sae-bench==") and out.sae_cfg_dict["d_sae"] == causal_sae.cfg.d_sae
     assert m.tasks.n_tasks == 2
     by_name = {d.task_name: d for d in out.eval_result_details}
     assert by_name["last_word_e2e"].verified is True
     assert by_name[str(jsonl)].behaviour == "later_probe" and by_name[str(jsonl)].read == "mean"
     judged = [d for d in out.eval_result_details if d.judged]
-    assert m.causal.fraction_tasks_verified == pytest.approx(
-        sum(bool(d.verified) for d in judged) / len(judged)
-    )
+    assert m.causal.fraction_tasks_verified == pytest.approx(sum(bool(d.verified) for d in judged) / len(judged))
     # the SAE-independent work is kept for the next SAE on the same model, and not reused for another
     from csae_bench.evals.probing.run import clear_cache, prepared_task
 
-    assert prepared_task(word_model, HOOK, "last_word_e2e", cfg) is prepared_task(
-        word_model, HOOK, "last_word_e2e", cfg
-    )
+    assert prepared_task(word_model, HOOK, "last_word_e2e", cfg) is prepared_task(word_model, HOOK, "last_word_e2e", cfg)
     clear_cache()
 
 
@@ -266,15 +224,12 @@ def test_schema_file_is_generated_and_current(tmp_path):
 
     fresh = generate_schema(tmp_path / "schema.json")
     assert json.loads(fresh.read_text()) == json.loads(SCHEMA_PATH.read_text()), (
-        f"{SCHEMA_PATH.name} is stale: run csae_bench.evals.probing.output.generate_schema()"
-    )
+        f"{SCHEMA_PATH.name} is stale: run csae_bench.evals.probing.output.generate_schema()")
 
 
 def test_registered_with_the_runner():
     spec = get_eval("csae_probing")
-    assert (
-        spec.output_cls is ProbingEvalOutput and "causal.fraction_tasks_verified" in spec.headline
-    )
+    assert spec.output_cls is ProbingEvalOutput and "causal.fraction_tasks_verified" in spec.headline
 
 
 # ---------------------------------------------------------------- bad input

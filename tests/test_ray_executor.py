@@ -27,14 +27,8 @@ ray = pytest.importorskip("ray", reason="the ray extra is not installed")
 TESTS = Path(__file__).parent
 REPO = TESTS.parent
 HOOK = "blocks.2.hook_resid_post"
-VOLATILE = {
-    "generated_at_epoch_millis",
-    "results_dir",
-    "eval_ids",
-    "versions",
-    "commit",
-    "sae_bench_commit_hash",
-}  # git in the working folder: the workers run elsewhere here
+VOLATILE = {"generated_at_epoch_millis", "results_dir", "eval_ids", "versions", "commit",
+            "sae_bench_commit_hash"}  # git in the working folder: the workers run elsewhere here
 
 
 @pytest.fixture(scope="module")
@@ -42,19 +36,10 @@ def cluster(tmp_path_factory):
     """A 2-CPU local Ray cluster for this module. Workers import this checkout and the test
     helpers (PYTHONPATH), and run in their own working folder, not the driver's."""
     workdir = tmp_path_factory.mktemp("ray_workdir")
-    ray.init(
-        num_cpus=2,
-        include_dashboard=False,
-        logging_level="WARNING",
-        runtime_env={
-            "working_dir": str(workdir),
-            "env_vars": {
-                "PYTHONPATH": os.pathsep.join([str(REPO), str(TESTS)]),
-                "HF_HUB_OFFLINE": "1",
-                "HF_DATASETS_OFFLINE": "1",
-            },
-        },
-    )
+    ray.init(num_cpus=2, include_dashboard=False, logging_level="WARNING",
+             runtime_env={"working_dir": str(workdir),
+                          "env_vars": {"PYTHONPATH": os.pathsep.join([str(REPO), str(TESTS)]),
+                                       "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"}})
     yield
     ray.shutdown()
 
@@ -67,22 +52,16 @@ def local_board(tiny_run):
 
 def _comparable(board: dict) -> dict:
     return {k: v for k, v in board.items() if k not in VOLATILE} | {
-        "rows": [{k: v for k, v in r.items() if k not in VOLATILE} for r in board["rows"]]
-    }
+        "rows": [{k: v for k, v in r.items() if k not in VOLATILE} for r in board["rows"]]}
 
 
 def _differences(a, b, where="board") -> list[str]:
     """Every path at which two JSON values differ (empty: equal)."""
     if isinstance(a, dict) and isinstance(b, dict):
-        return [
-            d
-            for k in sorted(a.keys() | b.keys(), key=str)
-            for d in _differences(a.get(k), b.get(k), f"{where}.{k}")
-        ]
+        return [d for k in sorted(a.keys() | b.keys(), key=str)
+                for d in _differences(a.get(k), b.get(k), f"{where}.{k}")]
     if isinstance(a, list) and isinstance(b, list) and len(a) == len(b):
-        return [
-            d for i, (x, y) in enumerate(zip(a, b)) for d in _differences(x, y, f"{where}[{i}]")
-        ]
+        return [d for i, (x, y) in enumerate(zip(a, b)) for d in _differences(x, y, f"{where}[{i}]")]
     return [] if a == b or (a != a and b != b) else [f"{where}: {a!r} != {b!r}"]
 
 
@@ -198,9 +177,7 @@ def test_bad_input_in_a_job_is_not_retried_and_exits_2(cluster, tmp_path, caplog
     res = ray_resources(cfg, token_loader=BadEvalTokens(attempts))
     assert guarded(execute, cfg, res, plots=False) == EXIT_USAGE
     lines = _error_lines(caplog)
-    assert (
-        len(lines) == 1 and "eval core on relu-d128-s0" in lines[0] and "no eval split" in lines[0]
-    )
+    assert len(lines) == 1 and "eval core on relu-d128-s0" in lines[0] and "no eval split" in lines[0]
     assert len(attempts.read_text().split()) == 1  # the failing job was not retried
     # finished work is kept, and a re-run with the cause fixed resumes from it
     manifest = out / "tiny" / HOOK / "seed0" / "saes" / "trained.json"
@@ -217,12 +194,8 @@ def test_failing_job_ends_the_run_with_exit_1(cluster, tmp_path, caplog):
 
     from csae_bench.run import EXIT_FAILED
 
-    cfg = tiny_run_config(
-        tmp_path,
-        executor="ray",
-        architectures=["relu"],
-        eval_settings={"core": {"batch_size_prompts": 0}},
-    )
+    cfg = tiny_run_config(tmp_path, executor="ray", architectures=["relu"],
+                          eval_settings={"core": {"batch_size_prompts": 0}})
     assert guarded(execute, cfg, ray_resources(cfg), plots=False) == EXIT_FAILED
     assert "eval core on relu-d128-s0 failed" in caplog.text and "re-run" in caplog.text
     assert not _results(tmp_path)
@@ -253,10 +226,8 @@ def test_workers_that_cannot_see_the_results_folder(cluster, tmp_path, monkeypat
     monkeypatch.chdir(driver_side)
     out = Path("/proc/self/cwd/results")
     intact = _keeps(driver_side / "results")
-    assert (
-        main(["--executor", "ray", "--evals", "core", "--architectures", "topk", "--out", str(out)])
-        == EXIT_USAGE
-    )
+    assert main(["--executor", "ray", "--evals", "core", "--architectures", "topk",
+                 "--out", str(out)]) == EXIT_USAGE
     lines = _error_lines(caplog)
     assert len(lines) == 1 and "\n" not in lines[0]
     assert f"cannot see the results folder {out}" in lines[0] and "NFS" in lines[0]
@@ -271,26 +242,10 @@ def test_unreachable_ray_address(tmp_path, caplog):
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     intact = _keeps(tmp_path)
-    assert (
-        main(
-            [
-                "--executor",
-                "ray",
-                "--ray-address",
-                f"127.0.0.1:{port}",
-                "--evals",
-                "core",
-                "--out",
-                str(tmp_path),
-            ]
-        )
-        == EXIT_USAGE
-    )
+    assert main(["--executor", "ray", "--ray-address", f"127.0.0.1:{port}", "--evals", "core",
+                 "--out", str(tmp_path)]) == EXIT_USAGE
     lines = _error_lines(caplog)
-    assert (
-        len(lines) == 1
-        and f"Cannot reach the Ray cluster at --ray-address 127.0.0.1:{port}" in lines[0]
-    )
+    assert len(lines) == 1 and f"Cannot reach the Ray cluster at --ray-address 127.0.0.1:{port}" in lines[0]
     assert intact()
 
 
@@ -305,10 +260,8 @@ def test_ray_extra_not_installed(tmp_path, monkeypatch, caplog):
 
 
 def test_one_named_gpu_is_refused_under_ray(tmp_path, caplog):
-    assert (
-        main(["--executor", "ray", "--device", "cuda:1", "--evals", "core", "--out", str(tmp_path)])
-        == EXIT_USAGE
-    )
+    assert main(["--executor", "ray", "--device", "cuda:1", "--evals", "core",
+                 "--out", str(tmp_path)]) == EXIT_USAGE
     assert "use --device cuda" in caplog.text
 
 
@@ -323,9 +276,8 @@ def test_local_executor_never_imports_ray(tmp_path):
         "print('RAY_IMPORTED' if 'ray' in sys.modules else 'NO_RAY')\n"
     )
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"}
-    proc = subprocess.run(
-        [sys.executable, "-c", script], cwd=tmp_path, env=env, capture_output=True, text=True
-    )
+    proc = subprocess.run([sys.executable, "-c", script], cwd=tmp_path, env=env,
+                          capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert proc.stdout.strip().splitlines()[-1] == "NO_RAY"
     assert (tmp_path / "leaderboard.json").is_file()
@@ -336,33 +288,24 @@ def test_local_executor_never_imports_ray(tmp_path):
 
 def test_executor_settings_from_a_suite(tmp_path):
     suite = tmp_path / "cluster.toml"
-    suite.write_text(
-        '[run]\nexecutor = "ray"\nray_address = "auto"\ndevice = "cuda"\n'
-        "[run.job_resources.eval]\nnum_gpus = 0.25\nmemory = 4e9\n"
-    )
+    suite.write_text('[run]\nexecutor = "ray"\nray_address = "auto"\ndevice = "cuda"\n'
+                     '[run.job_resources.eval]\nnum_gpus = 0.25\nmemory = 4e9\n')
     cfg = build_config(suite)
     assert (cfg.executor, cfg.ray_address) == ("ray", "auto")
-    assert default_job_resources(cfg, "eval") == {
-        "num_cpus": 1,
-        "num_gpus": 0.25,
-        "memory": 4e9,
-        "max_retries": 3,
-    }
+    assert default_job_resources(cfg, "eval") == {"num_cpus": 1, "num_gpus": 0.25, "memory": 4e9,
+                                                  "max_retries": 3}
     assert default_job_resources(cfg, "train")["num_gpus"] == 1
     assert default_job_resources(cfg, "leaderboard")["num_gpus"] == 0
     assert default_job_resources(RunConfig(threads=4), "harvest")["num_cpus"] == 4
 
 
-@pytest.mark.parametrize(
-    ("kwargs", "named"),
-    [
-        ({"executor": "dask"}, "executor must be one of local, ray"),
-        ({"job_resources": {"evals": {"num_cpus": 1}}}, "unknown job kind 'evals'"),
-        ({"job_resources": {"eval": {"gpus": 1}}}, "unknown key 'gpus'"),
-        ({"job_resources": {"eval": {"num_gpus": -1}}}, "job_resources.eval.num_gpus"),
-        ({"ray_address": ""}, "ray_address must be"),
-    ],
-)
+@pytest.mark.parametrize(("kwargs", "named"), [
+    ({"executor": "dask"}, "executor must be one of local, ray"),
+    ({"job_resources": {"evals": {"num_cpus": 1}}}, "unknown job kind 'evals'"),
+    ({"job_resources": {"eval": {"gpus": 1}}}, "unknown key 'gpus'"),
+    ({"job_resources": {"eval": {"num_gpus": -1}}}, "job_resources.eval.num_gpus"),
+    ({"ray_address": ""}, "ray_address must be"),
+])
 def test_bad_executor_settings_are_named(kwargs, named):
     with pytest.raises(SuiteError, match=named):
         RunConfig(**kwargs)
@@ -380,25 +323,11 @@ def test_smoke_suite_through_ray_within_the_regression_tolerances(tmp_path):
     pins 2 threads per job, so each job computes what the local run computes."""
     from csae_bench.regression import check, failure_report
 
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "PYTHONPATH": str(REPO)}
-    proc = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "csae_bench.run",
-            "--suite",
-            "evals/smoke.toml",
-            "--executor",
-            "ray",
-            "--no-plots",
-            "--out",
-            str(tmp_path),
-        ],
-        cwd=REPO,
-        env=env,
-        capture_output=True,
-        text=True,
-    )
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1",
+           "PYTHONPATH": str(REPO)}
+    proc = subprocess.run([sys.executable, "-m", "csae_bench.run", "--suite", "evals/smoke.toml",
+                           "--executor", "ray", "--no-plots", "--out", str(tmp_path)],
+                          cwd=REPO, env=env, capture_output=True, text=True)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     cfg = build_config(REPO / "evals" / "smoke.toml")
     board = json.loads((tmp_path / "leaderboard.json").read_text())

@@ -26,31 +26,15 @@ def test_help_documents_every_option(capsys):
         main(["--help"])
     assert exit_info.value.code == 0
     text = capsys.readouterr().out
-    for flag in (
-        "--model",
-        "--layer",
-        "--architectures",
-        "--evals",
-        "--suite",
-        "--train-tokens",
-        "--d-sae",
-        "--seed",
-        "--device",
-        "--out",
-        "--saes",
-        "--force",
-        "leaderboard",
-    ):
+    for flag in ("--model", "--layer", "--architectures", "--evals", "--suite", "--train-tokens",
+                 "--d-sae", "--seed", "--device", "--out", "--saes", "--force", "leaderboard"):
         assert flag in text, flag
 
 
-@pytest.mark.parametrize(
-    ("flag", "value", "listed"),
-    [
-        ("--evals", "core,bogus", "valid evals: core"),
-        ("--architectures", "topk,nope", "valid architectures: relu, topk"),
-    ],
-)
+@pytest.mark.parametrize(("flag", "value", "listed"), [
+    ("--evals", "core,bogus", "valid evals: core"),
+    ("--architectures", "topk,nope", "valid architectures: relu, topk"),
+])
 def test_unknown_names_exit_nonzero_and_list_valid_ones(tmp_path, caplog, flag, value, listed):
     assert main([flag, value, "--out", str(tmp_path)]) == EXIT_USAGE
     assert listed in caplog.text
@@ -64,16 +48,13 @@ def test_unwritable_out_is_reported(tmp_path, caplog):
     assert "Cannot write to --out" in caplog.text
 
 
-@pytest.mark.parametrize(
-    ("text", "named"),
-    [
-        ('[run]\nmodle = "gpt2"\n', "run.modle"),
-        ("[train]\nlearning_rate = 0.1\n", "train.learning_rate"),
-        ('[run]\nlayer = "six"\n', "layer"),
-        ("[run\nlayer = 1\n", "not valid TOML"),
-        ("[runs]\nlayer = 1\n", "runs"),
-    ],
-)
+@pytest.mark.parametrize(("text", "named"), [
+    ('[run]\nmodle = "gpt2"\n', "run.modle"),
+    ('[train]\nlearning_rate = 0.1\n', "train.learning_rate"),
+    ('[run]\nlayer = "six"\n', "layer"),
+    ('[run\nlayer = 1\n', "not valid TOML"),
+    ('[runs]\nlayer = 1\n', "runs"),
+])
 def test_malformed_suite_names_the_key(tmp_path, caplog, text, named):
     suite = tmp_path / "bad.toml"
     suite.write_text(text)
@@ -155,7 +136,7 @@ def test_cpu_suite_is_the_default_run():
 
 def test_flags_override_suite(tmp_path):
     suite = tmp_path / "s.toml"
-    suite.write_text("[run]\nd_sae = 64\nseeds = [1, 2]\n")
+    suite.write_text('[run]\nd_sae = 64\nseeds = [1, 2]\n')
     cfg = build_config(suite, d_sae=128, seeds=None)
     assert (cfg.d_sae, cfg.seeds) == (128, [1, 2])
 
@@ -164,31 +145,18 @@ def test_flags_override_suite(tmp_path):
 
 
 def _run_tiny(out: Path, delay: float) -> subprocess.Popen:
-    env = {
-        **os.environ,
-        "CSAE_TEST_TRAIN_DELAY": str(delay),
-        "HF_HUB_OFFLINE": "1",
-        "HF_DATASETS_OFFLINE": "1",
-        "PYTHONWARNINGS": "ignore",
-    }
+    env = {**os.environ, "CSAE_TEST_TRAIN_DELAY": str(delay), "HF_HUB_OFFLINE": "1",
+           "HF_DATASETS_OFFLINE": "1", "PYTHONWARNINGS": "ignore"}
     code = f"import sys; sys.path.insert(0, {str(TESTS)!r}); from helpers import run_in_subprocess; run_in_subprocess({str(out)!r})"
-    return subprocess.Popen(
-        [sys.executable, "-c", code],
-        env=env,
-        cwd=REPO,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-    )
+    return subprocess.Popen([sys.executable, "-c", code], env=env, cwd=REPO,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
 
 
 def _wait_for(path: Path, proc: subprocess.Popen, timeout: float = 240) -> None:
     deadline = time.time() + timeout
     while not path.exists():
         if proc.poll() is not None:
-            raise AssertionError(
-                f"run ended (rc {proc.returncode}) before {path} appeared:\n{proc.stdout.read()}"
-            )
+            raise AssertionError(f"run ended (rc {proc.returncode}) before {path} appeared:\n{proc.stdout.read()}")
         if time.time() > deadline:
             proc.kill()
             raise AssertionError(f"{path} did not appear within {timeout} s")
@@ -200,8 +168,7 @@ VOLATILE = {"generated_at_epoch_millis", "results_dir", "eval_ids", "versions", 
 
 def _comparable(board: dict) -> dict:
     return {k: v for k, v in board.items() if k not in VOLATILE} | {
-        "rows": [{k: v for k, v in row.items() if k not in VOLATILE} for row in board["rows"]]
-    }
+        "rows": [{k: v for k, v in row.items() if k not in VOLATILE} for row in board["rows"]]}
 
 
 def _assert_same(a, b, where="board"):
@@ -276,16 +243,10 @@ def test_rerun_skips_finished_work_and_redoes_a_corrupt_result(tmp_path):
     jobs = plan(cfg, "blocks.2.hook_resid_post")
     assert run_jobs(jobs, res) == {"run": 4, "skipped": 0}
     # the eval jobs share one run-wide cache: SAE-independent passes are computed once per run
-    assert {k[2] for k in res.eval_cache if k[:1] == ("core_pass",)} == {
-        "clean",
-        "residual",
-        "zero_ablated",
-    }
+    assert {k[2] for k in res.eval_cache if k[:1] == ("core_pass",)} == {"clean", "residual", "zero_ablated"}
     results = sorted(tmp_path.rglob("*_eval_results.json"))
     assert [p.parent.name for p in results] == ["core", "core"]
-    assert (
-        results[0].name == "csae_bench-tiny-blocks.2.hook_resid_post_relu-d128-s0_eval_results.json"
-    )
+    assert results[0].name == "csae_bench-tiny-blocks.2.hook_resid_post_relu-d128-s0_eval_results.json"
     for p in results:
         validate_eval_output_format_file(str(p), CsaeCoreEvalOutput)
     results[0].write_text('{"eval_type_id": "core", "trunc')  # a corrupt result is redone
@@ -325,21 +286,8 @@ def test_smoke_suite_end_to_end(tmp_path):
     tolerances are sized for what another CPU's rounding can do (csae_bench/regression.py). No
     wall-time bound here: timing is measured in benchmarks/, never asserted in a test."""
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"}
-    proc = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "csae_bench.run",
-            "--suite",
-            "evals/smoke.toml",
-            "--out",
-            str(tmp_path),
-        ],
-        cwd=REPO,
-        env=env,
-        capture_output=True,
-        text=True,
-    )
+    proc = subprocess.run([sys.executable, "-m", "csae_bench.run", "--suite", "evals/smoke.toml",
+                           "--out", str(tmp_path)], cwd=REPO, env=env, capture_output=True, text=True)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     board = json.loads((tmp_path / "leaderboard.json").read_text())
     cfg = build_config(REPO / "evals" / "smoke.toml")

@@ -7,9 +7,8 @@ from csae_bench.stats import weighted_mean_ci
 
 def _ci(values, strata, seed=0):
     values = np.asarray(values, dtype=float)
-    return weighted_mean_ci(
-        values, np.ones_like(values), np.asarray(strata), 500, 0.95, np.random.default_rng(seed)
-    )
+    return weighted_mean_ci(values, np.ones_like(values), np.asarray(strata), 500, 0.95,
+                            np.random.default_rng(seed))
 
 
 def test_one_item_per_stratum_still_gets_a_ci_of_nonzero_width():
@@ -19,9 +18,8 @@ def test_one_item_per_stratum_still_gets_a_ci_of_nonzero_width():
 
 def test_a_single_item_has_no_ci_and_nothing_has_no_mean():
     assert _ci([0.7], [0])[1:] == (None, None)
-    assert weighted_mean_ci(
-        np.array([]), np.array([]), np.array([]), 10, 0.95, np.random.default_rng(0)
-    ) == (None, None, None)
+    assert weighted_mean_ci(np.array([]), np.array([]), np.array([]), 10, 0.95,
+                            np.random.default_rng(0)) == (None, None, None)
 
 
 def test_ci_covers_the_mean_and_narrows_with_more_items():

@@ -40,6 +40,7 @@ from csae_bench.utils import atomic_path
 logger = logging.getLogger(__name__)
 
 
+
 class GradientError(ActivationError):
     """Gradients could not be harvested or used; the message says what to do."""
 

@@ -178,9 +178,7 @@ class ActivationSource:
 
         with progress("harvest") as bar:
             task = bar.add_task(
-                f"Harvesting {self.hook_name}",
-                total=len(self.tokens),
-                info="",
+                f"Harvesting {self.hook_name}", total=len(self.tokens), info="",
                 visible=show_progress,
             )
             for i in range(self.n_shards):

@@ -372,3 +372,4 @@ def check_sae_matches(sae, model, hook_name: str, name: str = "given") -> None:
         check_sae_fits(name, int(sae.W_dec.shape[1]), hook_name, model)
     except SaeMismatchError as err:
         raise InterventionError(str(err)) from None
+

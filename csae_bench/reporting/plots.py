@@ -87,15 +87,8 @@ def _scatter(
         )
         for x, y, ci in xy:
             if ci is not None:
-                ax.errorbar(
-                    x,
-                    y,
-                    yerr=[[y - ci[0]], [ci[1] - y]],
-                    fmt="none",
-                    ecolor=color,
-                    capsize=3,
-                    alpha=0.7,
-                )
+                ax.errorbar(x, y, yerr=[[y - ci[0]], [ci[1] - y]], fmt="none", ecolor=color,
+                            capsize=3, alpha=0.7)
     ax.set_xlabel(xlabel)
     ax.set_ylabel(ylabel)
     ax.set_title(title)

@@ -348,9 +348,7 @@ def run(ctx, sae, sae_id: str, config: NCESEvalConfig) -> NCESEvalOutput:
     says otherwise)."""
     model = ctx.intervention_model()
     engine = build_engine(model, ctx.hook_name, ctx.eval_tokens, config, cache=ctx.cache)
-    return evaluate_sae(
-        model, sae, ctx.eval_tokens, ctx.hook_name, config, sae_id, engine, ctx.cache
-    )
+    return evaluate_sae(model, sae, ctx.eval_tokens, ctx.hook_name, config, sae_id, engine, ctx.cache)
 
 
 def run_nces_eval(

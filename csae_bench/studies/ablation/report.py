@@ -97,7 +97,7 @@ def render_report(
         "",
         "Intervention types: `zero`, `mean` (over active tokens), `resample` (the value at a random other "
         "token), `clamp:α` (α · max activation), each against the other-feature control "
-        '(`control="feature"`: another alive feature\'s decoder direction, inactive at that token; '
+        "(`control=\"feature\"`: another alive feature's decoder direction, inactive at that token; "
         "see docs/nces.md); "
         f"`{RANDOM_CONTROL}` is DESIGN §5's random-direction control (zero ablation vs an isotropic "
         "random direction of the same norm).",
