@@ -73,7 +73,8 @@ class ValidityConfig:
     eval_contexts: int = 64
     """Held-out eval contexts (the same for every seed and SAE)."""
     controls: tuple[str, ...] = ("data", "feature")
-    """NCES controls measured; the first is the shared control (metrics 1, 2, 4, 5)."""
+    """NCES controls measured; the first one's records also feed the raw-effect metrics (4, 5: the
+    feature edits' KL, which no control changes)."""
     intervention: str = "zero"
     n_features: int = 256
     """NCES features per final SAE (aimed at a CI half-width ≤ 0.03 over 3 seeds)."""
@@ -96,7 +97,7 @@ class ValidityConfig:
         if self.init_null not in self.nulls:
             raise ValueError(f"init_null={self.init_null!r} is not one of nulls={self.nulls}.")
         if not self.controls:
-            raise ValueError("controls is empty: name at least the shared NCES control.")
+            raise ValueError("controls is empty: name at least one NCES control.")
         if self.snapshot_n_features > self.n_features:
             raise ValueError("snapshot_n_features must not exceed n_features.")
 
@@ -118,10 +119,11 @@ class ValidityConfig:
 
     def metrics(self) -> list[MetricSpec]:
         """The candidate metrics of docs/validity.md, in its order."""
-        shared = self.controls[0]
+        first = self.controls[0]
         out = []
         for c in self.controls:
-            tag = "shared control" if c == shared else "control"
+            # `feature` draws each SAE's control from its own decoder; the others are shared
+            tag = "own-SAE control" if c == "feature" else "shared control"
             out += [
                 MetricSpec(
                     f"nces_fw[{c}]", f"NCES freq-weighted ({tag} `{c}`)", "nces_fw", c, simplicity=3
@@ -133,7 +135,7 @@ class ValidityConfig:
                 "raw_kl",
                 "raw effect: median KL (nats)",
                 "raw_kl",
-                shared,
+                first,
                 relative_power=True,
                 simplicity=0,
             ),
@@ -141,7 +143,7 @@ class ValidityConfig:
                 "kl_per_norm",
                 "KL / ‖δ‖² (median)",
                 "kl_per_norm",
-                shared,
+                first,
                 relative_power=True,
                 simplicity=1,
             ),
