@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 
 import pytest
+import torch
 
 from csae_bench.data import DataError, LabelledSet, load_corpus, load_labelled, tokenize_texts
 
@@ -82,3 +83,40 @@ def test_labelled_set_errors(tmp_path):
         load_labelled(str(bad))
     with pytest.raises(DataError, match="Unknown labelled set"):
         load_labelled("no_such_set")
+
+
+def test_token_cache_returns_what_packing_returns(word_tokenizer, tmp_path, monkeypatch):
+    from csae_bench.data import token_cache
+
+    monkeypatch.setenv("CSAE_BENCH_CACHE", str(tmp_path))
+    monkeypatch.setattr(token_cache, "MIN_CHARS", 0)
+    texts = [f"word{i} " * (30 + i) for i in range(40)]
+    first = tokenize_texts(word_tokenizer, texts, context_size=16)
+    files = list((tmp_path / "tokens").glob("*.pt"))
+    assert len(files) == 1
+    monkeypatch.setattr("csae_bench.data.corpus._pack", lambda *a: pytest.fail("not from cache"))
+    again = tokenize_texts(word_tokenizer, texts, context_size=16)
+    assert again.dtype == torch.long and torch.equal(again, first)
+    # another context size, other texts: other keys, packed afresh
+    key = token_cache.cache_key
+    assert key(word_tokenizer, texts, 16) != key(word_tokenizer, texts, 32)
+    assert key(word_tokenizer, texts, 16) != key(word_tokenizer, texts[:-1] + ["word1"], 16)
+    # the document boundaries are part of the key, not just the characters
+    assert key(word_tokenizer, ["ab", "c"], 16) != key(word_tokenizer, ["a", "bc"], 16)
+
+
+def test_token_cache_rebuilds_a_corrupt_file_and_skips_small_inputs(
+    word_tokenizer, tmp_path, monkeypatch
+):
+    from csae_bench.data import token_cache
+
+    monkeypatch.setenv("CSAE_BENCH_CACHE", str(tmp_path))
+    texts = [f"word{i} " * 40 for i in range(30)]
+    tokenize_texts(word_tokenizer, texts, context_size=16)
+    assert not (tmp_path / "tokens").exists()  # below MIN_CHARS: never cached
+    monkeypatch.setattr(token_cache, "MIN_CHARS", 0)
+    fresh = tokenize_texts(word_tokenizer, texts, context_size=16)
+    (path,) = (tmp_path / "tokens").glob("*.pt")
+    path.write_bytes(b"truncated")
+    assert torch.equal(tokenize_texts(word_tokenizer, texts, context_size=16), fresh)
+    assert torch.equal(torch.load(path, weights_only=True).long(), fresh)

@@ -151,12 +151,21 @@ def _cheap_fingerprints() -> Iterator[None]:
 
 def tokenize_texts(tokenizer, texts: list[str], context_size: int = 128) -> torch.Tensor:
     """Pack documents into ``[n_contexts, context_size]`` token ids, each context starting with BOS
-    (``transformer_lens.utils.tokenize_and_concatenate``, as SAEBench does)."""
-    import datasets
-    from transformer_lens.utils import tokenize_and_concatenate
+    (``transformer_lens.utils.tokenize_and_concatenate``, as SAEBench does); large inputs are read
+    from the token cache (:mod:`csae_bench.data.token_cache`) after the first time."""
+    from csae_bench.data.token_cache import cached_tokens
 
     if context_size < 2:
         raise DataError(f"context_size={context_size} is too small; use at least 2.")
+    return cached_tokens(
+        tokenizer, texts, context_size, lambda: _pack(tokenizer, texts, context_size)
+    )
+
+
+def _pack(tokenizer, texts: list[str], context_size: int) -> torch.Tensor:
+    import datasets
+    from transformer_lens.utils import tokenize_and_concatenate
+
     ds = datasets.Dataset.from_dict({"text": texts})
     with _cheap_fingerprints():
         tokens = tokenize_and_concatenate(
