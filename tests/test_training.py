@@ -379,3 +379,33 @@ def test_checkpoint_round_trips_every_value_kind_exactly(tmp_path):
             assert a == b
 
     same(state, back)
+
+
+def test_heldout_activations_come_from_the_runs_corpus(tmp_path, monkeypatch):
+    """The final EV / L0 are measured on the eval split of the corpus the SAEs train on (it was
+    always the embedded corpus's, whatever the run trained on)."""
+    from types import SimpleNamespace
+
+    import csae_bench.activations.harvest as harvest
+    import csae_bench.data as data
+    from csae_bench.pipeline.plan import train_settings
+    from csae_bench.suite import build_config
+    from csae_bench.training.finalize import heldout_activations
+
+    suite = tmp_path / "s.toml"
+    suite.write_text('[run]\nmodel = "gpt2"\nlayer = 8\ncorpus = "english"\n')
+    settings = train_settings(build_config(suite), "blocks.8.hook_resid_post", 0)
+    cfg = TrainConfig.from_flat(**{**settings, "heldout_tokens": 64})
+    assert cfg.heldout_corpus == "english"
+    asked = {}
+
+    def load_tokens(tokenizer, corpus, split, context_size, n_contexts):
+        asked.update(corpus=corpus, split=split, context_size=context_size)
+        return torch.zeros(n_contexts, context_size, dtype=torch.long)
+
+    monkeypatch.setattr(data, "load_tokens", load_tokens)
+    monkeypatch.setattr(harvest, "harvest_activations", lambda m, h, t, **k: torch.ones(100, 4))
+    source = SimpleNamespace(tokens=torch.zeros(2, 16, dtype=torch.long))
+    acts, on = heldout_activations(SimpleNamespace(tokenizer=object()), source, cfg)
+    assert asked == {"corpus": "english", "split": "eval", "context_size": 16}
+    assert on == "eval split" and acts.shape == (64, 4)

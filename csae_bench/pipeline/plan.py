@@ -36,6 +36,7 @@ def train_settings(cfg: RunConfig, hook_name: str, seed: int) -> dict[str, Any]:
         "hook_name": hook_name,
         "model_name": model_display_name(cfg.model),
         "context_size": cfg.context_size,
+        "heldout_corpus": cfg.corpus,
         **cfg.train,
     }
 

@@ -109,6 +109,9 @@ class TrainConfig:
     development CPU (benchmarks/test_training_bench.py)."""
     heldout_tokens: int = 8192
     """Held-out tokens for the final explained variance / L0 (eval split when the model has a tokenizer)."""
+    heldout_corpus: str = "embedded"
+    """Corpus whose eval split gives those held-out tokens: the corpus the SAEs train on (the
+    pipeline and the studies pass the run's ``corpus``; see :func:`csae_bench.data.load_corpus`)."""
     log_every: int = 5
     """Steps between progress-display updates."""
     show_progress: bool = True

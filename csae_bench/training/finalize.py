@@ -40,9 +40,10 @@ HELDOUT_EPOCH_SEED_OFFSET = 104729
 def heldout_activations(
     model: Any, source: ActivationSource, cfg: TrainConfig
 ) -> tuple[torch.Tensor, str]:
-    """``(activations [N, d_in], where they come from)`` for the final metrics: ``cfg.heldout_tokens``
-    tokens of the corpus's eval split (``"eval split"``) when the model has a tokenizer, else —
-    with a warning — one batch of the training stream (``"train"``)."""
+    """``(activations [N, d_in], where they come from)`` for the final metrics:
+    ``cfg.heldout_tokens`` tokens of ``cfg.heldout_corpus``'s eval split (``"eval split"``) when
+    the model has a tokenizer, else — with a warning — one batch of the training stream
+    (``"train"``)."""
     from csae_bench.activations.harvest import harvest_activations
 
     ctx = source.tokens.shape[1]
@@ -51,11 +52,13 @@ def heldout_activations(
         try:
             from csae_bench.data import load_tokens
 
-            toks = load_tokens(model.tokenizer, split="eval", context_size=ctx, n_contexts=n_ctx)
+            toks = load_tokens(
+                model.tokenizer, cfg.heldout_corpus, "eval", context_size=ctx, n_contexts=n_ctx
+            )
             return harvest_activations(model, cfg.hook_name, toks, show_progress=False)[
                 : cfg.heldout_tokens
             ], "eval split"
-        except Exception as err:  # a model without the embedded corpus' eval split: say so
+        except Exception as err:  # no eval split for this tokenizer/corpus: say so
             logger.warning(
                 "No eval-split tokens for held-out activations (%s); using training batches.", err
             )
@@ -191,6 +194,7 @@ def training_summary(
         "explained_variance_mean_centred": explained_variance_mean_centred(heldout_ND, recon_ND),
         "mse_per_token": float((heldout_ND - recon_ND).pow(2).sum(-1).mean()),
         "metrics_on": heldout_on,
+        "heldout_corpus": cfg.heldout_corpus if heldout_on == "eval split" else None,
         "heldout_tokens": len(heldout_ND),
         "dead_fraction_train": float((run.steps_since_fired_F >= cfg.dead_window).float().mean()),
         "dead_window_steps": cfg.dead_window,

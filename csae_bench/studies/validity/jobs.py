@@ -132,6 +132,7 @@ def _train_settings(c: ValidityConfig, layer: int, seed: int) -> dict[str, Any]:
         seed=seed,
         hook_name=hook_name(layer),
         context_size=c.context_size,
+        heldout_corpus=c.corpus,
         n_snapshots=c.n_snapshots,
         checkpoint_every=0,
         show_progress=False,
