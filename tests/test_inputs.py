@@ -206,6 +206,21 @@ def test_normalization_saelens_applies_is_evaluated_as_saelens_does(tmp_path, mo
             assert not torch.allclose(SAE.load_from_disk(str(plain))(x), ref(x), atol=1e-2)
 
 
+def test_training_snapshots_inside_an_sae_folder_are_not_evaluated_as_saes(tmp_path, caplog):
+    from csae_bench.pipeline import find_saes
+
+    saes = tmp_path / "saes"
+    topk = write_sae(saes / "topk", **GEMMA)
+    snap = write_sae(topk / "snapshots" / "tokens_000000020480", **GEMMA)
+    other = write_sae(saes / "snapshots" / "x", **GEMMA)  # a folder named so, not inside an SAE
+    with caplog.at_level("INFO"):
+        found = find_saes(saes)
+    assert [f for _, f, _ in found] == [other, topk]
+    assert "Skipping 1 training snapshots" in caplog.text
+    assert [f for _, f, _ in find_saes(topk)] == [topk]  # an SAE folder: itself, not its snapshots
+    assert [f for _, f, _ in find_saes(topk / "snapshots")] == [snap]  # asked for: evaluated
+
+
 # ---------------------------------------------------------------- item 5: pre-6 configs
 
 

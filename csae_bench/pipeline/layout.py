@@ -122,8 +122,12 @@ def find_saes(root: Path) -> list[tuple[str, Path, str]]:
         raise SuiteError(f"--saes {root} is not a folder of SAELens-format SAE folders.")
     found = []
     by_id: dict[str, Path] = {}
+    snapshots = 0
     for cfg_file in sorted(root.rglob("cfg.json")):
         folder = cfg_file.parent
+        if _is_training_snapshot(root, folder):
+            snapshots += 1
+            continue
         if not is_sae_folder(folder):
             logger.warning("Skipping %s: it has cfg.json but no sae_weights.safetensors.", folder)
             continue
@@ -142,11 +146,30 @@ def find_saes(root: Path) -> list[tuple[str, Path, str]]:
             )
         by_id[sid] = folder
         found.append((sid, folder, hook))
+    if snapshots:
+        logger.info(
+            "Skipping %d training snapshots under %s (pass a snapshots folder as --saes to "
+            "evaluate them).",
+            snapshots,
+            root,
+        )
     if not found:
         raise SuiteError(
             f"No SAELens-format SAE folders (cfg.json + sae_weights.safetensors) under {root}."
         )
     return found
+
+
+def _is_training_snapshot(root: Path, folder: Path) -> bool:
+    """True for ``<sae>/snapshots/<name>`` below ``root`` where ``<sae>`` is an SAE folder: the
+    trainer's snapshots (:mod:`csae_bench.training.snapshots`) travel inside their final SAE."""
+    from csae_bench.training.finalize import SNAPSHOTS_DIR
+
+    rel = folder.relative_to(root).parts
+    return any(
+        part == SNAPSHOTS_DIR and is_sae_folder(root.joinpath(*rel[:i]))
+        for i, part in enumerate(rel)
+    )
 
 
 def external_release(cfg: RunConfig) -> str:
