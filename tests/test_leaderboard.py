@@ -253,6 +253,22 @@ def test_atomic_write_json_writes_standard_json_and_names_non_finite_values(tmp_
     assert _strict_json(path) == [None]
 
 
+def test_atomic_writes_get_the_permissions_open_gives(tmp_path):
+    """mkstemp's 0600 must not reach result files others read (a shared results folder)."""
+    import os
+
+    from csae_bench.utils import atomic_write_text
+
+    old = os.umask(0o027)
+    try:
+        atomic_write_text(tmp_path / "a.json", "{}")
+        (tmp_path / "b.json").write_text("{}")
+    finally:
+        os.umask(old)
+    mode = (tmp_path / "a.json").stat().st_mode & 0o777
+    assert mode == (tmp_path / "b.json").stat().st_mode & 0o777 == 0o640
+
+
 def _lines(console) -> list[str]:
     return console.export_text().splitlines()
 
