@@ -189,12 +189,21 @@ def build_parser(run_prog: str | None = None) -> argparse.ArgumentParser:
 
 
 def setup_logging(verbose: bool) -> None:
-    """Rich log lines on the root logger (added once; other handlers, e.g. pytest's, are kept)."""
+    """Rich log lines on stderr, as Python's logging puts them (stdout keeps the leaderboard table),
+    on the root logger (added once; other handlers, e.g. pytest's, are kept)."""
+    from rich.console import Console
     from rich.logging import RichHandler
 
     root = logging.getLogger()
     if not any(isinstance(h, RichHandler) for h in root.handlers):
-        root.addHandler(RichHandler(show_path=False, rich_tracebacks=False, log_time_format="[%X]"))
+        root.addHandler(
+            RichHandler(
+                console=Console(stderr=True),
+                show_path=False,
+                rich_tracebacks=False,
+                log_time_format="[%X]",
+            )
+        )
     root.setLevel(logging.DEBUG if verbose else logging.INFO)
     for noisy in (
         "datasets",

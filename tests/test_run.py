@@ -309,3 +309,23 @@ def test_smoke_suite_end_to_end(tmp_path):
 
     failures = check(tmp_path)
     assert not failures, failure_report(failures)
+
+
+def test_log_lines_go_to_stderr_and_leave_stdout_to_results(capsys):
+    import logging
+
+    from rich.logging import RichHandler
+
+    from csae_bench.cli import setup_logging
+
+    root = logging.getLogger()
+    before = list(root.handlers)
+    setup_logging(verbose=False)
+    try:
+        logging.getLogger("csae_bench.test").warning("a log line")
+        captured = capsys.readouterr()
+        assert "a log line" in captured.err and "a log line" not in captured.out
+    finally:
+        for h in root.handlers[:]:
+            if h not in before and isinstance(h, RichHandler):
+                root.removeHandler(h)
