@@ -164,7 +164,8 @@ def run_core_eval(ctx: EvalContext, sae, sae_id: str, config: CoreEvalConfig) ->
 
     release = str(ctx.extra.get("sae_release", "custom"))
     _, sae, _ = load_and_format_sae(release, sae, ctx.device)  # fills cfg fields SAEBench reads
-    llm_dtype = next(ctx.run_model().parameters()).dtype
+    run_model = ctx.run_model()  # the run's model (loads it, releasing the engine's, if needed)
+    llm_dtype = next(run_model.parameters()).dtype
     if sae.W_dec.dtype != llm_dtype:
         # SAEBench's runners put the SAE in the model's dtype (sae.to(device, llm_dtype) in
         # sae_bench/evals/core/main.py); its splice hooks do not cast, so a bf16 model needs a
@@ -192,7 +193,7 @@ def run_core_eval(ctx: EvalContext, sae, sae_id: str, config: CoreEvalConfig) ->
     )
     with quiet_upstream_warnings():
         store = ActivationsStore.from_sae(
-            ctx.run_model(),
+            run_model,
             sae,
             dataset=dataset,
             context_size=config.context_size,
@@ -200,10 +201,9 @@ def run_core_eval(ctx: EvalContext, sae, sae_id: str, config: CoreEvalConfig) ->
             device=ctx.device,
         )
     recorder = _BatchRecorder(store)
-    ignore = hooks.special_token_ids(ctx.run_model(), ctx.eval_tokens)
-    model = SharedPasses(
-        ctx.run_model(), ctx.cache
-    )  # clean and zero-ablated passes computed once per run
+    ignore = hooks.special_token_ids(run_model, ctx.eval_tokens)
+    # clean and zero-ablated passes computed once per run
+    model = SharedPasses(run_model, ctx.cache)
     # before SAEBench, whose NaN→-1 would make a broken SAE look best; not in seconds_total
     check_finite_sae(
         sae, sae_id, model, ctx.hook_name, ctx.eval_tokens[: config.batch_size_prompts]
