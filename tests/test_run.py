@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import os
@@ -252,6 +253,33 @@ def test_rerun_skips_finished_work_and_redoes_a_corrupt_result(tmp_path):
     results[0].write_text('{"eval_type_id": "core", "trunc')  # a corrupt result is redone
     assert run_jobs(plan(cfg, "blocks.2.hook_resid_post"), res) == {"run": 1, "skipped": 3}
     validate_eval_output_format_file(str(results[0]), CsaeCoreEvalOutput)
+    # a result of other settings (a changed suite value, or default) is recomputed, once
+    stored = json.loads(results[1].read_text())
+    stored["eval_config"]["verbose"] = not stored["eval_config"]["verbose"]
+    results[1].write_text(json.dumps(stored))
+    assert run_jobs(plan(cfg, "blocks.2.hook_resid_post"), res) == {"run": 1, "skipped": 3}
+    assert run_jobs(plan(cfg, "blocks.2.hook_resid_post"), res) == {"run": 0, "skipped": 4}
+    # context fields (sized from the run) are not compared unless the suite sets them
+    size = json.loads(results[0].read_text())["eval_config"]["batch_size_prompts"]
+    override = tiny_run_config(tmp_path, eval_settings={"core": {"batch_size_prompts": size}})
+    assert all(j.done() for j in plan(override, "blocks.2.hook_resid_post"))
+    bigger = tiny_run_config(tmp_path, eval_settings={"core": {"batch_size_prompts": size + 1}})
+    assert [j.done() for j in plan(bigger, "blocks.2.hook_resid_post")] == [True, True, False, False]
+
+
+def test_stale_settings_compare_suite_values_and_defaults_not_context_fields():
+    from csae_bench.evals.nces import NCESEvalConfig
+    from csae_bench.evals.registry import get_eval, stale_settings
+
+    spec = get_eval("nces")
+    ran = dataclasses.asdict(NCESEvalConfig(model_name="m", hook_name="h", random_seed=7))
+    assert stale_settings(spec, ran, {}) == {}  # model, hook and seed come from the run
+    assert stale_settings(spec, {**ran, "n_features": 99}, {}) == {
+        "n_features": (99, NCESEvalConfig().n_features)}  # a default changed since
+    assert stale_settings(spec, {**ran, "n_features": 99}, {"n_features": 99}) == {}
+    assert stale_settings(spec, ran, {"random_seed": 8}) == {"random_seed": (7, 8)}
+    assert stale_settings(spec, {"tau": 0.5}, {}) == {}  # fields a result lacks are not compared
+    assert stale_settings(spec, ran, {"no_such_field": 1}) == {}  # the job reports that itself
 
 
 def test_eval_failure_is_raised_not_swallowed(tmp_path):

@@ -78,6 +78,37 @@ class EvalSpec:
     check_overrides: Callable[[dict[str, Any]], None] | None = None
     """Rejects, before any work, suite overrides that would make the eval's output invalid; raises
     ``ValueError`` naming the key."""
+    context_fields: frozenset[str] = frozenset()
+    """Config fields ``make_config`` fills from the run (model, hook, seed, sizes of the eval
+    tokens): not compared, unless the suite sets them, when a finished result is checked against
+    what the run asks now (:func:`stale_settings`)."""
+
+
+def stale_settings(
+    spec: EvalSpec, stored: dict[str, Any], overrides: dict[str, Any]
+) -> dict[str, tuple[Any, Any]]:
+    """``{field: (stored, asked)}``: the fields of a finished result's ``eval_config`` that differ
+    from ``spec.config_cls(**overrides)`` (a changed suite value or a changed default), context
+    fields aside. Fields the result does not have are not compared; overrides the config class
+    refuses give ``{}`` (the job itself then fails with the clear error)."""
+    import dataclasses
+    import json
+
+    try:
+        asked = dataclasses.asdict(spec.config_cls(**overrides))
+    except (TypeError, ValueError):
+        return {}
+
+    def plain(v: Any) -> Any:  # tuples vs lists, enums vs strings: compare as stored in JSON
+        return json.loads(json.dumps(v, default=str))
+
+    return {
+        k: (stored[k], v)
+        for k, v in asked.items()
+        if k in stored
+        and (k in overrides or k not in spec.context_fields)
+        and plain(stored[k]) != plain(v)
+    }
 
 
 EVALS: dict[str, EvalSpec] = {}

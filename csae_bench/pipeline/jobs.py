@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import logging
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -20,6 +21,10 @@ from csae_bench.pipeline.layout import MANIFEST_NAME, is_sae_folder, is_valid_js
 from csae_bench.pipeline.resources import Resources
 from csae_bench.suite import SuiteError, eval_type_id
 from csae_bench.utils import atomic_path, atomic_write_json, eval_output_json, seed_everything
+
+logger = logging.getLogger(__name__)
+_WARNED_STALE: set[Path] = set()
+"""Result files already named in a 'computed with other settings' warning (done() runs often)."""
 
 
 class PipelineError(JobFailedError, RuntimeError):
@@ -197,7 +202,26 @@ class EvalJob(Job):
         return [self.path]
 
     def done(self) -> bool:
-        return is_valid_json(self.path)  # a corrupt result is redone, never trusted
+        """The result exists, parses (a corrupt one is redone, never trusted) and was computed with
+        the settings the run asks for now: a result of other settings (a changed suite value or
+        default) is recomputed, with one warning naming what changed."""
+        if not is_valid_json(self.path):
+            return False
+        stale = self.stale_settings()
+        if stale and self.path not in _WARNED_STALE:
+            _WARNED_STALE.add(self.path)
+            changes = ", ".join(f"{k} {old!r} -> {new!r}" for k, (old, new) in stale.items())
+            logger.warning("%s: %s was computed with other settings (%s); recomputing it.",
+                           self.describe(), self.path, changes)  # fmt: skip
+        return not stale
+
+    def stale_settings(self) -> dict[str, tuple[Any, Any]]:
+        """:func:`csae_bench.evals.registry.stale_settings` of the finished result."""
+        from csae_bench.evals.registry import get_eval, stale_settings
+
+        stored = json.loads(self.path.read_text()).get("eval_config") or {}
+        spec = get_eval(eval_type_id(self.eval_name))
+        return stale_settings(spec, stored, self.overrides) if isinstance(stored, dict) else {}
 
     def describe(self) -> str:
         return f"eval {self.eval_name} on {self.sae_id}"

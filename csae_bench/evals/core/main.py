@@ -12,6 +12,7 @@ import logging
 import time
 import warnings
 from collections.abc import Iterator
+from dataclasses import fields
 from typing import Any
 
 import torch
@@ -319,6 +320,8 @@ CORE_SPEC = register_eval(
             "misc_metrics.frac_alive": "higher",
         },
         make_config=make_core_config,
+        # every field but `verbose` is sized or fixed by make_core_config; suite overrides count
+        context_fields=frozenset(f.name for f in fields(CoreEvalConfig)) - {"verbose"},
         description="SAEBench core: reconstruction, sparsity, CE/KL preservation (+ mean-centred EV).",
         # SAEBench's core eval splices any d_model-wide hook of a block.
         hook_kinds=(

@@ -24,6 +24,7 @@ SPEC = register_eval(
             "attribution.attribution_spearman": "higher",
         },
         make_config=_make_config,
+        context_fields=frozenset({"model_name", "hook_name", "random_seed"}),
         description="Normalized causal effect score: feature interventions vs equal-norm control edits (by default a data direction shared by every SAE).",
     )
 )

@@ -31,6 +31,7 @@ SPEC = register_eval(
             "interchange.sae_iia_top_1": "higher",
         },
         make_config=make_config,
+        context_fields=frozenset({"random_seed"}),
         description="Targeted probing with causal verification of the selected features.",
         hook_kinds=("hook_resid_pre", "hook_resid_post"),  # model_io.resume reads both
     )
