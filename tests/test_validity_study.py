@@ -353,3 +353,19 @@ def test_set_overrides_settings_with_their_types_and_bad_ones_exit_2(tmp_path, c
         assert exit_.value.code == 2
         err = capsys.readouterr().err
         assert says in err and len(err.strip().splitlines()) == 1
+
+
+def test_selection_is_complete_when_its_records_exist_whatever_their_values(tmp_path):
+    """Freezing the choice waits for the records, not for finite values: a constant series has an
+    undefined Spearman (e.g. no probing task verified at any snapshot) and must not block it."""
+    from csae_bench.studies.validity.report import selection_complete
+
+    cfg = tiny_cfg()
+    write_study(tmp_path, cfg)
+    assert selection_complete(cfg, tmp_path)
+    one = tmp_path / "layer6/seed1/records/nces_topk_data.json"
+    rec = json.loads(one.read_text())
+    one.unlink()
+    assert not selection_complete(cfg, tmp_path)
+    one.write_text(json.dumps({**rec, "metrics": {k: float("nan") for k in rec.get("metrics", {})}}))
+    assert selection_complete(cfg, tmp_path)

@@ -202,7 +202,7 @@ def write_report(out: str | Path, docs: str | Path, cfg: ValidityConfig | None =
     choice_path = out / CHOICE_NAME
     frozen = json.loads(choice_path.read_text())["choice"] if choice_path.exists() else None
     summary = summarize(load_records(out, cfg.train_tokens, cfg.init_null), cfg, frozen)
-    if not choice_path.exists() and selection_complete(summary):
+    if not choice_path.exists() and selection_complete(cfg, out):
         atomic_write_json(choice_path, {"choice": summary["choice"]})
     wall = wall_seconds(PREFIX, out)
     if wall is not None:
@@ -211,11 +211,17 @@ def write_report(out: str | Path, docs: str | Path, cfg: ValidityConfig | None =
     return replace_between_markers(docs / PAGE, MARKER, render(summary, cfg, images, out), TITLE)
 
 
-def selection_complete(summary: dict[str, Any]) -> bool:
-    """Every selection-set value of every SAE and snapshot is measured (nothing NaN)."""
-    for m in summary["sets"]["selection"]["metrics"]:
-        if any(not math.isfinite(x) for v in m["per_sae"].values() for x in v["per_seed"]):
-            return False
-        if any(not math.isfinite(x) for r in m["rho"].values() for x in r["per_seed"]):
-            return False
-    return True
+def selection_complete(cfg: ValidityConfig, out: Path) -> bool:
+    """Every record of the selection set exists: read from the jobs that write them, not from the
+    summary's values, where a constant series (e.g. no probing task verified at any snapshot) has
+    an undefined Spearman and would keep the choice from ever being frozen."""
+    from csae_bench.pipeline.layout import is_valid_json
+    from csae_bench.studies.validity.jobs import RECORDS_DIR, layer_jobs
+
+    paths = [
+        p
+        for job in layer_jobs(cfg, out, cfg.layer, tuple(cfg.seeds))
+        for p in job.outputs()
+        if p.parent.name == RECORDS_DIR
+    ]
+    return bool(paths) and all(is_valid_json(p) for p in paths)
