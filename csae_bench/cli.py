@@ -188,22 +188,47 @@ def build_parser(run_prog: str | None = None) -> argparse.ArgumentParser:
     return parser
 
 
+class _StderrHandler(logging.StreamHandler):
+    """A stream handler on whatever ``sys.stderr`` is when a record comes (pytest swaps it)."""
+
+    @property
+    def stream(self):  # type: ignore[override]
+        import sys
+
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, value) -> None:  # StreamHandler.__init__ assigns it; the property wins
+        pass
+
+
 def setup_logging(verbose: bool) -> None:
-    """Rich log lines on stderr, as Python's logging puts them (stdout keeps the leaderboard table),
-    on the root logger (added once; other handlers, e.g. pytest's, are kept)."""
-    from rich.console import Console
-    from rich.logging import RichHandler
+    """Log lines on stderr, as Python's logging puts them (stdout keeps the leaderboard table):
+    rich on a terminal; one plain line per record into a file or pipe, so that a message (an exit-2
+    error above all) is not wrapped at 80 columns there. Added once to the root logger; other
+    handlers (e.g. pytest's) are kept."""
+    import sys
 
     root = logging.getLogger()
-    if not any(isinstance(h, RichHandler) for h in root.handlers):
-        root.addHandler(
-            RichHandler(
+    if not any(getattr(h, "csae_bench", False) for h in root.handlers):
+        handler: logging.Handler
+        if sys.stderr.isatty():
+            from rich.console import Console
+            from rich.logging import RichHandler
+
+            handler = RichHandler(
                 console=Console(stderr=True),
                 show_path=False,
                 rich_tracebacks=False,
                 log_time_format="[%X]",
             )
-        )
+        else:
+            handler = _StderrHandler()
+            handler.setFormatter(
+                logging.Formatter("[%(asctime)s] %(levelname)-7s %(message)s", "%X")
+            )
+        handler.csae_bench = True  # type: ignore[attr-defined]
+        root.addHandler(handler)
     root.setLevel(logging.DEBUG if verbose else logging.INFO)
     for noisy in (
         "datasets",
@@ -274,6 +299,18 @@ def _leaderboard(args: argparse.Namespace) -> int:
     from csae_bench.reporting.table import render_table
 
     setup_logging(False)
+    from pathlib import Path
+
+    from csae_bench.reporting.results import RESULT_GLOB
+
+    results = Path(args.results)
+    if results.is_dir() and not any(results.rglob(RESULT_GLOB)):
+        logger.error(
+            "%s holds no SAEBench results (%s); pass the --out folder of a run.",
+            results,
+            RESULT_GLOB,
+        )
+        return EXIT_USAGE
     try:
         board, made = write_leaderboard(args.results, plots=not args.no_plots)
     except FileNotFoundError as err:

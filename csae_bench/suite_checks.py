@@ -47,6 +47,8 @@ def validate_names(cfg: RunConfig) -> None:
             check_derived(cfg.architectures)
         except MissingBaseArchitectureError as err:
             raise SuiteError(str(err)) from None
+    check_device(cfg.device, on_this_machine=cfg.executor != "ray")
+    check_corpus_path(cfg.corpus)
     registered = set(available_evals())
     bad = [e for e in cfg.evals if eval_type_id(e) not in registered]
     if bad:
@@ -81,3 +83,49 @@ def _check_eval_overrides(name: str, overrides: dict[str, Any]) -> None:
         raise SuiteError(f"[evals.{name}] is invalid: {one_line(err)}") from None
     except TypeError:
         pass  # a required field the run fills in; checked when the eval's config is built
+
+
+def check_device(device: str, on_this_machine: bool = True) -> None:
+    """A device torch can parse and, when the jobs run ``on_this_machine`` (not on Ray workers,
+    which may have GPUs the driver lacks), one this machine has — before any model loads.
+
+    Raises:
+        SuiteError: an unknown device string, or CUDA/MPS asked for where torch has none.
+    """
+    import torch
+
+    try:
+        dev = torch.device(device)
+    except RuntimeError:
+        raise SuiteError(
+            f"--device {device!r} is not a torch device; use cpu, cuda or cuda:N."
+        ) from None
+    if not on_this_machine:
+        return
+    if dev.type == "cuda":
+        if not torch.cuda.is_available():
+            raise SuiteError(f"--device {device}: torch sees no CUDA GPU here; use --device cpu.")
+        if dev.index is not None and dev.index >= torch.cuda.device_count():
+            raise SuiteError(
+                f"--device {device}: this machine has {torch.cuda.device_count()} CUDA GPU(s); "
+                "use cuda:0 .. cuda:N-1."
+            )
+    elif dev.type == "mps" and not torch.backends.mps.is_available():
+        raise SuiteError(f"--device {device}: torch sees no MPS device here; use --device cpu.")
+
+
+def check_corpus_path(corpus: str) -> None:
+    """A corpus written as a file path (it has a ``/`` or ends in ``.txt``/``.jsonl``) must exist:
+    otherwise it would be taken for a Hugging Face dataset name, after the model loads.
+
+    Raises:
+        SuiteError: the file or folder does not exist.
+    """
+    from pathlib import Path
+
+    looks_local = corpus.startswith((".", "/", "~")) or corpus.endswith((".txt", ".jsonl"))
+    if looks_local and not Path(corpus).expanduser().exists():
+        raise SuiteError(
+            f"--corpus {corpus}: no such file or folder; give a .txt or .jsonl file, a folder of "
+            "them, english, embedded, or a Hugging Face dataset name."
+        )

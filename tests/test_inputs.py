@@ -440,3 +440,25 @@ def test_invalid_eval_setting_found_inside_a_job_exits_2(tmp_path, caplog):
     code = run_tiny(tmp_path, caplog, evals=["nces"], eval_settings={"nces": {"n_bootstrap": 3}})
     assert code == EXIT_USAGE
     assert_refused(caplog, tmp_path, "[evals.nces] is invalid: n_bootstrap=3 is too few")
+
+
+@pytest.mark.parametrize(("flag", "value", "says"), [
+    ("--device", "gpu", "is not a torch device"),
+    ("--corpus", "/no/such/corpus.txt", "no such file or folder"),
+])
+def test_bad_device_or_corpus_path_fails_before_any_model_loads(flag, value, says, caplog):
+    assert main([flag, value, "--out", "/nonexistent/never-written"]) == EXIT_USAGE
+    assert says in caplog.text and "Loading model" not in caplog.text
+
+
+def test_cuda_is_refused_where_torch_has_none(monkeypatch):
+    import torch
+
+    from csae_bench.suite import SuiteError
+    from csae_bench.suite_checks import check_device
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    with pytest.raises(SuiteError, match="no CUDA GPU here; use --device cpu"):
+        check_device("cuda")
+    check_device("cuda:1", on_this_machine=False)  # Ray workers may have the GPU the driver lacks
+    check_device("cpu")

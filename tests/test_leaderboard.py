@@ -103,6 +103,10 @@ def test_leaderboard_command(mixed_results, tmp_path, caplog):
     assert (mixed_results / "plots" / "l0_vs_ce_loss_score.png").exists()
     assert main(["leaderboard", str(tmp_path / "missing")]) == 2
     assert "does not exist" in caplog.text
+    (tmp_path / "empty").mkdir()
+    assert main(["leaderboard", str(tmp_path / "empty")]) == 2
+    assert "holds no SAEBench results" in caplog.text
+    assert not (tmp_path / "empty" / "leaderboard.json").exists()
 
 
 # ---------------------------------------------------------------- issue 17: foreign files, non-finite values, table

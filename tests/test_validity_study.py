@@ -344,7 +344,7 @@ def test_set_overrides_settings_with_their_types_and_bad_ones_exit_2(tmp_path, c
     assert got == {"n_features": 128, "controls": ("data", "feature"), "probing": False}
     for bad, says in [
         (["--set", "n_feature=1"], "no such setting"),
-        (["--set", "n_features=many"], "expected a int"),
+        (["--set", "n_features=many"], "expected an integer"),
         (["--set", "n_features"], "write FIELD=VALUE"),
         (["--set", "snapshot_n_features=999"], "must not exceed n_features"),
     ]:

@@ -199,7 +199,8 @@ def _convert(name: str, text: str, default: Any) -> Any:
     try:
         return type(default)(text) if default is not None else text
     except ValueError:
-        raise ValueError(f"--set {name}={text}: expected a {type(default).__name__}") from None
+        kind = {int: "an integer", float: "a number"}.get(type(default), type(default).__name__)
+        raise ValueError(f"--set {name}={text}: expected {kind}") from None
 
 
 def study_main(study: Study, argv: Sequence[str] | None = None) -> int:
