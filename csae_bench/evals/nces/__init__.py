@@ -24,7 +24,7 @@ SPEC = register_eval(
             "attribution.attribution_spearman": "higher",
         },
         make_config=_make_config,
-        description="Normalized causal effect score: feature interventions vs equal-norm control edits (by default a data direction shared by every SAE).",
+        description="Normalized causal effect score: feature interventions vs equal-norm control edits (by default the decoder row of a random other feature of the same SAE, inactive at that token).",
     )
 )
 
