@@ -358,6 +358,22 @@ def test_nces_separation_flag():
     assert [row_flags(r) for r in rows] == ["ctrl", "", "~null", "", "ctrl", ""]
 
 
+def test_nces_plot_and_separation_use_the_unweighted_mean():
+    """The headline NCES is the unweighted mean: the ~null flag's CI, the table's column and the
+    L0-vs-NCES plot read it, whatever order a board lists the NCES metrics in."""
+    from csae_bench.reporting.leaderboard import NCES_SEPARATION_METRIC
+    from csae_bench.reporting.plots import _nces_metric
+    from csae_bench.reporting.table import COMPACT_COLUMNS
+
+    assert NCES_SEPARATION_METRIC == "nces.nces_mean"
+    assert ("nces", "nces.nces_mean", "NCES") in COMPACT_COLUMNS
+    both = {"nces.nces_freq_weighted_mean": "higher", "nces.nces_mean": "higher"}
+    assert _nces_metric({"metric_directions": {"nces": both}}) == "nces.nces_mean"
+    other = {"nces.nces_freq_weighted_mean": "higher"}
+    assert _nces_metric({"metric_directions": {"nces": other}}) == "nces.nces_freq_weighted_mean"
+    assert _nces_metric({"metric_directions": {}}) is None
+
+
 def test_l0_axis_has_plain_tick_labels():
     """Within a decade (L0 30–40) a linear axis; across decades a log axis labelled 8, 10, 100 —
     never matplotlib's 3.2×10¹ (mathtext)."""
@@ -414,7 +430,7 @@ def test_default_run_shaped_table_fits_80_columns():
     for i, arch in enumerate(archs):
         metrics = {e: {m: {"value": -0.0123456 * (i + 1), "direction": d} for m, d in specs[e].headline.items()}
                    for e in types}
-        metrics["nces"]["nces.nces_freq_weighted_mean"]["ci"] = [-0.5 - i, 0.25]
+        metrics["nces"]["nces.nces_mean"]["ci"] = [-0.5 - i, 0.25]
         rows.append({
             "sae_release": "csae_bench-embedded-blocks.6.hook_resid_post", "sae_id": f"{arch}-d4096-s0",
             "model": "embedded", "hook": "blocks.6.hook_resid_post", "architecture": arch, "d_sae": 4096, "seed": 0,
@@ -436,6 +452,7 @@ def test_default_run_shaped_table_fits_80_columns():
     assert data["relu-d4096-s0"][0] == "1234" and data["random-decoder-d4096-s0"][-2:] == ["ctrl", "!"]
     assert data["jumprelu-d4096-s0"][-2:] == ["~null", "!"]
     assert data["csae-d4096-s0"][3] == "-0.01±0.38" and data["pca-d4096-s0"][-1] == "ctrl"
+    assert "NCES: NCES, unweighted" in " ".join(line.strip() for line in lines)  # the headline NCES
 
 
 def test_same_sae_id_from_two_releases_is_told_apart():

@@ -1,6 +1,7 @@
-"""NCES's control set: the default ``data`` control is one seeded direction set shared by every SAE
-(computed once per run), each control edit has the norm of the feature's edit, an unknown control
-names the valid ones; and the registry's control flag is what marks a row as a control."""
+"""NCES's control set: ``feature`` (another feature's decoder row) is the default; the ``data``
+control is one seeded direction set shared by every SAE (computed once per run), each control edit
+has the norm of the feature's edit, an unknown control names the valid ones; and the registry's
+control flag is what marks a row as a control."""
 
 from __future__ import annotations
 
@@ -21,8 +22,8 @@ HOOK = "blocks.1.hook_resid_post"
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 
-def test_data_is_the_default_and_unknown_controls_list_the_valid_ones():
-    assert NCESEvalConfig().control == "data"
+def test_feature_is_the_default_and_unknown_controls_list_the_valid_ones():
+    assert NCESEvalConfig().control == "feature"
     with pytest.raises(ValueError, match="valid: data, feature, isotropic"):
         NCESEvalConfig(control="gaussian")
     with pytest.raises(BadInputError, match="Unknown control 'gaussian'; valid: data, feature, isotropic"):
@@ -78,7 +79,7 @@ def test_every_sae_gets_the_same_data_directions(tiny_model, tiny_tokens, monkey
     spec = EVALS["nces"]
     ctx = EvalContext(model=tiny_model, hook_name=HOOK, eval_tokens=tiny_tokens, seed=3, model_name="tiny")
     cfg = spec.make_config(ctx, {"n_features": 8, "tokens_per_feature": 2, "n_bootstrap": 50,
-                                 "compute_attribution": False})
+                                 "compute_attribution": False, "control": "data"})
     assert cfg.control == "data"
     spec.run(ctx, random_sae(seed=0), "a", cfg)
     spec.run(ctx, random_sae(seed=1), "b", cfg)

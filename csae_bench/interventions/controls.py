@@ -1,21 +1,24 @@
 """Control edits for NCES: edits of the same size as a feature's edit, in a direction that is
 not the feature's.
 
-* ``data`` (the NCES default) — a direction drawn from the data, the *same* for every SAE: one
-  fixed, seeded set of unit directions ``(h_a − h_b) / ‖h_a − h_b‖``, the differences between the
-  clean residuals of random pairs of eval tokens (BOS excluded), with each eval token assigned one
-  of them (:func:`data_directions`); the control at a token is its direction scaled to the norm of
+* ``feature`` (the NCES default) — the decoder row of a random *other* alive feature of the same
+  SAE, one not active at that token, with the same coefficient ``f'_i − f_i``: does the active
+  feature's direction matter more *here* than dictionary directions not active here? It is the
+  SAE's own, so a dictionary of exchangeable random rows (random-decoder, permuted-decoder,
+  ``init``) scores NCES ≈ 0 against it by construction: the nulls test specificity *within* a
+  dictionary, and its unweighted mean is the one NCES that separated trained SAEs from every null
+  in the validity study (docs/validity.md).
+* ``data`` — a direction drawn from the data, the *same* for every SAE: one fixed, seeded set of
+  unit directions ``(h_a − h_b) / ‖h_a − h_b‖``, the differences between the clean residuals of
+  random pairs of eval tokens (BOS excluded), with each eval token assigned one of them (:func:`data_directions`); the control at a token is its direction scaled to the norm of
   the feature's edit there. It depends only on the model, hook, eval tokens and seed, never on the
   SAE, so two SAEs intervening at one token are measured against the same edit, and a null
   dictionary's NCES is an outcome rather than a construction. The directions are in-distribution
   (token-to-token variation of the residual stream: the covariance of the data, twice), so on
   Gemma-3-270M, ~15× more sensitive to isotropic directions than to in-distribution ones
   (docs/nces.md), on-manifold feature directions are not made to look "anti-causal" the way the
-  isotropic control makes them.
-* ``feature`` — the decoder row of a random *other* alive feature of the same SAE, one not active
-  at that token, with the same coefficient ``f'_i − f_i``: does the active feature's direction
-  matter more *here* than dictionary directions not active here? It is the SAE's own, so every
-  null (a random or permuted dictionary) scores NCES ≈ 0 against it by construction.
+  isotropic control makes them. But random directions move the model more than data directions of
+  equal norm, so random dictionaries score high against it (docs/validity.md).
 * ``isotropic`` — a seeded random unit vector of the same norm (DESIGN §5's random-direction
   control).
 """
@@ -185,7 +188,7 @@ CONTROLS: dict[str, Control] = {
     "feature": other_feature_control,
     "isotropic": isotropic_control,
 }
-"""Every NCES control by name (``NCESEvalConfig.control``; ``data`` is the default)."""
+"""Every NCES control by name (``NCESEvalConfig.control``; ``feature`` is the default)."""
 
 NEEDS_DATA_DIRECTIONS = frozenset({"data"})
 """Controls that read the eval's :class:`DataDirections` (their ``data_MD`` argument)."""

@@ -221,8 +221,8 @@ class EffectEngine:
         ``control=True`` runs the isotropic control instead: each edit keeps its norm and gets a
         random unit direction drawn from ``generator`` (:func:`random_direction_control`). The NCES
         eval does not use this option: it builds its control edits with
-        :func:`csae_bench.interventions.controls.get_control` (a data direction shared by every
-        SAE by default) and passes them as ordinary edits."""
+        :func:`csae_bench.interventions.controls.get_control` (by default another feature's
+        decoder row) and passes them as ordinary edits."""
         ctx_idx_M = torch.as_tensor(ctx_idx_M, dtype=torch.long, device=self.device)
         pos_M = torch.as_tensor(pos_M, dtype=torch.long, device=self.device)
         if control:

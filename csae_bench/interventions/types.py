@@ -9,8 +9,8 @@ Statistics (means, maxima, resample pools) come from the eval tokens through :me
 for eval sets too large to hold ``[n_tokens, d_sae]`` at once).
 
 Controls are not intervention types: :mod:`csae_bench.interventions.controls` turns a feature's
-delta into an equal-norm control edit (a data direction shared by every SAE, the NCES default;
-another feature's direction; or a seeded random unit vector), which the engine then measures like any other edit.
+delta into an equal-norm control edit (another feature's direction, the NCES default; a data
+direction shared by every SAE; or a seeded random unit vector), which the engine then measures like any other edit.
 """
 
 from __future__ import annotations

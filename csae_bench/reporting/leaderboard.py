@@ -34,7 +34,9 @@ LEADERBOARD_NAME = "leaderboard.json"
 PLOTS_DIR = "plots"
 """The plots' folder in a results folder."""
 
-NCES_SEPARATION_METRIC = "nces.nces_freq_weighted_mean"
+NCES_SEPARATION_METRIC = "nces.nces_mean"
+"""The leaderboard's headline NCES (the unweighted mean; docs/validity.md): the metric whose CI
+decides ``nces_separated_from_control``, the console table's NCES column and the L0-vs-NCES plot."""
 
 
 def leaderboard_path(results_dir: str | Path) -> Path:

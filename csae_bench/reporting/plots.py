@@ -12,7 +12,7 @@ from collections import defaultdict
 from pathlib import Path
 from typing import Any
 
-from csae_bench.reporting.leaderboard import metric_ci, metric_value
+from csae_bench.reporting.leaderboard import NCES_SEPARATION_METRIC, metric_ci, metric_value
 from csae_bench.reporting.results import ResultFile, flat_metrics
 from csae_bench.stats import mean_sd
 from csae_bench.utils import atomic_path
@@ -55,8 +55,11 @@ def control_archs(rows: list[dict[str, Any]]) -> set[str]:
 
 
 def _nces_metric(board: dict[str, Any]) -> str | None:
+    """The headline NCES (:data:`~csae_bench.reporting.leaderboard.NCES_SEPARATION_METRIC`, the
+    unweighted mean) when the board has it, else the first NCES headline metric; None without
+    NCES."""
     directions = board["metric_directions"].get("nces", {})
-    return next(iter(directions), None)
+    return NCES_SEPARATION_METRIC if NCES_SEPARATION_METRIC in directions else next(iter(directions), None)
 
 
 def _scatter(

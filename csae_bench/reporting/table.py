@@ -6,12 +6,12 @@ from __future__ import annotations
 from collections import defaultdict
 from typing import Any
 
-from csae_bench.reporting.leaderboard import metric_ci, metric_value
+from csae_bench.reporting.leaderboard import NCES_SEPARATION_METRIC, metric_ci, metric_value
 
 COMPACT_COLUMNS: tuple[tuple[str, str, str], ...] = (
     ("core", "model_performance_preservation.ce_loss_score", "CE"),
     ("core", "reconstruction_quality.explained_variance_mean_centred", "EVmc"),
-    ("nces", "nces.nces_freq_weighted_mean", "NCES"),
+    ("nces", NCES_SEPARATION_METRIC, "NCES"),
     ("csae_probing", "probing.sae_top_1_test_accuracy", "probe1"),
 )
 """The default console table's headline metrics: (eval type, metric, short header)."""
@@ -19,7 +19,7 @@ COMPACT_COLUMNS: tuple[tuple[str, str, str], ...] = (
 _LEGEND = {
     "CE": "core CE-loss score",
     "EVmc": "core explained variance, mean-centred",
-    "NCES": "NCES, frequency-weighted",
+    "NCES": "NCES, unweighted",
     "probe1": "top-1 probe accuracy",
 }
 

@@ -29,9 +29,9 @@ class NCESEvalConfig(BaseEvalConfig):
         description="How a feature is changed: zero, mean (over active tokens), mean_all, resample, clamp:<alpha>.",
     )
     control: str = Field(
-        default="data",
+        default="feature",
         title="Control Direction",
-        description="The equal-size control edit R_i is measured with: 'data' (default) = a direction from the data shared by every SAE: the normalised difference of the clean residuals of a random pair of eval tokens, one fixed seeded set with one direction per eval token, the same for every SAE on this model, hook, eval tokens and seed (so a null dictionary's NCES is measured, not fixed by construction; see docs/nces.md); 'feature' = the decoder row of a random other feature of the same SAE inactive at that token; 'isotropic' = a seeded random unit vector.",
+        description="The equal-size control edit R_i is measured with: 'feature' (default) = the decoder row of a random other alive feature of the same SAE, inactive at that token, with the same coefficient: does the active feature's direction matter more here than the dictionary's inactive directions? A dictionary of exchangeable random rows (random-decoder, permuted-decoder, init) scores NCES ≈ 0 by construction, so the nulls test specificity within a dictionary (see docs/validity.md); 'data' = a direction from the data shared by every SAE: the normalised difference of the clean residuals of a random pair of eval tokens, one fixed seeded set with one direction per eval token, the same for every SAE on this model, hook, eval tokens and seed (so a null dictionary's NCES is measured, not fixed by construction; random directions move the model more than data directions of equal norm, so random dictionaries score high against it: see docs/nces.md); 'isotropic' = a seeded random unit vector.",
     )
     effect_window: int | None = Field(
         default=4,

@@ -26,7 +26,7 @@ SCHEMA_PATH = Path(__file__).with_name(f"eval_output_schema_{EVAL_TYPE_ID_NCES}.
 class NCESMetrics(BaseMetrics):
     nces_freq_weighted_mean: float | None = Field(
         title="NCES (Frequency-Weighted Mean)",
-        description="Mean of NCES_i = (E_i - R_i) / (E_i + R_i) over alive features, weighted by activation frequency (stratified-sample estimate). Higher is better; 0 = no more effect than the control edit of equal norm (eval_config.control: by default a data direction, the normalised difference of the residuals of a random pair of eval tokens, the same for every SAE).",
+        description="Mean of NCES_i = (E_i - R_i) / (E_i + R_i) over alive features, weighted by activation frequency (stratified-sample estimate). Higher is better; 0 = no more effect than the control edit of equal norm (eval_config.control: by default the decoder row of a random other feature of the same SAE, inactive at that token).",
         json_schema_extra=DEFAULT_DISPLAY,
     )
     nces_freq_weighted_mean_ci_low: float | None = Field(
@@ -39,7 +39,7 @@ class NCESMetrics(BaseMetrics):
     )
     nces_mean: float | None = Field(
         title="NCES (Unweighted Mean)",
-        description="Unweighted mean of NCES_i over alive features (stratified-sample estimate). Higher is better.",
+        description="Unweighted mean of NCES_i over alive features (stratified-sample estimate); the leaderboard's headline NCES. Higher is better; 0 = no more effect than the control edit of equal norm (with the default 'feature' control, what a dictionary of random directions scores by construction).",
         json_schema_extra=DEFAULT_DISPLAY,
     )
     nces_mean_ci_low: float | None = Field(
@@ -209,9 +209,8 @@ class NCESFeatureDetail(BaseResultDetail):
 class NCESEvalOutput(BaseEvalOutput[NCESEvalConfig, NCESMetricCategories, NCESFeatureDetail]):
     """
     Normalized causal effect score: for each sampled feature, the output KL of intervening on it at
-    active tokens, against a control edit of equal norm at the same tokens (by default along a data
-    direction, the normalised difference of the residuals of a random pair of eval tokens, the same
-    for every SAE)
+    active tokens, against a control edit of equal norm at the same tokens (by default along the
+    decoder row of a random other feature of the same SAE, inactive at that token)
     (NCES = (E - R) / (E + R)), computed exactly by csae_bench's batch-wise intervention engine.
     """
 

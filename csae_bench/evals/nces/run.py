@@ -3,13 +3,13 @@
 For each sampled alive feature ``i`` and each of its sampled active tokens, the engine measures the
 exact effect (KL over the window) of the intervention ``h + (f'_i − f_i) d_i`` and of a control edit
 of the same norm at the same token; ``NCES_i = (E_i − R_i)/(E_i + R_i)``. The control direction is
-``config.control`` (:mod:`csae_bench.interventions.controls`): by default (``"data"``) the token's
-direction in one fixed, seeded set of data directions (normalised differences of the clean
+``config.control`` (:mod:`csae_bench.interventions.controls`): by default (``"feature"``) the
+decoder row of a random other alive feature of the same SAE inactive at that token; ``"data"`` the
+token's direction in one fixed, seeded set of data directions (normalised differences of the clean
 residuals of random pairs of eval tokens) shared by every SAE evaluated on the same model, hook,
 eval tokens and seed — computed once per run and kept in the eval's shared cache
-(:func:`data_control_directions`); ``"feature"`` is the decoder row of a random other alive feature
-of the same SAE inactive at that token; ``"isotropic"`` a seeded random unit vector (DESIGN §5's
-original control; docs/nces.md says why neither is the default).
+(:func:`data_control_directions`); ``"isotropic"`` a seeded random unit vector (DESIGN §5's
+original control; docs/nces.md says why the default is ``"feature"``).
 """
 
 from __future__ import annotations
