@@ -271,12 +271,14 @@ def config_from_args(args: argparse.Namespace) -> RunConfig:
     """
     from csae_bench.releases import check_release_ids, release_specs_requested
     from csae_bench.suite import build_config
-    from csae_bench.suite_checks import validate_names
+    from csae_bench.suite_checks import check_device, validate_names
 
     # issue 16: unknown or unreachable SAELens releases fail first, before any slow import.
     check_release_ids(release_specs_requested(args.suite, args.saes, args.extra_saes))
     cfg = build_config(args.suite, **{name: getattr(args, name) for _, name, _ in RUN_FLAGS})
     validate_names(cfg)
+    # a suite may name a GPU (gpt2-small, gemma-2-2b); a run on this machine needs it here
+    check_device(cfg.device, on_this_machine=cfg.executor != "ray")
     if cfg.trains:
         from csae_bench.hooks import block_hook_name
         from csae_bench.pipeline import check_train_settings

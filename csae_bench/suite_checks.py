@@ -47,7 +47,6 @@ def validate_names(cfg: RunConfig) -> None:
             check_derived(cfg.architectures)
         except MissingBaseArchitectureError as err:
             raise SuiteError(str(err)) from None
-    check_device(cfg.device, on_this_machine=cfg.executor != "ray")
     check_corpus_path(cfg.corpus)
     registered = set(available_evals())
     bad = [e for e in cfg.evals if eval_type_id(e) not in registered]
