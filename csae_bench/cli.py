@@ -202,6 +202,20 @@ class _StderrHandler(logging.StreamHandler):
         pass
 
 
+class _PlainFormatter(logging.Formatter):
+    """One plain line per record; the rich markup of a record logged with ``extra={"markup":
+    True}`` is read off its format string (never its arguments) and shown as its text."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        if getattr(record, "markup", False) and isinstance(record.msg, str):
+            from rich.text import Text
+
+            record = logging.makeLogRecord(
+                {**record.__dict__, "msg": Text.from_markup(record.msg).plain}
+            )
+        return super().format(record)
+
+
 def setup_logging(verbose: bool) -> None:
     """Log lines on stderr, as Python's logging puts them (stdout keeps the leaderboard table):
     rich on a terminal; one plain line per record into a file or pipe, so that a message (an exit-2
@@ -224,9 +238,7 @@ def setup_logging(verbose: bool) -> None:
             )
         else:
             handler = _StderrHandler()
-            handler.setFormatter(
-                logging.Formatter("[%(asctime)s] %(levelname)-7s %(message)s", "%X")
-            )
+            handler.setFormatter(_PlainFormatter("[%(asctime)s] %(levelname)-7s %(message)s", "%X"))
         handler.csae_bench = True  # type: ignore[attr-defined]
         root.addHandler(handler)
     root.setLevel(logging.DEBUG if verbose else logging.INFO)

@@ -356,6 +356,9 @@ def test_log_lines_go_to_stderr_and_leave_stdout_to_results(capsys):
         assert "a log line" not in captured.out
         (line,) = [x for x in captured.err.splitlines() if "a log line" in x]
         assert line.endswith(long) and "WARNING" in line
+        logging.getLogger("csae_bench.test").info(
+            "[green]done[/] %s", "NCES topk [feature]", extra={"markup": True})
+        assert capsys.readouterr().err.rstrip().endswith("INFO    done NCES topk [feature]")
     finally:
         for h in root.handlers[:]:
             if h not in before:
