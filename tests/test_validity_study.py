@@ -198,8 +198,9 @@ def test_confirmation_judges_the_frozen_choice_on_both_sets(tmp_path):
     write_study(tmp_path, cfg, seeds=(3, 4, 5))
     s = summarize(load_records(tmp_path, cfg.train_tokens, cfg.init_null), cfg, "nces[data]")
     assert s["choice"] == "nces[data]" and s["choice_frozen"]
-    assert s["confirmation"]["per_set"] == {"confirm layer 6": True, "confirm layer 12": False}
-    assert s["confirmation"]["confirmed"] is False  # layer 12 has no records: it cannot pass
+    # layer 12 has no records: incomplete (None), not failed, and not confirmed
+    assert s["confirmation"]["per_set"] == {"confirm layer 6": True, "confirm layer 12": None}
+    assert s["confirmation"]["confirmed"] is False
 
 
 def test_report_keeps_the_criteria_and_replaces_only_the_results_block(tmp_path):
@@ -369,3 +370,17 @@ def test_selection_is_complete_when_its_records_exist_whatever_their_values(tmp_
     assert not selection_complete(cfg, tmp_path)
     one.write_text(json.dumps({**rec, "metrics": {k: float("nan") for k in rec.get("metrics", {})}}))
     assert selection_complete(cfg, tmp_path)
+
+
+def test_confirmation_tells_a_failed_set_from_an_incomplete_one():
+    from csae_bench.studies.validity.summary import confirm
+
+    def one(sep, reseed, mono):
+        return {"metrics": [{"metric": "m", "checks": {"separation": sep, "reseed": reseed,
+                                                       "monotonic": mono, "power": None}}]}  # fmt: skip
+
+    sets = {"selection": one(True, True, True), "a": one(True, True, True),
+            "b": one(True, None, True), "c": one(False, None, True)}  # fmt: skip
+    c = confirm("m", sets)
+    assert c["per_set"] == {"a": True, "b": None, "c": False} and c["confirmed"] is False
+    assert confirm("m", {"selection": sets["a"], "a": sets["a"]})["confirmed"] is True

@@ -181,13 +181,13 @@ def _verdict_lines(summary: dict[str, Any], cfg: ValidityConfig) -> list[str]:
     if conf is None:
         L.append("Confirmation: not run (phase `select`)." if choice is not None else "")
     else:
-        per = "; ".join(
-            f"{k}: {'passes' if v else 'FAILS'} checks 1–3" for k, v in conf["per_set"].items()
-        )
+        said = {True: "passes checks 1–3", False: "FAILS checks 1–3",
+                None: "incomplete (no check fails; one lacks records — seeds not yet measured)"}
+        per = "; ".join(f"{k}: {said[v]}" for k, v in conf["per_set"].items())
         L.append(f"**Confirmation:** {per}. " + (
             "The chosen metric is confirmed." if conf["confirmed"] else
-            "The chosen metric is **not confirmed**; the leaderboard keeps flagging it as "
-            "unvalidated."))  # fmt: skip
+            "The chosen metric is **not confirmed**: read it against the nulls, as the "
+            "leaderboard's `~null` flag does (an SAE whose CI overlaps a null's is flagged)."))  # fmt: skip
     return [*L, ""]
 
 

@@ -211,16 +211,19 @@ def choose(metrics: list[dict[str, Any]], specs: list[MetricSpec]) -> str | None
 
 
 def confirm(choice: str | None, sets: dict[str, dict[str, Any]]) -> dict[str, Any] | None:
-    """The chosen metric's checks 1–3 on each confirmation set; ``confirmed`` only if it passes
-    them on every one (None: nothing was chosen, or no confirmation set is measured)."""
+    """The chosen metric's checks 1–3 on each confirmation set: per set True (all pass), False
+    (one fails) or None (none fails but one lacks its records, e.g. a seed not yet measured);
+    ``confirmed`` only if it passes them on every set (None: nothing was chosen, or no
+    confirmation set is measured)."""
     conf = {k: v for k, v in sets.items() if k != "selection"}
     if choice is None or not conf:
         return None
-    per = {}
+    per: dict[str, bool | None] = {}
     for name, s in conf.items():
         m = next((x for x in s["metrics"] if x["metric"] == choice), None)
-        per[name] = bool(m and m["trusted"])
-    return {"metric": choice, "per_set": per, "confirmed": all(per.values())}
+        checks = [m["checks"][c] for c in ("separation", "reseed", "monotonic")] if m else [None]
+        per[name] = False if False in checks else (None if None in checks else True)
+    return {"metric": choice, "per_set": per, "confirmed": all(v is True for v in per.values())}
 
 
 def summarize(
