@@ -205,9 +205,11 @@ class EvalJob(Job):
         """The result exists, parses (a corrupt one is redone, never trusted) and was computed with
         the settings the run asks for now: a result of other settings (a changed suite value or
         default) is recomputed, with one warning naming what changed."""
-        if not is_valid_json(self.path):
+        try:  # parsed once here: result files with per-feature details run to megabytes
+            result = json.loads(self.path.read_text())
+        except (OSError, ValueError):
             return False
-        stale = self.stale_settings()
+        stale = self.stale_settings(result)
         if stale and self.path not in _WARNED_STALE:
             _WARNED_STALE.add(self.path)
             changes = ", ".join(f"{k} {old!r} -> {new!r}" for k, (old, new) in stale.items())
@@ -215,11 +217,11 @@ class EvalJob(Job):
                            self.describe(), self.path, changes)  # fmt: skip
         return not stale
 
-    def stale_settings(self) -> dict[str, tuple[Any, Any]]:
-        """:func:`csae_bench.evals.registry.stale_settings` of the finished result."""
+    def stale_settings(self, result: Any) -> dict[str, tuple[Any, Any]]:
+        """:func:`csae_bench.evals.registry.stale_settings` of the finished ``result`` (parsed)."""
         from csae_bench.evals.registry import get_eval, stale_settings
 
-        stored = json.loads(self.path.read_text()).get("eval_config") or {}
+        stored = (result.get("eval_config") if isinstance(result, dict) else None) or {}
         spec = get_eval(eval_type_id(self.eval_name))
         return stale_settings(spec, stored, self.overrides) if isinstance(stored, dict) else {}
 
