@@ -283,7 +283,7 @@ def config_from_args(args: argparse.Namespace) -> RunConfig:
     """
     from csae_bench.releases import check_release_ids, release_specs_requested
     from csae_bench.suite import build_config
-    from csae_bench.suite_checks import check_device, validate_names
+    from csae_bench.suite_checks import check_device, check_layer, validate_names
 
     # issue 16: unknown or unreachable SAELens releases fail first, before any slow import.
     check_release_ids(release_specs_requested(args.suite, args.saes, args.extra_saes))
@@ -295,6 +295,7 @@ def config_from_args(args: argparse.Namespace) -> RunConfig:
         from csae_bench.hooks import block_hook_name
         from csae_bench.pipeline import check_train_settings
 
+        check_layer(cfg)
         check_train_settings(cfg, block_hook_name(cfg.layer))
     return cfg
 

@@ -104,6 +104,30 @@ def _tl_official_name(name: str, path: Path | None) -> str:
         ) from None
 
 
+def model_n_layers(name: str) -> int | None:
+    """The number of transformer blocks of ``name``, read without loading weights or touching the
+    network: a local directory's ``config.json``, else TransformerLens's model config (hard-coded
+    for Gemma, the embedded model's architecture). ``None`` when that config is not available
+    offline (e.g. GPT-2 outside the Hugging Face cache); loading the model then checks the layer.
+
+    Raises:
+        ModelLoadError: ``name`` is no model TransformerLens or this package knows.
+    """
+    spec = resolve_model(name)
+    if spec.path is not None:
+        cfg = json.loads((spec.path / "config.json").read_text())
+        cfg = cfg.get("text_config", cfg)  # multimodal Gemma-3 configs nest the language model's
+        found = [cfg[k] for k in ("num_hidden_layers", "n_layer", "n_layers") if k in cfg]
+        return int(found[0]) if found else None
+    from transformer_lens.loading_from_pretrained import convert_hf_model_config
+
+    try:
+        # local_files_only: a config outside the HF cache is "unknown", never a network wait
+        return int(convert_hf_model_config(spec.name, local_files_only=True)["n_layers"])
+    except Exception:  # noqa: BLE001 - any failure to read a config means "unknown here"
+        return None
+
+
 def load_model(
     name: str = EMBEDDED, device: str = "cpu", dtype: str | torch.dtype | None = None
 ) -> torch.nn.Module:

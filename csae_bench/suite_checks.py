@@ -84,6 +84,25 @@ def _check_eval_overrides(name: str, overrides: dict[str, Any]) -> None:
         pass  # a required field the run fills in; checked when the eval's config is built
 
 
+def check_layer(cfg: RunConfig) -> None:
+    """``cfg.layer`` within the model's blocks, read from its config before any weights load
+    (:func:`csae_bench.models.model_n_layers`; skipped when that needs the network).
+
+    Raises:
+        SuiteError: the layer is out of range, or the model is unknown.
+    """
+    from csae_bench.models import ModelLoadError, model_n_layers
+
+    try:
+        n_layers = model_n_layers(cfg.model)
+    except ModelLoadError as err:
+        raise SuiteError(str(err)) from None
+    if n_layers is not None and cfg.layer >= n_layers:
+        raise SuiteError(
+            f"--layer {cfg.layer} is out of range: {cfg.model} has layers 0..{n_layers - 1}."
+        )
+
+
 def check_device(device: str, on_this_machine: bool = True) -> None:
     """A device torch can parse and, when the jobs run ``on_this_machine`` (not on Ray workers,
     which may have GPUs the driver lacks), one this machine has — before any model loads.

@@ -445,6 +445,7 @@ def test_invalid_eval_setting_found_inside_a_job_exits_2(tmp_path, caplog):
 @pytest.mark.parametrize(("flag", "value", "says"), [
     ("--device", "gpu", "is not a torch device"),
     ("--corpus", "/no/such/corpus.txt", "no such file or folder"),
+    ("--layer", "18", "--layer 18 is out of range: embedded has layers 0..17"),
 ])
 def test_bad_device_or_corpus_path_fails_before_any_model_loads(flag, value, says, caplog):
     assert main([flag, value, "--out", "/nonexistent/never-written"]) == EXIT_USAGE
@@ -462,3 +463,17 @@ def test_cuda_is_refused_where_torch_has_none(monkeypatch):
         check_device("cuda")
     check_device("cuda:1", on_this_machine=False)  # Ray workers may have the GPU the driver lacks
     check_device("cpu")
+
+
+def test_layer_check_reads_a_local_model_config_and_skips_unknown_ones(tmp_path, monkeypatch):
+    from csae_bench import models
+    from csae_bench.suite import RunConfig, SuiteError
+    from csae_bench.suite_checks import check_layer
+
+    (tmp_path / "config.json").write_text(json.dumps({"text_config": {"num_hidden_layers": 4}}))
+    assert models.model_n_layers(str(tmp_path)) == 4
+    check_layer(RunConfig(model=str(tmp_path), layer=3))
+    with pytest.raises(SuiteError, match="--layer 4 is out of range: .* has layers 0..3"):
+        check_layer(RunConfig(model=str(tmp_path), layer=4))
+    monkeypatch.setattr(models, "model_n_layers", lambda name: None)  # needs the network: unchecked
+    check_layer(RunConfig(model="gpt2", layer=40))
