@@ -62,7 +62,15 @@ RUN_FLAGS: tuple[tuple[str, str, dict[str, Any]], ...] = (
     ("--corpus", "corpus", {}),
     ("--device", "device", {}),
     ("--dtype", "dtype", {"choices": MODEL_DTYPES}),
-    ("--engine-dtype", "engine_dtype", {"choices": ENGINE_DTYPES}),
+    (  # a metavar keeps the usage line within 80 columns
+        "--engine-dtype",
+        "engine_dtype",
+        {
+            "choices": ENGINE_DTYPES,
+            "metavar": "DTYPE",
+            "help": "one of " + ", ".join(ENGINE_DTYPES),
+        },
+    ),
     ("--threads", "threads", {"type": int, "metavar": "N"}),
     ("--out", "out", {"metavar": "DIR"}),
     (

@@ -335,11 +335,11 @@ def test_report_only_with_phase_writes_into_out_docs(tmp_path):
     assert "<!-- validity-results:start -->" in (tmp_path / "docs" / "validity.md").read_text()
 
 
-def test_study_help_lists_each_study_and_the_validity_phase(capsys, monkeypatch):
+def test_help_fits_80_columns_and_lists_each_study_and_the_validity_phase(capsys, monkeypatch):
     from csae_bench import cli
 
     monkeypatch.setenv("COLUMNS", "80")  # argparse wraps to the terminal's width
-    for argv in (["study", "-h"], ["study", "validity", "-h"]):
+    for argv in (["study", "-h"], ["study", "validity", "-h"], ["run", "-h"], ["leaderboard", "-h"]):
         with pytest.raises(SystemExit):
             cli.main(argv)
     out = capsys.readouterr().out
