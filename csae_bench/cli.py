@@ -21,6 +21,7 @@ import dataclasses
 import logging
 import os
 import sys
+import textwrap
 from collections.abc import Sequence
 from typing import Any
 
@@ -61,7 +62,15 @@ RUN_FLAGS: tuple[tuple[str, str, dict[str, Any]], ...] = (
     ("--corpus", "corpus", {}),
     ("--device", "device", {}),
     ("--dtype", "dtype", {"choices": MODEL_DTYPES}),
-    ("--engine-dtype", "engine_dtype", {"choices": ENGINE_DTYPES}),
+    (  # a metavar keeps the usage line within 80 columns
+        "--engine-dtype",
+        "engine_dtype",
+        {
+            "choices": ENGINE_DTYPES,
+            "metavar": "DTYPE",
+            "help": "one of " + ", ".join(ENGINE_DTYPES),
+        },
+    ),
     ("--threads", "threads", {"type": int, "metavar": "N"}),
     ("--out", "out", {"metavar": "DIR"}),
     (
@@ -170,14 +179,20 @@ def build_parser(run_prog: str | None = None) -> argparse.ArgumentParser:
         "results", nargs="?", default="results", help="results folder [default: results]"
     )
     board.set_defaults(handler=_leaderboard)
+    from csae_bench import studies
+
+    listing = "\n".join(
+        textwrap.fill(line, 80, initial_indent=f"  {name:<12} ", subsequent_indent=" " * 15)
+        for name, line in studies.summaries().items()
+    )
     study = sub.add_parser(
         "study",
         help="run a study (csae-bench study NAME --help for its options)",
         description="Run one of csae_bench's studies; the arguments after NAME are its own.",
+        epilog=f"studies:\n{listing}",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    from csae_bench import studies
-
-    study.add_argument("name", choices=studies.names())
+    study.add_argument("name", metavar="NAME", choices=studies.names(), help="the study to run")
     study.add_argument("args", nargs=argparse.REMAINDER, help="the study's own arguments")
     study.set_defaults(handler=_study)
     reg = sub.add_parser(

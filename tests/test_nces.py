@@ -13,7 +13,7 @@ from sae_bench.sae_bench_utils.testing_utils import validate_eval_output_format_
 
 from csae_bench.evals.nces import NCESEvalConfig, NCESEvalOutput, evaluate_sae, run_nces_eval
 from csae_bench.evals.nces.output import SCHEMA_PATH, generate_schema
-from csae_bench.evals.nces.sampling import stratified_features
+from csae_bench.evals.nces.sampling import ActiveTokens, sample_tokens, stratified_features
 from csae_bench.evals.nces.scoring import nces, score_feature
 from csae_bench.interventions import InterventionError
 from csae_bench.stats import weighted_mean_ci
@@ -104,6 +104,8 @@ def test_bad_config_is_refused():
         NCESEvalConfig(intervention="ablate")
     with pytest.raises(ValueError, match="control"):
         NCESEvalConfig(control="gaussian")
+    with pytest.raises(ValueError, match="token_sampling='positional': use one of uniform, position"):
+        NCESEvalConfig(token_sampling="positional")
 
 
 def test_stratified_sampling_keeps_rare_features():
@@ -115,6 +117,38 @@ def test_stratified_sampling_keeps_rare_features():
     assert s.weight.sum().item() == pytest.approx(1010)
     few = stratified_features(freq, 3, 8, torch.Generator().manual_seed(0))  # fewer than strata
     assert len(few.feature_idx) == 3 and few.weight.sum().item() == pytest.approx(1010)
+
+
+def _one_feature(positions) -> ActiveTokens:
+    pos = torch.tensor(positions)
+    zero = torch.zeros_like(pos)
+    return ActiveTokens(zero, pos, zero, torch.tensor([0, len(pos)]))
+
+
+def test_position_sampling_spreads_tokens_and_keeps_every_token_equally_likely():
+    active, feature = _one_feature(list(range(1, 101))), torch.tensor([0])
+    gen = torch.Generator().manual_seed(0)
+    for _ in range(20):  # one token from each quarter of the positions, every draw
+        _, _, pos, _ = sample_tokens(active, feature, 4, gen, by_position=True)
+        assert sorted(((pos - 1) // 25).tolist()) == [0, 1, 2, 3]
+    counts = torch.zeros(101)
+    for _ in range(2000):
+        counts[sample_tokens(active, feature, 4, gen, by_position=True)[2]] += 1
+    assert counts[1:].min() > 40 and counts[1:].max() < 120  # each of 100 tokens: ~80 (4/100)
+    uniform = [sample_tokens(active, feature, 4, gen)[2] for _ in range(200)]
+    assert any(((p - 1) // 25).unique().numel() < 4 for p in uniform)  # uniform may cluster
+
+
+def test_position_sampling_takes_every_token_of_a_rare_feature():
+    _, _, pos, owner = sample_tokens(_one_feature([9, 3, 7]), torch.tensor([0]), 4,
+                                     torch.Generator().manual_seed(0), by_position=True)
+    assert sorted(pos.tolist()) == [3, 7, 9] and owner.tolist() == [0, 0, 0]
+
+
+def test_position_sampling_runs_end_to_end(tiny_model, tiny_tokens):
+    out = evaluate_sae(tiny_model, random_sae(), tiny_tokens, HOOK, small_config(token_sampling="position"))
+    assert out.eval_config.token_sampling == "position"
+    assert math.isfinite(out.eval_result_metrics.nces.nces_mean)
 
 
 def test_feature_score_and_bootstrap():

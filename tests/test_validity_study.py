@@ -335,6 +335,22 @@ def test_report_only_with_phase_writes_into_out_docs(tmp_path):
     assert "<!-- validity-results:start -->" in (tmp_path / "docs" / "validity.md").read_text()
 
 
+def test_help_fits_80_columns_and_lists_each_study_and_the_validity_phase(capsys, monkeypatch):
+    from csae_bench import cli
+
+    monkeypatch.setenv("COLUMNS", "80")  # argparse wraps to the terminal's width
+    for argv in (["study", "-h"], ["study", "validity", "-h"], ["run", "-h"], ["leaderboard", "-h"]):
+        with pytest.raises(SystemExit):
+            cli.main(argv)
+    out = capsys.readouterr().out
+    assert "validity     The validity study (issue 14): do NCES" in out
+    assert "ablation     The ablation study" in out and "--phase {select,confirm}" in out
+    assert max(len(line) for line in out.splitlines()) <= 80
+    with pytest.raises(SystemExit) as exit_:
+        cli.main(["study", "validity", "--out", "x", "--phase", "later"])
+    assert exit_.value.code == 2 and "invalid choice: 'later'" in capsys.readouterr().err
+
+
 def test_set_overrides_settings_with_their_types_and_bad_ones_exit_2(tmp_path, capsys):
     from csae_bench import cli
     from csae_bench.studies.harness import parse_settings

@@ -14,9 +14,11 @@ Adding a study is adding one module (or package) here that defines ``STUDY`` (a
 
 from __future__ import annotations
 
+import ast
 import importlib
 import pkgutil
 from collections.abc import Sequence
+from pathlib import Path
 
 from csae_bench.suite import SuiteError
 
@@ -28,6 +30,19 @@ def names() -> list[str]:
         for m in pkgutil.iter_modules(__path__)
         if not m.name.startswith("_") and m.name != "harness"
     )
+
+
+def summaries() -> dict[str, str]:
+    """``{name: the first line of its module docstring}`` for every study, read from the source
+    (importing a study imports the pipeline: seconds, too slow for ``--help``)."""
+    here = Path(__file__).parent
+    out = {}
+    for name in names():
+        path = here / f"{name}.py"
+        path = path if path.exists() else here / name / "__init__.py"
+        doc = ast.get_docstring(ast.parse(path.read_text(encoding="utf-8"))) or ""
+        out[name] = doc.splitlines()[0] if doc else ""
+    return out
 
 
 def main(name: str, argv: Sequence[str] | None = None) -> int:

@@ -24,6 +24,7 @@ and writes its report; :func:`csae_bench.studies.names` finds it.
 
 from __future__ import annotations
 
+import argparse
 import json
 import logging
 import time
@@ -203,12 +204,20 @@ def _convert(name: str, text: str, default: Any) -> Any:
         raise ValueError(f"--set {name}={text}: expected {kind}") from None
 
 
-def study_main(study: Study, argv: Sequence[str] | None = None) -> int:
+def study_main(
+    study: Study,
+    argv: Sequence[str] | None = None,
+    parents: Sequence[argparse.ArgumentParser] = (),
+    adapt: Callable[[Study, argparse.Namespace], Study] | None = None,
+) -> int:
     """The command line of a study: run it under ``--out`` (resuming), then write its report into
-    ``--docs``."""
+    ``--docs``. A study's own options come in ``parents`` (shown in its ``--help``); ``adapt``
+    turns the parsed arguments into the study to run."""
     from csae_bench.cli import OneLineParser
 
-    parser = OneLineParser(prog=f"csae-bench study {study.name}", description=study.description)
+    parser = OneLineParser(
+        prog=f"csae-bench study {study.name}", description=study.description, parents=parents
+    )
     parser.add_argument(
         "--out", required=True, help="folder for the study's SAEs and records (resumable)"
     )
@@ -230,6 +239,8 @@ def study_main(study: Study, argv: Sequence[str] | None = None) -> int:
         " e.g. --set n_features=128 --set controls=data,feature",
     )
     args = parser.parse_args(argv)
+    if adapt is not None:
+        study = adapt(study, args)
     from csae_bench.cli import setup_logging
 
     setup_logging(False)

@@ -7,6 +7,7 @@ from pydantic import Field, model_validator
 from pydantic.dataclasses import dataclass
 from sae_bench.evals.base_eval_output import BaseEvalConfig
 
+from csae_bench.evals.nces.sampling import TOKEN_SAMPLING
 from csae_bench.interventions.controls import get_control
 from csae_bench.interventions.types import make_intervention
 
@@ -52,6 +53,11 @@ class NCESEvalConfig(BaseEvalConfig):
         default=5,  # CPU default run budget; the GPU suites use 16
         title="Tokens per Feature",
         description="Active tokens sampled per feature (fewer when the feature has fewer eligible active tokens).",
+    )
+    token_sampling: str = Field(
+        default="uniform",
+        title="Token Sampling",
+        description="How a feature's tokens are drawn from its eligible active tokens: 'uniform' (at random) or 'position' (sorted by position, cut into tokens_per_feature equal-count strata, one token drawn from each: the same mean over active tokens, with the positions spread).",
     )
     min_tokens_for_verification: int = Field(
         default=3,
@@ -117,6 +123,10 @@ class NCESEvalConfig(BaseEvalConfig):
             raise ValueError(f"effect_window={self.effect_window}: use W >= 1 or null.")
         if self.n_features < 1 or self.tokens_per_feature < 1 or self.n_frequency_strata < 1:
             raise ValueError("n_features, tokens_per_feature and n_frequency_strata must be >= 1.")
+        if self.token_sampling not in TOKEN_SAMPLING:
+            raise ValueError(
+                f"token_sampling={self.token_sampling!r}: use one of {', '.join(TOKEN_SAMPLING)}."
+            )
         if not 0 < self.confidence_level < 1:
             raise ValueError(f"confidence_level={self.confidence_level} must lie in (0, 1).")
         if self.n_bootstrap < 10:

@@ -150,7 +150,11 @@ def evaluate_sae(
     frequency = stats.frequency_F.cpu()
     sample = stratified_features(frequency, config.n_features, config.n_frequency_strata, gen)
     feat_M, ctx_M, pos_M, owner_M = sample_tokens(
-        active, sample.feature_idx, config.tokens_per_feature, gen
+        active,
+        sample.feature_idx,
+        config.tokens_per_feature,
+        gen,
+        by_position=config.token_sampling == "position",
     )
     M = len(feat_M)
     with torch.no_grad():

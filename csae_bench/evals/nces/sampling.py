@@ -3,8 +3,12 @@
 Alive features are split into strata of equal width in log activation frequency (empty strata
 dropped) and sampled equally from each, so rare features are not crowded out by frequent ones; each sampled feature carries the
 weight ``stratum size / stratum sample`` so means over the sample estimate means over all alive
-features. Tokens are drawn uniformly from a feature's *eligible* active tokens (not BOS, and early
-enough in the context for a full effect window).
+features. Tokens are drawn from a feature's *eligible* active tokens (not BOS, and early enough in
+the context for a full effect window): uniformly, or stratified by position — the tokens sorted by
+position are cut into as many equal-count strata as tokens wanted and one is drawn from each
+(systematic sampling: every active token is equally likely, so the estimate of the feature's mean
+is unchanged, while a few tokens can no longer all land early or all late in the context, where
+position dominates the per-token effect — issue 14, item 4).
 """
 
 from __future__ import annotations
@@ -15,6 +19,9 @@ import torch
 from torch import Tensor
 
 from csae_bench.interventions.types import FeatureStats
+
+TOKEN_SAMPLING = ("uniform", "position")
+"""The ways :func:`sample_tokens` draws a feature's tokens (``NCESEvalConfig.token_sampling``)."""
 
 
 @dataclass
@@ -101,14 +108,28 @@ def stratified_features(
 
 
 def sample_tokens(
-    active: ActiveTokens, features: Tensor, n_per_feature: int, gen: torch.Generator
+    active: ActiveTokens,
+    features: Tensor,
+    n_per_feature: int,
+    gen: torch.Generator,
+    by_position: bool = False,
 ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-    """Up to ``n_per_feature`` eligible active tokens per feature, without replacement.
-    Returns ``feature_M, ctx_M, pos_M`` and ``owner_M`` (index into ``features``)."""
+    """Up to ``n_per_feature`` eligible active tokens per feature, without replacement: uniformly,
+    or (``by_position``) one from each of ``n`` equal-count strata of the tokens sorted by position
+    (ties in random order). Returns ``feature_M, ctx_M, pos_M`` and ``owner_M`` (index into
+    ``features``)."""
     feat, ctx, pos, owner = [], [], [], []
     for j, f in enumerate(features.tolist()):
         c, p = active.of(f)
-        pick = torch.randperm(len(c), generator=gen)[:n_per_feature]
+        pick = torch.randperm(len(c), generator=gen)
+        if by_position and len(c) > n_per_feature:
+            pick = pick[torch.argsort(p[pick], stable=True)]  # by position, ties shuffled
+            n = n_per_feature
+            edges = torch.arange(n + 1) * len(c) // n  # stratum k is rows edges[k]..edges[k+1]-1
+            within = (torch.rand(n, generator=gen) * (edges[1:] - edges[:-1])).long()
+            pick = pick[edges[:-1] + within]
+        else:
+            pick = pick[:n_per_feature]
         feat.append(torch.full((len(pick),), f))
         ctx.append(c[pick]), pos.append(p[pick]), owner.append(torch.full((len(pick),), j))
     cat = lambda xs: torch.cat(xs) if xs else torch.zeros(0, dtype=torch.long)  # noqa: E731

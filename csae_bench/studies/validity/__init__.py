@@ -47,15 +47,23 @@ def main(argv: Sequence[str] | None = None) -> int:
     (default ``select``)."""
     import argparse
 
-    pre = argparse.ArgumentParser(add_help=False)
-    pre.add_argument("--phase", choices=(SELECT, CONFIRM), default=SELECT)
-    known, rest = pre.parse_known_args(list(argv) if argv is not None else None)
-    study = STUDY
-    if known.phase != SELECT:
+    phase = argparse.ArgumentParser(add_help=False)
+    phase.add_argument(
+        "--phase",
+        choices=(SELECT, CONFIRM),
+        default=SELECT,
+        help="select: the selection set only (choose the metric); confirm: also the confirmation "
+        "sets (fresh seeds, a second layer), measured once the choice is frozen [default: select]",
+    )
+
+    def adapt(study: Study, args: argparse.Namespace) -> Study:
+        if args.phase == SELECT:
+            return study
         from dataclasses import replace
 
-        study = replace(STUDY, config_cls=partial(ValidityConfig, phase=known.phase))
-    return study_main(study, rest)
+        return replace(study, config_cls=partial(ValidityConfig, phase=args.phase))
+
+    return study_main(STUDY, argv, parents=[phase], adapt=adapt)
 
 
 __all__ = [
