@@ -337,6 +337,7 @@ def test_wide_table_shows_every_headline_metric_unfolded(varied_results):
     for metric in registered_specs()["core"].headline:
         assert metric.split(".")[-1] in text, metric
     assert "random-decoder-d128-s0" in text and "layer_12/width_16k/canonical" in text
+    assert "↑/↓ higher/lower is better" in text and "~null NCES CI overlaps" in text  # its legend
 
 
 def test_wide_flag_on_both_commands(varied_results, capsys):
