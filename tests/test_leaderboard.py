@@ -109,6 +109,16 @@ def test_leaderboard_command(mixed_results, tmp_path, caplog):
     assert not (tmp_path / "empty" / "leaderboard.json").exists()
 
 
+def test_rebuild_keeps_the_runs_requested_evals(tiny_run, tmp_path):
+    out = tmp_path / "run"
+    shutil.copytree(tiny_run / "eval_results", out / "eval_results")
+    write_leaderboard(out, requested_evals=["core", "nces"], plots=False)
+    assert main(["leaderboard", str(out), "--no-plots"]) == 0
+    board = json.loads((out / "leaderboard.json").read_text())
+    assert board["requested_evals"] == ["core", "nces"]
+    assert [r["missing_evals"] for r in board["rows"]] == [["nces"], ["nces"]]
+
+
 # ---------------------------------------------------------------- issue 17: foreign files, non-finite values, table
 
 
@@ -327,6 +337,7 @@ def test_wide_table_shows_every_headline_metric_unfolded(varied_results):
     for metric in registered_specs()["core"].headline:
         assert metric.split(".")[-1] in text, metric
     assert "random-decoder-d128-s0" in text and "layer_12/width_16k/canonical" in text
+    assert "↑/↓ higher/lower is better" in text and "~null NCES CI overlaps" in text  # its legend
 
 
 def test_wide_flag_on_both_commands(varied_results, capsys):

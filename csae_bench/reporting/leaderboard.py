@@ -190,6 +190,8 @@ def build_leaderboard(
         "rows": rows,
         "skipped_files": skipped,
     }
+    if requested_evals is not None:
+        board["requested_evals"] = list(requested_evals)
     return board, results
 
 
@@ -211,6 +213,8 @@ def write_leaderboard(
     results_dir: str | Path, requested_evals: list[str] | None = None, plots: bool = True
 ) -> tuple[dict[str, Any], list[Path]]:
     """Build ``<results_dir>/leaderboard.json`` and ``<results_dir>/plots/*.png``.
+    ``requested_evals`` None: those of the ``leaderboard.json`` already there, if any (so a
+    rebuild with ``csae-bench leaderboard`` keeps each row's ``missing_evals``).
 
     Returns:
         ``(board, plot paths)``.
@@ -224,6 +228,9 @@ def write_leaderboard(
             f"Results folder {results_dir} does not exist; pass the --out of a run "
             "or a folder holding SAEBench *_eval_results.json files."
         )
+    if requested_evals is None:  # a rebuild keeps the evals the run asked for (missing_evals)
+        previous = read_leaderboard(results_dir) or {}
+        requested_evals = previous.get("requested_evals")
     board, results = build_leaderboard(results_dir, requested_evals)
     atomic_write_json(leaderboard_path(results_dir), board)
     if not plots:

@@ -23,6 +23,13 @@ _LEGEND = {
     "probe1": "top-1 probe accuracy",
 }
 
+_KEY = (
+    "↑/↓ higher/lower is better; — none or null; ±: half-width of the 95% CI. "
+    "flag: ctrl control (a null model), ~null NCES CI overlaps the controls', "
+    "! non-finite value stored as null (leaderboard.json: flags)."
+)
+"""The legend of the marks both tables use."""
+
 
 def row_label(row: dict[str, Any], rows: list[dict[str, Any]]) -> str:
     """The SAE id; prefixed with its release when the rows come from several releases and two
@@ -84,6 +91,7 @@ def render_table(board: dict[str, Any], console=None, wide: bool = False) -> Non
             console.print(table, crop=False)
         finally:
             console.width = width
+        console.print(_KEY)
     else:
         present = set(board["eval_types"])
         columns = [
@@ -98,12 +106,7 @@ def render_table(board: dict[str, Any], console=None, wide: bool = False) -> Non
         for (model, hook), group in groups.items():
             console.print(_table(group, rows, columns, [], f"{model} · {hook}"))
         legend = [f"{h}: {_LEGEND[h]}" for e, _, h in COMPACT_COLUMNS if e in present]
-        console.print(
-            "; ".join(legend + ["↑ higher is better", "— none or null"])
-            + "; ±: half-width of the 95% CI"
-            + ". flag: ctrl control (a null model), ~null NCES CI overlaps the controls', "
-            "! non-finite value stored as null (leaderboard.json: flags). --wide for all metrics."
-        )
+        console.print("; ".join(legend) + "; " + _KEY + " --wide for all metrics.")
     if board["unknown_eval_types"]:
         console.print(
             f"Also in leaderboard.json (eval types without headline metrics here): "
