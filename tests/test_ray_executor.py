@@ -134,6 +134,30 @@ def test_worker_keeps_its_model_and_eval_cache_between_tasks(tmp_path):
     assert len(loads.read_text().split()) == 1  # the model is shared, not loaded again
 
 
+def test_worker_lets_the_run_model_go_when_the_engine_model_replaces_it(tmp_path):
+    """hold_one_model under Ray: once a task's Resources drops the run's model for the engine's,
+    the worker's cache must not keep the run's alive (both would be held at once)."""
+    import gc
+    import weakref
+
+    from helpers import tiny_run_config
+    from ray_fakes import ray_resources
+
+    from csae_bench.executors.ray_worker import _STATE, _keep_model, fingerprint, worker_resources
+
+    _STATE.clear()
+    cfg = tiny_run_config(tmp_path / "a", dtype="bfloat16", engine_dtype="float32")
+    template = ray_resources(cfg, model_log=tmp_path / "loads.txt")
+    res = worker_resources(template, fingerprint(template))
+    run_model = weakref.ref(res.model)
+    _keep_model(res)
+    assert _STATE["model"][1] is run_model()
+    res.engine_model  # noqa: B018 -- loading it drops the run's model (hold_one_model)
+    _keep_model(res)
+    gc.collect()
+    assert "model" not in _STATE and run_model() is None
+
+
 def test_worker_killed_during_an_eval_is_retried(cluster, tmp_path, local_board):
     """SIGKILL the worker process of a running eval: Ray retries the task on another worker and
     the run completes with every result present, valid and equal to the local run's."""

@@ -89,8 +89,13 @@ def worker_resources(template: Any, key: str) -> Any:
 
 
 def _keep_model(res: Any) -> None:
+    """Keep the run's model for this worker's next task — or let it go when ``res`` dropped it
+    for the engine's model (``Resources.hold_one_model``): a reference kept here would hold both
+    models at once, the peak the local executor avoids."""
     if res._model is not None:
         _STATE["model"] = (_STATE["model_key"], res._model)
+    else:
+        _STATE.pop("model", None)
 
 
 def _set_threads(cfg: Any) -> None:
