@@ -181,8 +181,11 @@ def _verdict_lines(summary: dict[str, Any], cfg: ValidityConfig) -> list[str]:
     if conf is None:
         L.append("Confirmation: not run (phase `select`)." if choice is not None else "")
     else:
-        said = {True: "passes checks 1–3", False: "FAILS checks 1–3",
-                None: "incomplete (no check fails; one lacks records — seeds not yet measured)"}
+        said = {
+            True: "passes checks 1–3",
+            False: "FAILS checks 1–3",
+            None: "incomplete (no check fails; one lacks records — seeds not yet measured)",
+        }
         per = "; ".join(f"{k}: {said[v]}" for k, v in conf["per_set"].items())
         L.append(f"**Confirmation:** {per}. " + (
             "The chosen metric is confirmed." if conf["confirmed"] else
@@ -204,6 +207,7 @@ def write_report(out: str | Path, docs: str | Path, cfg: ValidityConfig | None =
     summary = summarize(load_records(out, cfg.train_tokens, cfg.init_null), cfg, frozen)
     if not choice_path.exists() and selection_complete(cfg, out):
         atomic_write_json(choice_path, {"choice": summary["choice"]})
+    mark_incomplete(summary, cfg, out)
     wall = wall_seconds(PREFIX, out)
     if wall is not None:
         summary["wall_seconds"] = wall
@@ -211,17 +215,46 @@ def write_report(out: str | Path, docs: str | Path, cfg: ValidityConfig | None =
     return replace_between_markers(docs / PAGE, MARKER, render(summary, cfg, images, out), TITLE)
 
 
-def selection_complete(cfg: ValidityConfig, out: Path) -> bool:
-    """Every record of the selection set exists: read from the jobs that write them, not from the
-    summary's values, where a constant series (e.g. no probing task verified at any snapshot) has
-    an undefined Spearman and would keep the choice from ever being frozen."""
+def records_complete(
+    cfg: ValidityConfig, out: Path, layer: int, seeds: tuple[int, ...], choice: str | None = None
+) -> bool:
+    """Every record of one set exists (with ``choice``: every record that metric reads) — read
+    from the jobs that write them, not from the summary's values, where a constant series (e.g.
+    no probing task verified at any snapshot) has an undefined Spearman."""
     from csae_bench.pipeline.layout import is_valid_json
     from csae_bench.studies.validity.jobs import RECORDS_DIR, layer_jobs
 
+    spec = next((m for m in cfg.metrics() if m.name == choice), None)
+    if spec is None:
+        wanted = lambda p: True  # noqa: E731
+    elif spec.control is None:
+        wanted = lambda p: p.name.startswith("probing_")  # noqa: E731
+    else:
+        wanted = lambda p: p.name.startswith("nces_") and p.name.endswith(f"_{spec.control}.json")  # noqa: E731
     paths = [
         p
-        for job in layer_jobs(cfg, out, cfg.layer, tuple(cfg.seeds))
+        for job in layer_jobs(cfg, out, layer, seeds)
         for p in job.outputs()
-        if p.parent.name == RECORDS_DIR
+        if p.parent.name == RECORDS_DIR and wanted(p)
     ]
     return bool(paths) and all(is_valid_json(p) for p in paths)
+
+
+def selection_complete(cfg: ValidityConfig, out: Path) -> bool:
+    """Every record of the selection set exists (the choice is frozen then)."""
+    return records_complete(cfg, out, cfg.layer, tuple(cfg.seeds))
+
+
+def mark_incomplete(summary: dict, cfg: ValidityConfig, out: Path) -> None:
+    """A confirmation set whose seeds are not all measured for the chosen metric reads
+    "incomplete" (None), never "passes": checks on the seeds measured so far prove less than the
+    pre-declared set asks for. A set that already fails stays failed."""
+    conf = summary.get("confirmation")
+    if not conf:
+        return
+    sets = cfg.sets()
+    for name, verdict in conf["per_set"].items():
+        layer, seeds = sets[name]
+        if verdict is True and not records_complete(cfg, out, layer, seeds, conf["metric"]):
+            conf["per_set"][name] = None
+    conf["confirmed"] = all(v is True for v in conf["per_set"].values())
