@@ -35,13 +35,12 @@ def shares(record: dict) -> dict[str, float]:
     """``{"position|kl", "position|kl_control", "feature|kl", "chance"}`` for one NCES record."""
     t = record["tokens"]
     feat, pos = np.asarray(t["feature"]), np.minimum(np.asarray(t["pos"]) // BIN, N_BINS - 1)
+    log_kl = {k: np.log(np.maximum(np.asarray(t[k], float), 1e-9)) for k in ("kl", "kl_control")}
     out = {}
-    for key in ("kl", "kl_control"):
-        y = np.log(np.maximum(np.asarray(t[key], float), 1e-9))
+    for key, y in log_kl.items():
         within = y - _group_mean(y, feat)
         out[f"position|{key}"] = _r2(within, _group_mean(within, pos))
-    y = np.log(np.maximum(np.asarray(t["kl"], float), 1e-9))
-    out["feature|kl"] = _r2(y, _group_mean(y, feat))
+    out["feature|kl"] = _r2(log_kl["kl"], _group_mean(log_kl["kl"], feat))
     out["chance"] = (len(np.unique(feat)) - 1) / (len(feat) - 1)
     return out
 

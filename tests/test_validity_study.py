@@ -204,20 +204,23 @@ def test_confirmation_judges_the_frozen_choice_on_both_sets(tmp_path):
 
 
 def test_a_confirmation_set_with_a_seed_unmeasured_is_incomplete_not_passed(tmp_path):
-    from csae_bench.studies.validity.report import mark_incomplete
+    from functools import partial
+
+    from csae_bench.studies.validity.report import records_complete
 
     cfg = tiny_cfg(phase="confirm")
+    complete = partial(records_complete, cfg, tmp_path)
     for layer, seeds in ((6, (0, 1, 2)), (6, (3, 4)), (12, (3, 4, 5))):  # layer 6 lacks seed 5
         write_study(tmp_path, cfg, layer=layer, seeds=seeds)
-    s = summarize(load_records(tmp_path, cfg.train_tokens, cfg.init_null), cfg, "nces[data]")
+    records = load_records(tmp_path, cfg.train_tokens, cfg.init_null)
+    s = summarize(records, cfg, "nces[data]")
     assert s["confirmation"]["per_set"] == {"confirm layer 6": True, "confirm layer 12": True}
-    mark_incomplete(s, cfg, tmp_path)  # seeds 3, 4 pass, but the set declared 3, 4, 5
+    s = summarize(records, cfg, "nces[data]", complete)  # seeds 3, 4 pass; the set declared 3-5
     assert s["confirmation"]["per_set"] == {"confirm layer 6": None, "confirm layer 12": True}
     assert s["confirmation"]["confirmed"] is False
     write_study(tmp_path, cfg, layer=6, seeds=(5,))
-    s = summarize(load_records(tmp_path, cfg.train_tokens, cfg.init_null), cfg, "nces[data]")
-    mark_incomplete(s, cfg, tmp_path)
-    assert s["confirmation"]["confirmed"] is True
+    records = load_records(tmp_path, cfg.train_tokens, cfg.init_null)
+    assert summarize(records, cfg, "nces[data]", complete)["confirmation"]["confirmed"] is True
 
 
 def test_report_keeps_the_criteria_and_replaces_only_the_results_block(tmp_path):

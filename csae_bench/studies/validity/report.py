@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import math
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -204,10 +205,10 @@ def write_report(out: str | Path, docs: str | Path, cfg: ValidityConfig | None =
         cfg = saved_config(ValidityConfig, PREFIX, out) or ValidityConfig()
     choice_path = out / CHOICE_NAME
     frozen = json.loads(choice_path.read_text())["choice"] if choice_path.exists() else None
-    summary = summarize(load_records(out, cfg.train_tokens, cfg.init_null), cfg, frozen)
+    records = load_records(out, cfg.train_tokens, cfg.init_null)
+    summary = summarize(records, cfg, frozen, partial(records_complete, cfg, out))
     if not choice_path.exists() and selection_complete(cfg, out):
         atomic_write_json(choice_path, {"choice": summary["choice"]})
-    mark_incomplete(summary, cfg, out)
     wall = wall_seconds(PREFIX, out)
     if wall is not None:
         summary["wall_seconds"] = wall
@@ -226,16 +227,16 @@ def records_complete(
 
     spec = next((m for m in cfg.metrics() if m.name == choice), None)
     if spec is None:
-        wanted = lambda p: True  # noqa: E731
+        prefix, suffix = "", ""
     elif spec.control is None:
-        wanted = lambda p: p.name.startswith("probing_")  # noqa: E731
+        prefix, suffix = "probing_", ".json"
     else:
-        wanted = lambda p: p.name.startswith("nces_") and p.name.endswith(f"_{spec.control}.json")  # noqa: E731
+        prefix, suffix = "nces_", f"_{spec.control}.json"
     paths = [
         p
         for job in layer_jobs(cfg, out, layer, seeds)
         for p in job.outputs()
-        if p.parent.name == RECORDS_DIR and wanted(p)
+        if p.parent.name == RECORDS_DIR and p.name.startswith(prefix) and p.name.endswith(suffix)
     ]
     return bool(paths) and all(is_valid_json(p) for p in paths)
 
@@ -243,18 +244,3 @@ def records_complete(
 def selection_complete(cfg: ValidityConfig, out: Path) -> bool:
     """Every record of the selection set exists (the choice is frozen then)."""
     return records_complete(cfg, out, cfg.layer, tuple(cfg.seeds))
-
-
-def mark_incomplete(summary: dict, cfg: ValidityConfig, out: Path) -> None:
-    """A confirmation set whose seeds are not all measured for the chosen metric reads
-    "incomplete" (None), never "passes": checks on the seeds measured so far prove less than the
-    pre-declared set asks for. A set that already fails stays failed."""
-    conf = summary.get("confirmation")
-    if not conf:
-        return
-    sets = cfg.sets()
-    for name, verdict in conf["per_set"].items():
-        layer, seeds = sets[name]
-        if verdict is True and not records_complete(cfg, out, layer, seeds, conf["metric"]):
-            conf["per_set"][name] = None
-    conf["confirmed"] = all(v is True for v in conf["per_set"].values())

@@ -13,6 +13,7 @@ from __future__ import annotations
 import math
 import warnings
 import zlib
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -210,11 +211,17 @@ def choose(metrics: list[dict[str, Any]], specs: list[MetricSpec]) -> str | None
     return min(tied, key=lambda m: order[m["metric"]])["metric"]
 
 
-def confirm(choice: str | None, sets: dict[str, dict[str, Any]]) -> dict[str, Any] | None:
+def confirm(
+    choice: str | None,
+    sets: dict[str, dict[str, Any]],
+    complete: Callable[[int, tuple[int, ...], str], bool] | None = None,
+) -> dict[str, Any] | None:
     """The chosen metric's checks 1–3 on each confirmation set: per set True (all pass), False
-    (one fails) or None (none fails but one lacks its records, e.g. a seed not yet measured);
+    (one fails) or None (none fails but one lacks its records, e.g. a seed not yet measured:
+    checks on the seeds measured so far prove less than the pre-declared set asks for);
     ``confirmed`` only if it passes them on every set (None: nothing was chosen, or no
-    confirmation set is measured)."""
+    confirmation set is measured). ``complete(layer, seeds, choice)``: whether every record the
+    chosen metric reads exists for a set (None: judged from the checks alone)."""
     conf = {k: v for k, v in sets.items() if k != "selection"}
     if choice is None or not conf:
         return None
@@ -222,15 +229,20 @@ def confirm(choice: str | None, sets: dict[str, dict[str, Any]]) -> dict[str, An
     for name, s in conf.items():
         m = next((x for x in s["metrics"] if x["metric"] == choice), None)
         checks = [m["checks"][c] for c in ("separation", "reseed", "monotonic")] if m else [None]
-        per[name] = False if False in checks else (None if None in checks else True)
+        measured = complete is None or complete(s["layer"], tuple(s["seeds"]), choice)
+        per[name] = False if False in checks else (None if None in checks or not measured else True)
     return {"metric": choice, "per_set": per, "confirmed": all(v is True for v in per.values())}
 
 
 def summarize(
-    records: dict[str, list[dict]], cfg: ValidityConfig, frozen_choice: str | None = None
+    records: dict[str, list[dict]],
+    cfg: ValidityConfig,
+    frozen_choice: str | None = None,
+    complete: Callable[[int, tuple[int, ...], str], bool] | None = None,
 ) -> dict[str, Any]:
     """The Results' numbers from ``records``. ``frozen_choice``: the selection's choice saved
-    before the confirmation sets were measured (it is then not re-made)."""
+    before the confirmation sets were measured (it is then not re-made). ``complete``: see
+    :func:`confirm`."""
     from csae_bench.studies.validity.jobs import snapshot_tokens
 
     specs = cfg.metrics()
@@ -249,7 +261,7 @@ def summarize(
         "sets": sets,
         "choice": choice,
         "choice_frozen": frozen_choice is not None,
-        "confirmation": confirm(choice, sets),
+        "confirmation": confirm(choice, sets, complete),
         "snapshot_tokens": [0, *snaps, cfg.train_tokens],
         "n_records": {k: len(v) for k, v in records.items()},
         "nces_seconds": float(sum(r.get("seconds", 0.0) for r in records["nces"])),
