@@ -133,8 +133,10 @@ def load_model(
 ) -> torch.nn.Module:
     """Load ``name`` as a ``HookedTransformer`` (weights unprocessed, so hook activations are the
     model's own residual stream, as SAELens/SAEBench expect), a tied embedding held once
-    (:mod:`csae_bench.tied_embedding`)."""
+    (:mod:`csae_bench.tied_embedding`) and its weights laid out as its forward reads them
+    (:mod:`csae_bench.weight_layout`; activations bit-for-bit unchanged)."""
     from csae_bench.tied_embedding import share_tied_embedding
+    from csae_bench.weight_layout import store_in_forward_layout
 
     spec = resolve_model(name)
     torch_dtype = _as_dtype(dtype or spec.dtype if device != "cpu" else dtype or "float32")
@@ -146,6 +148,7 @@ def load_model(
     else:
         model = _hooked_from_hub(spec.name, device, torch_dtype)
     share_tied_embedding(model)  # one copy of a tied W_E / W_U (−0.67 GB for Gemma-3-270M fp32)
+    store_in_forward_layout(model)  # no per-forward weight copies in TransformerLens
     return model
 
 

@@ -16,7 +16,9 @@ What the engine reuses, and why it is exact:
 * interventions are sorted by position and stacked along the batch dimension; the batch size
   follows a memory budget, and a batch that runs out of memory is halved and retried;
 * the unembedding and KL are computed in vocabulary chunks (:mod:`csae_bench.interventions.kl`),
-  only at the ``W`` window positions, with each distinct clean row unembedded once per batch.
+  only at the ``W`` window positions. Window rows are pooled over batches (up to
+  ``unembed_rows``) and unembedded together with each distinct clean row of the pool, once: a
+  matmul of a few rows is bound by reading ``W_U`` (168M entries for Gemma-3), not by arithmetic.
 """
 
 from __future__ import annotations
@@ -45,8 +47,10 @@ class EngineConfig:
     window: int | None = 4
     """Effect window ``W``: KL summed over the predictions at ``t .. t+W−1``. ``None`` = to the
     end of the context (positions with a true next token)."""
-    vocab_chunk: int = 16384
-    """Vocabulary columns unembedded at once (memory ``rows × vocab_chunk``)."""
+    vocab_chunk: int = 4096
+    """Vocabulary columns unembedded at once (memory ``rows × vocab_chunk``). 4096 keeps a chunk's
+    logits of a few hundred rows near the CPU's cache; 16384 was 1.3× slower per intervention
+    (embedded Gemma-3-270M, 240 interventions, ``benchmarks/test_engine_bench.py`` setup)."""
     memory_budget_mb: float = 1024.0
     """Working memory for one intervention batch; sets the batch size."""
     max_batch: int = 512
@@ -59,6 +63,11 @@ class EngineConfig:
     recomputes each sequence from position 0 (truncation only), for comparison."""
     context_batch: int = 8
     """Contexts per batch for the clean pass and the attribution backward pass."""
+    unembed_rows: int = 512
+    """Window rows pooled over intervention batches before one pass over the vocabulary (the
+    distinct clean rows of the pool ride along). More rows per pass amortize reading ``W_U``;
+    memory ``rows × vocab_chunk`` of logits and their float64 accumulators, capped by
+    ``memory_budget_mb``."""
 
     def __post_init__(self) -> None:
         if self.window is not None and self.window < 1:
@@ -68,11 +77,12 @@ class EngineConfig:
         if (
             self.vocab_chunk < 1
             or self.max_batch < 1
+            or self.unembed_rows < 1
             or self.max_span < 0
             or self.memory_budget_mb <= 0
         ):
             raise InterventionError(
-                "vocab_chunk, max_batch and memory_budget_mb must be positive, max_span ≥ 0."
+                "vocab_chunk, max_batch, unembed_rows and memory_budget_mb must be positive, max_span ≥ 0."
             )
 
 
@@ -91,6 +101,24 @@ class Effects:
     change is ``dx · W_U``); kept when ``record_dx``."""
     stats: dict = field(default_factory=dict)
     """Work done: batches, forward positions run, positions a full re-run would have needed."""
+
+
+class _WindowRows:
+    """Window rows of edited sequences waiting for the unembedding: for each row its
+    intervention's index, its flat clean-row key and its final normalized residual."""
+
+    def __init__(self) -> None:
+        self.parts: list[tuple[Tensor, Tensor, Tensor]] = []
+        self.n_rows = 0
+
+    def add(self, target_R: Tensor, key_R: Tensor, x_RD: Tensor) -> None:
+        self.parts.append((target_R, key_R, x_RD))
+        self.n_rows += len(key_R)
+
+    def take(self) -> tuple[Tensor, Tensor, Tensor]:
+        target, key, x = (torch.cat(part) for part in zip(*self.parts, strict=True))
+        self.parts, self.n_rows = [], 0
+        return target, key, x
 
 
 class EffectEngine:
@@ -238,8 +266,16 @@ class EffectEngine:
             else None
         )
         wlen = self._window_len(pos_M)
-        stats = {"batches": 0, "positions_run": 0, "positions_full_rerun": 0, "oom_retries": 0}
+        stats = {
+            "batches": 0,
+            "positions_run": 0,
+            "positions_full_rerun": 0,
+            "oom_retries": 0,
+            "unembed_passes": 0,
+            "rows_unembedded": 0,
+        }
         order = torch.argsort(pos_M * len(self.tokens) + ctx_idx_M, stable=True)
+        pool = _WindowRows()
         i = 0
         while i < M:
             p = int(pos_M[order[i]]) if self.config.reuse_kv else 0
@@ -256,7 +292,7 @@ class EffectEngine:
             sel = order[i : min(j_max + 1, i + bs)]
             while True:
                 try:
-                    self._run_batch(sel, p, ctx_idx_M, pos_M, wlen, delta_MD, kl, dloss, dx, stats)
+                    self._run_batch(sel, p, ctx_idx_M, pos_M, wlen, delta_MD, pool, dx, stats)
                     break
                 except (torch.OutOfMemoryError, RuntimeError) as err:
                     if not any(s in str(err).lower() for s in _OOM_MARKERS):
@@ -273,9 +309,20 @@ class EffectEngine:
                     if self.device.type == "cuda":
                         torch.cuda.empty_cache()
             i += len(sel)
+            if pool.n_rows >= self.pool_rows() or i >= M:
+                self._unembed_pool(pool, kl, dloss, stats)
         return Effects(kl, dloss, wlen, dx, stats)
 
-    def _run_batch(self, sel, p, ctx_idx_M, pos_M, wlen, delta_MD, kl, dloss, dx, stats) -> None:
+    def pool_rows(self) -> int:
+        """Window rows unembedded per pass: :attr:`EngineConfig.unembed_rows`, capped so that a
+        chunk's logits and float64 temporaries (≈ 36 bytes an entry, clean rows counted) fit the
+        memory budget."""
+        chunk = min(self.config.vocab_chunk, self.unembed.d_vocab)
+        fit = int(self.config.memory_budget_mb * 2**20 // (2 * 36 * chunk))
+        return max(1, min(self.config.unembed_rows, fit))
+
+    def _run_batch(self, sel, p, ctx_idx_M, pos_M, wlen, delta_MD, pool, dx, stats) -> None:
+        """Run one batch of edited sequences; its window rows join ``pool`` for the unembedding."""
         ctx_b, pos_b, wlen_b = ctx_idx_M[sel], pos_M[sel], wlen[sel]
         B = len(sel)
         seq = int((pos_b + wlen_b).max()) - p
@@ -290,15 +337,7 @@ class EffectEngine:
         valid = w[None, :] < wlen_b[:, None]
         b_idx, w_idx = valid.nonzero(as_tuple=True)
         abs_pos = pos_b[b_idx] + w_idx
-        x_int_R = x_int[b_idx, rel[b_idx] + w_idx]
-        # distinct clean rows are unembedded once
-        key = ctx_b[b_idx] * self.context_size + abs_pos
-        uniq, inverse = torch.unique(key, return_inverse=True)
-        x_clean_U = self.x_clean_NTD[uniq // self.context_size, uniq % self.context_size]
-        next_tok = self.tokens[ctx_b[b_idx], abs_pos + 1]
-        kl_R, loss_clean_R, loss_int_R = self._kl(x_clean_U, inverse, x_int_R, next_tok)
-        kl.index_add_(0, sel[b_idx], kl_R)
-        dloss.index_add_(0, sel[b_idx], loss_int_R - loss_clean_R)
+        pool.add(sel[b_idx], ctx_b[b_idx] * self.context_size + abs_pos, x_int[b_idx, rel[b_idx] + w_idx])
         if dx is not None:
             dx[sel] = (
                 x_int[torch.arange(B, device=self.device), rel] - self.x_clean_NTD[ctx_b, pos_b]
@@ -308,6 +347,21 @@ class EffectEngine:
         stats["positions_full_rerun"] += (
             int((pos_b + wlen_b).sum()) if self.config.window is not None else B * self.context_size
         )
+
+    def _unembed_pool(self, pool: _WindowRows, kl: Tensor, dloss: Tensor, stats: dict) -> None:
+        """KL and loss change of every pooled window row, added to its intervention's totals;
+        each distinct clean row (a flat ``context · context_size + position`` key) unembedded once."""
+        if not pool.n_rows:
+            return
+        target_R, key_R, x_int_R = pool.take()
+        uniq, inverse = torch.unique(key_R, return_inverse=True)
+        x_clean_U = self.x_clean_NTD.reshape(-1, self.d_model)[uniq]
+        next_tok = self.tokens.reshape(-1)[key_R + 1]  # a window never reaches a context's end
+        kl_R, loss_clean_R, loss_int_R = self._kl(x_clean_U, inverse, x_int_R, next_tok)
+        kl.index_add_(0, target_R, kl_R)
+        dloss.index_add_(0, target_R, loss_int_R - loss_clean_R)
+        stats["unembed_passes"] += 1
+        stats["rows_unembedded"] += len(key_R) + len(uniq)
 
     def _kl(self, x_clean_U, inverse, x_int_R, next_tok):
         return kl_and_losses(self.unembed, x_clean_U, x_int_R, next_tok, clean_index_R=inverse)

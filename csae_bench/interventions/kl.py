@@ -6,7 +6,7 @@ analytic ``∇_x log p`` of :func:`csae_bench.hooks.logprob_grads`, which the gr
 Two evaluation orders of the same KL, for two jobs:
 
 * :func:`kl_and_losses` (the effect engine, no graph): the vocabulary in chunks with an online
-  logsumexp, sums in float64 — memory ``rows × chunk``;
+  logsumexp, row sums in float64 — memory ``rows × chunk``;
 * :func:`mean_kl` (the CSAE's end-to-end term, differentiable): rows in chunks with a full
   ``log_softmax`` each, every chunk checkpointed so the backward pass recomputes its logits.
 
@@ -16,7 +16,9 @@ memory ``rows × chunk`` instead of ``rows × d_vocab`` (262k for Gemma-3).
 
 With ``a`` the clean and ``b`` the intervened logits, ``KL = Σ_v p_v (a_v − b_v) − lse(a) + lse(b)``
 and ``Σ_v p_v (a_v − b_v) = Σ_v e^{a_v − m} (a_v − b_v) / Σ_v e^{a_v − m}`` for a running max ``m``.
-Sums are kept in float64.
+Sums across chunks are kept in float64; the entries (each ≤ 1 in size, or a difference of two
+logits) and their sums within a chunk in the logits' own dtype, at least float32: float64 entries
+cost twice the memory traffic, and a chunk of several hundred rows does not fit in cache.
 """
 
 from __future__ import annotations
@@ -61,27 +63,24 @@ class ChunkedUnembed:
 
 
 class _OnlineLSE:
-    """Running logsumexp over chunks, per row (float64)."""
+    """Running logsumexp over chunks, per row: ``e^{z−m}`` and its sum over a chunk in the
+    logits' dtype (at least float32; terms ≤ 1, summed pairwise by torch), the running sum and
+    max ``m`` in float64."""
 
     def __init__(self, n: int, device) -> None:
         self.m = torch.full((n,), -torch.inf, dtype=torch.float64, device=device)
         self.s = torch.zeros(n, dtype=torch.float64, device=device)
 
-    def update(
-        self, z_RC: Tensor, extra_RC: Tensor | None = None, acc: Tensor | None = None
-    ) -> Tensor | None:
-        """Add a chunk; if ``extra_RC`` is given, also accumulate ``Σ e^{z−m} extra`` into ``acc``
-        (rescaled with the running max) and return it."""
-        z = z_RC.double()
-        m_new = torch.maximum(self.m, z.max(-1).values)
+    def update(self, z_RC: Tensor) -> tuple[Tensor, Tensor]:
+        """Add a chunk; returns ``e^{z − m}`` ``[R, C]`` for the new running max and the factor
+        ``[R]`` that rescales sums taken against the old one."""
+        m_new = torch.maximum(self.m, z_RC.max(-1).values.double())
         scale = torch.exp(self.m - m_new)
-        e = torch.exp(z - m_new[:, None])
-        self.s = self.s * scale + e.sum(-1)
-        if extra_RC is not None:
-            assert acc is not None
-            acc = acc * scale + (e * extra_RC.double()).sum(-1)
+        # a max of z's entries: exact in z's dtype
+        e = torch.exp(z_RC - m_new.to(z_RC.dtype)[:, None])
+        self.s = self.s * scale + e.sum(-1).double()
         self.m = m_new
-        return acc
+        return e, scale
 
     def value(self) -> Tensor:
         return self.m + torch.log(self.s)
@@ -96,21 +95,31 @@ def kl_and_losses(
     clean_index_R: Tensor | None = None,
 ) -> tuple[Tensor, Tensor | None, Tensor | None]:
     """Per row: ``KL(p_clean ‖ p_int)`` and the clean and intervened next-token losses (``None``
-    when ``next_tokens_R`` is ``None``). Inputs are final normalized residuals (after ``ln_final``).
-    ``clean_index_R`` maps each intervened row to its clean row in ``x_clean_UD`` (distinct clean
-    rows are unembedded once); ``None`` pairs rows one to one."""
-    R = x_int_RD.shape[0]
+    when ``next_tokens_R`` is ``None``), all float64 ``[R]``. Inputs are final normalized
+    residuals (after ``ln_final``). ``clean_index_R`` maps each intervened row to its clean row in
+    ``x_clean_UD`` (distinct clean rows are unembedded, and their logsumexp taken, once);
+    ``None`` pairs rows one to one.
+
+    Per vocabulary chunk, clean and intervened rows share one matmul (one read of ``W_U``);
+    elementwise terms and their sums over a chunk stay in the logits' dtype (float32 or wider:
+    bf16/fp16 logits are widened); sums across chunks are float64. ``a − b`` is formed per entry before it is
+    weighted, so a small KL is never the difference of two large sums."""
+    R, U = x_int_RD.shape[0], x_clean_UD.shape[0]
     if clean_index_R is None:
         clean_index_R = torch.arange(R, device=x_int_RD.device)
-    lse_a, lse_b = _OnlineLSE(R, x_int_RD.device), _OnlineLSE(R, x_int_RD.device)
+    lse_a, lse_b = _OnlineLSE(U, x_int_RD.device), _OnlineLSE(R, x_int_RD.device)
     t = torch.zeros(R, dtype=torch.float64, device=x_int_RD.device)
+    x_both = torch.cat([x_clean_UD, x_int_RD.to(x_clean_UD.dtype)])
+    wide = torch.promote_types(x_both.dtype, torch.float32)
     for start, stop in unembed.chunks():
-        a = unembed.logits(x_clean_UD, start, stop)[clean_index_R]
-        b = unembed.logits(x_int_RD, start, stop)
-        t = lse_a.update(a, extra_RC=a - b, acc=t)
-        lse_b.update(b)
-    la, lb = lse_a.value(), lse_b.value()
-    kl = (t / lse_a.s - la + lb).clamp(min=0.0)
+        z = unembed.logits(x_both, start, stop).to(wide)
+        a_UC, b_RC = z[:U], z[U:]
+        e_a, scale_a = lse_a.update(a_UC)
+        lse_b.update(b_RC)
+        weighted = e_a[clean_index_R].mul_(a_UC[clean_index_R].sub_(b_RC))
+        t = t * scale_a[clean_index_R] + weighted.sum(-1).double()
+    la, lb = lse_a.value()[clean_index_R], lse_b.value()
+    kl = (t / lse_a.s[clean_index_R] - la + lb).clamp(min=0.0)
     if next_tokens_R is None:
         return kl, None, None
     loss_a = la - unembed.token_logit(x_clean_UD[clean_index_R], next_tokens_R).double()

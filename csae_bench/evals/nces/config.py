@@ -90,7 +90,7 @@ class NCESEvalConfig(BaseEvalConfig):
         description="Also compute first-order attribution estimates (one backward pass) and their rank correlation with the exact effects.",
     )
     vocab_chunk: int = Field(
-        default=16384,
+        default=4096,
         title="Vocabulary Chunk",
         description="Vocabulary columns unembedded at once by the engine.",
     )
