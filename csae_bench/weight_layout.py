@@ -28,7 +28,7 @@ _QKV = ("W_Q", "W_K", "W_V", "_W_K", "_W_V")
 
 def _relayout(module: torch.nn.Module, name: str, stored: torch.Tensor, view) -> int:
     param = module._parameters.get(name)
-    if param is None or not isinstance(param, torch.nn.Parameter):
+    if param is None or stored(param.data).is_contiguous():
         return 0
     with torch.no_grad():
         param.data = view(stored(param.data).contiguous())
@@ -37,7 +37,8 @@ def _relayout(module: torch.nn.Module, name: str, stored: torch.Tensor, view) ->
 
 def store_in_forward_layout(model: torch.nn.Module) -> int:
     """Re-lay the MLP, attention and unembedding weights of a TransformerLens model (in place) so
-    that its forward passes read them without copying; returns how many parameters moved.
+    that its forward passes read them without copying; returns how many parameters moved (0 on a
+    second call).
 
     Only the TransformerLens modules that copy on every call are touched (``GatedMLP``,
     ``Unembed``, attention); a model without them is left as it is."""

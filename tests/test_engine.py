@@ -103,6 +103,7 @@ def test_memory_budget_sets_the_batch_size(tiny64, tiny_tokens):
     small = EffectEngine(tiny64, HOOK, tiny_tokens, EngineConfig(memory_budget_mb=1e-4))
     big = EffectEngine(tiny64, HOOK, tiny_tokens, EngineConfig(memory_budget_mb=1024))
     assert small.batch_size_for(8, 4, 8) == 1 and big.batch_size_for(8, 4, 8) > 1
+    assert small.pool_rows() == 1 and big.pool_rows() == 512
     a, b = small.effects(ctx, pos, delta), big.effects(ctx, pos, delta)
     assert a.stats["batches"] == 6 and b.stats["batches"] == 1
     torch.testing.assert_close(a.kl, b.kl)
@@ -236,3 +237,24 @@ def test_other_feature_control_falls_back_for_a_collapsed_sae():
     cos = (ctrl @ sae.W_dec.T).abs() / (ctrl.norm(dim=-1, keepdim=True) * sae.W_dec.norm(dim=-1))
     assert cos[0].max() > 0.999 and cos[0].argmax() != 3  # another dictionary direction
     assert cos[1].max() < 0.999  # isotropic: not a dictionary row
+
+
+def test_window_rows_pool_across_batches(tiny64, tiny_tokens):
+    """Pooling the window rows of several batches into one unembedding pass changes nothing but
+    the number of passes; one pass per batch is the ``unembed_rows=1`` limit."""
+    ctx, pos, delta = sae_interventions(
+        EffectEngine(tiny64, HOOK, tiny_tokens), random_sae(), "zero", n=12, seed=2
+    )
+    runs = {
+        rows: EffectEngine(tiny64, HOOK, tiny_tokens, EngineConfig(window=4, max_batch=3, unembed_rows=rows))
+        .effects(ctx, pos, delta)
+        for rows in (1, 12, 512)
+    }
+    assert runs[1].stats["unembed_passes"] == runs[1].stats["batches"] >= 4
+    assert runs[12].stats["unembed_passes"] == 4  # 12 edits × W = 4 rows: a pass every 3 edits
+    assert runs[512].stats["unembed_passes"] == 1
+    for rows in (12, 512):
+        torch.testing.assert_close(runs[rows].kl, runs[1].kl, rtol=1e-12, atol=1e-14)
+        torch.testing.assert_close(runs[rows].dloss, runs[1].dloss, rtol=1e-12, atol=1e-14)
+    # each distinct clean row once per pass: fewer clean rows in one pool than in four
+    assert runs[512].stats["rows_unembedded"] <= runs[12].stats["rows_unembedded"]

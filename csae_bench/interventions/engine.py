@@ -337,7 +337,9 @@ class EffectEngine:
         valid = w[None, :] < wlen_b[:, None]
         b_idx, w_idx = valid.nonzero(as_tuple=True)
         abs_pos = pos_b[b_idx] + w_idx
-        pool.add(sel[b_idx], ctx_b[b_idx] * self.context_size + abs_pos, x_int[b_idx, rel[b_idx] + w_idx])
+        pool.add(
+            sel[b_idx], ctx_b[b_idx] * self.context_size + abs_pos, x_int[b_idx, rel[b_idx] + w_idx]
+        )
         if dx is not None:
             dx[sel] = (
                 x_int[torch.arange(B, device=self.device), rel] - self.x_clean_NTD[ctx_b, pos_b]
@@ -426,4 +428,3 @@ def check_sae_matches(sae, model, hook_name: str, name: str = "given") -> None:
         check_sae_fits(name, int(sae.W_dec.shape[1]), hook_name, model)
     except SaeMismatchError as err:
         raise InterventionError(str(err)) from None
-
