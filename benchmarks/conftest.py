@@ -17,6 +17,10 @@ import pytest
 import torch
 from helpers import embedded_model, embedded_tokens
 
+from csae_bench.allocator import keep_freed_memory
+
+keep_freed_memory()  # as the CLI runs (csae_bench/allocator.py); CSAE_BENCH_KEEP_FREED_MEMORY=0 times glibc's defaults
+
 HOOK = "blocks.6.hook_resid_post"
 TRAIN_TOKENS = 32_768
 """Training tokens per SAE in the training benchmark (64 steps of 512)."""

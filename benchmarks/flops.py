@@ -47,8 +47,9 @@ def unembed_flops(cfg, rows: int) -> int:
 def engine_batch_flops(cfg, layer: int, batch: int, seq: int, prefix: int, rows: int) -> int:
     """One batch of the effect engine (``EffectEngine._run_batch``): ``batch`` sequences of ``seq``
     positions through every layer after ``layer`` against ``prefix`` cached + ``seq`` new keys,
-    then ``rows`` unembedded rows (the window rows of every intervention plus the distinct clean
-    rows, each unembedded once per batch)."""
+    then ``rows`` unembedded rows (0 for the engine, which pools its window rows over batches and
+    counts them per pass with :func:`unembed_flops`: window rows plus the pool's distinct clean
+    rows)."""
     n_after = cfg.n_layers - layer - 1
     per_position = n_after * (layer_linear_flops(cfg) + attention_flops(cfg, prefix + seq))
     return batch * seq * per_position + unembed_flops(cfg, rows)

@@ -6,8 +6,9 @@ attribution), ``window`` (the engine at W = 1, 4, 16), ``engine-dtype`` (the def
 the model loaded in float32 vs bfloat16). ``extra_info`` holds interventions per second; the
 naive/engine ratio is the speed-up. Engine rows also hold the FLOPs the engine computed
 (``benchmarks/flops.py``: each batch's positions through every layer after the hook, attention over
-the cached prefix and the batch's own positions, the unembedding of every window row and of each
-distinct clean row), which the report gives as a fraction of the same run's matmul peak.
+the cached prefix and the batch's own positions; per pooled unembedding pass, every window row
+and each distinct clean row of the pool), which the report gives as a fraction of the same run's
+matmul peak.
 
 The product keeps the engine in float32 whatever ``--dtype`` says (docs/precision.md: bf16's
 rounding swamps feature-sized effects); the bf16 row documents what bf16 would buy."""
@@ -16,7 +17,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from flops import engine_batch_flops
+from flops import engine_batch_flops, unembed_flops
 
 from csae_bench.interventions.engine import EffectEngine, EngineConfig
 from csae_bench.interventions.reference import naive_effects
@@ -45,21 +46,21 @@ PEDANTIC = dict(rounds=1, iterations=1, warmup_rounds=0)
 
 
 class CountingEngine(EffectEngine):
-    """The engine, recording the FLOPs of each batch it runs (``benchmarks/flops.py``)."""
+    """The engine, recording the FLOPs of each batch it runs and of each pooled unembedding pass
+    (``benchmarks/flops.py``)."""
 
     flops = 0
 
     def _run_batch(self, sel, p, ctx_idx_M, pos_M, wlen, *rest) -> None:
-        ctx_b, pos_b, wlen_b = ctx_idx_M[sel], pos_M[sel], wlen[sel]
+        pos_b, wlen_b = pos_M[sel], wlen[sel]
         seq = int((pos_b + wlen_b).max()) - p
-        window_rows = int(wlen_b.sum())
-        w = torch.arange(int(wlen_b.max()))
-        valid = w[None, :] < wlen_b[:, None]
-        b_idx, w_idx = valid.nonzero(as_tuple=True)
-        clean_rows = len(torch.unique(ctx_b[b_idx] * self.context_size + pos_b[b_idx] + w_idx))
-        self.flops += engine_batch_flops(self.model.cfg, self.layer, len(sel), seq, p,
-                                         window_rows + clean_rows)
+        self.flops += engine_batch_flops(self.model.cfg, self.layer, len(sel), seq, p, rows=0)
         super()._run_batch(sel, p, ctx_idx_M, pos_M, wlen, *rest)
+
+    def _unembed_pool(self, pool, kl, dloss, stats) -> None:
+        before = stats["rows_unembedded"]
+        super()._unembed_pool(pool, kl, dloss, stats)
+        self.flops += unembed_flops(self.model.cfg, stats["rows_unembedded"] - before)
 
 
 def _record(benchmark, n: int) -> None:

@@ -98,8 +98,14 @@ def _keep_model(res: Any) -> None:
         _STATE.pop("model", None)
 
 
-def _set_threads(cfg: Any) -> None:
+def _prepare_worker(cfg: Any) -> None:
+    """The worker process's torch threads (the run's, else its Ray CPUs) and glibc malloc
+    settings (:func:`csae_bench.allocator.keep_freed_memory`, as the CLI sets them)."""
     import torch
+
+    from csae_bench.allocator import keep_freed_memory
+
+    keep_freed_memory()
 
     threads = cfg.threads
     if threads is None:
@@ -144,7 +150,7 @@ def _hook_name(template: Any, key: str, marker: str, layer: int) -> str:
 
     _check_marker(marker)
     res = worker_resources(template, key)
-    _set_threads(res.cfg)
+    _prepare_worker(res.cfg)
     name = hook_name_for_layer(res.model, layer)
     _keep_model(res)
     return name
@@ -164,7 +170,7 @@ def _run_job(
     if job.done() and not force:
         return {**info, "status": "skipped", "seconds": 0.0}  # e.g. a retry after the write
     res = worker_resources(template, key)
-    _set_threads(res.cfg)
+    _prepare_worker(res.cfg)
     start = time.perf_counter()
     try:
         job.run(res)
