@@ -49,8 +49,13 @@ class ChunkedUnembed:
     def d_vocab(self) -> int:
         return self.W_U_DV.shape[1]
 
+    def __post_init__(self) -> None:
+        self._has_bias = bool(self.b_U_V.any())  # Gemma's b_U is all zeros: skip the add
+
     def logits(self, x_RD: Tensor, start: int, stop: int) -> Tensor:
-        z = x_RD @ self.W_U_DV[:, start:stop] + self.b_U_V[start:stop]
+        z = x_RD @ self.W_U_DV[:, start:stop]
+        if self._has_bias:
+            z += self.b_U_V[start:stop]
         return softcap(z, self.softcap)
 
     def token_logit(self, x_RD: Tensor, tokens_R: Tensor) -> Tensor:
