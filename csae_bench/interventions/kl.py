@@ -6,7 +6,7 @@ analytic ``∇_x log p`` of :func:`csae_bench.hooks.logprob_grads`, which the gr
 Two evaluation orders of the same KL, for two jobs:
 
 * :func:`kl_and_losses` (the effect engine, no graph): the vocabulary in chunks with an online
-  logsumexp, row sums in float64 — memory ``rows × chunk``;
+  logsumexp, sums in float64 — memory ``rows × chunk``;
 * :func:`mean_kl` (the CSAE's end-to-end term, differentiable): rows in chunks with a full
   ``log_softmax`` each, every chunk checkpointed so the backward pass recomputes its logits.
 
@@ -16,9 +16,10 @@ memory ``rows × chunk`` instead of ``rows × d_vocab`` (262k for Gemma-3).
 
 With ``a`` the clean and ``b`` the intervened logits, ``KL = Σ_v p_v (a_v − b_v) − lse(a) + lse(b)``
 and ``Σ_v p_v (a_v − b_v) = Σ_v e^{a_v − m} (a_v − b_v) / Σ_v e^{a_v − m}`` for a running max ``m``.
-Sums across chunks are kept in float64; the entries (each ≤ 1 in size, or a difference of two
-logits) and their sums within a chunk in the logits' own dtype, at least float32: float64 entries
-cost twice the memory traffic, and a chunk of several hundred rows does not fit in cache.
+Sums are taken in float64 (float32 sums of a chunk put ~1e-6 nats of error into each
+logsumexp); the entries they add (each ≤ 1 in size, or a difference of two nearby logits, exact in
+float32) stay in the logits' own dtype, at least float32: float64 entries doubled the memory
+traffic of the engine's elementwise work, and a chunk of several hundred rows does not fit in cache.
 """
 
 from __future__ import annotations
@@ -68,9 +69,8 @@ class ChunkedUnembed:
 
 
 class _OnlineLSE:
-    """Running logsumexp over chunks, per row: ``e^{z−m}`` and its sum over a chunk in the
-    logits' dtype (at least float32; terms ≤ 1, summed pairwise by torch), the running sum and
-    max ``m`` in float64."""
+    """Running logsumexp over chunks, per row: the terms ``e^{z−m}`` in the logits' dtype (at
+    least float32; each ≤ 1), their sums, the running sum and the max ``m`` in float64."""
 
     def __init__(self, n: int, device) -> None:
         self.m = torch.full((n,), -torch.inf, dtype=torch.float64, device=device)
@@ -83,7 +83,7 @@ class _OnlineLSE:
         scale = torch.exp(self.m - m_new)
         # a max of z's entries: exact in z's dtype
         e = torch.exp(z_RC - m_new.to(z_RC.dtype)[:, None])
-        self.s = self.s * scale + e.sum(-1).double()
+        self.s = self.s * scale + e.sum(-1, dtype=torch.float64)
         self.m = m_new
         return e, scale
 
@@ -106,8 +106,8 @@ def kl_and_losses(
     ``None`` pairs rows one to one.
 
     Per vocabulary chunk, clean and intervened rows share one matmul (one read of ``W_U``);
-    elementwise terms and their sums over a chunk stay in the logits' dtype (float32 or wider:
-    bf16/fp16 logits are widened); sums across chunks are float64. ``a − b`` is formed per entry before it is
+    elementwise terms stay in the logits' dtype (float32 or wider: bf16/fp16 logits are
+    widened) and are summed in float64. ``a − b`` is formed per entry before it is
     weighted, so a small KL is never the difference of two large sums."""
     R, U = x_int_RD.shape[0], x_clean_UD.shape[0]
     if clean_index_R is None:
@@ -122,7 +122,7 @@ def kl_and_losses(
         e_a, scale_a = lse_a.update(a_UC)
         lse_b.update(b_RC)
         weighted = e_a[clean_index_R].mul_(a_UC[clean_index_R].sub_(b_RC))
-        t = t * scale_a[clean_index_R] + weighted.sum(-1).double()
+        t = t * scale_a[clean_index_R] + weighted.sum(-1, dtype=torch.float64)
     la, lb = lse_a.value()[clean_index_R], lse_b.value()
     kl = (t / lse_a.s[clean_index_R] - la + lb).clamp(min=0.0)
     if next_tokens_R is None:
