@@ -9,6 +9,7 @@ transformers, and cached as safetensors; later loads read the cache.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import logging
@@ -204,17 +205,29 @@ def _hooked_from_hub(official: str, device: str, dtype: torch.dtype):
         ) from err
 
 
+@functools.lru_cache(maxsize=4)
+def _local_tokenizer(hf_dir: Path):
+    """The tokenizer of a local model directory, loaded once per process: parsing Gemma-3's
+    33 MB ``tokenizer.json`` takes ~2.5 s and a run loads its model up to four times (one dtype
+    at a time). Loaded with ``add_bos_token=True``, the form TransformerLens's
+    ``get_tokenizer_with_bos`` (``utilities/tokenize_utils.py``) would otherwise load a second
+    time; it keeps this one as it is."""
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(hf_dir, add_bos_token=True)
+
+
 def _hooked_from_hf_dir(hf_dir: Path, official: str, device: str, dtype: torch.dtype):
     """Load a Hugging Face model directory into TransformerLens without touching the hub."""
     from transformer_lens import HookedTransformer
     from transformer_lens import loading_from_pretrained as loading
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoModelForCausalLM
 
     try:
         # The embedded cache holds safetensors only: never let a planted pickle (.bin) be read.
         safe_only = {"use_safetensors": True} if hf_dir == cache_dir() / "gemma-3-270m" else {}
         hf_model = AutoModelForCausalLM.from_pretrained(hf_dir, dtype=torch.float32, **safe_only)
-        tokenizer = AutoTokenizer.from_pretrained(hf_dir)
+        tokenizer = _local_tokenizer(hf_dir)
     except (OSError, ValueError) as err:
         raise ModelLoadError(
             f"Cannot read the model in {hf_dir}: {err}. If this is the embedded cache, delete it "

@@ -54,6 +54,10 @@ def test_local_gpt2_directory_loads_offline_and_matches_hf(tmp_path):
     with torch.no_grad():
         assert model(toks, return_type="loss").item() == pytest.approx(
             hf(toks, labels=toks).loss.item(), rel=1e-4)
+    # a second load (another dtype) reuses the tokenizer, which prepends BOS as TransformerLens wants
+    again = load_model(str(tmp_path), dtype="float64")
+    assert again.tokenizer is model.tokenizer
+    assert model.to_tokens("The library opens")[0, 0].item() == 2
 
 
 def test_gemma_2_architecture_weights_convert_exactly():
