@@ -6,7 +6,7 @@ analytic ``∇_x log p`` of :func:`csae_bench.hooks.logprob_grads`, which the gr
 Two evaluation orders of the same KL, for two jobs:
 
 * :func:`kl_and_losses` (the effect engine, no graph): the vocabulary in chunks with an online
-  logsumexp, sums in float64 — memory ``rows × chunk``;
+  logsumexp, in float64 — memory ``rows × chunk``;
 * :func:`mean_kl` (the CSAE's end-to-end term, differentiable): rows in chunks with a full
   ``log_softmax`` each, every chunk checkpointed so the backward pass recomputes its logits.
 
@@ -16,10 +16,12 @@ memory ``rows × chunk`` instead of ``rows × d_vocab`` (262k for Gemma-3).
 
 With ``a`` the clean and ``b`` the intervened logits, ``KL = Σ_v p_v (a_v − b_v) − lse(a) + lse(b)``
 and ``Σ_v p_v (a_v − b_v) = Σ_v e^{a_v − m} (a_v − b_v) / Σ_v e^{a_v − m}`` for a running max ``m``.
-Sums are taken in float64 (float32 sums of a chunk put ~1e-6 nats of error into each
-logsumexp); the entries they add (each ≤ 1 in size, or a difference of two nearby logits, exact in
-float32) stay in the logits' own dtype, at least float32: float64 entries doubled the memory
-traffic of the engine's elementwise work, and a chunk of several hundred rows does not fit in cache.
+Logits are widened to float64 before anything else: a KL is ``E_p[a − b]`` minus a difference of
+logsumexps, and an edit that shifts every logit by ``c`` makes both terms ~``c`` while the KL stays
+small. Float32 entries (even with float64 sums) put ~3e-8 nats into each KL — the size of a weak
+SAE's feature effects (the default run's ReLU: median 3e-7 nats), whose NCES then moved by 0.08
+between runs; float32 sums ~1e-6. Float64 costs 2–7% of the engine's time once freed memory is not
+faulted in again (:mod:`csae_bench.allocator`).
 """
 
 from __future__ import annotations
@@ -69,8 +71,7 @@ class ChunkedUnembed:
 
 
 class _OnlineLSE:
-    """Running logsumexp over chunks, per row: the terms ``e^{z−m}`` in the logits' dtype (at
-    least float32; each ≤ 1), their sums, the running sum and the max ``m`` in float64."""
+    """Running logsumexp over chunks, per row, in float64."""
 
     def __init__(self, n: int, device) -> None:
         self.m = torch.full((n,), -torch.inf, dtype=torch.float64, device=device)
@@ -79,11 +80,10 @@ class _OnlineLSE:
     def update(self, z_RC: Tensor) -> tuple[Tensor, Tensor]:
         """Add a chunk; returns ``e^{z − m}`` ``[R, C]`` for the new running max and the factor
         ``[R]`` that rescales sums taken against the old one."""
-        m_new = torch.maximum(self.m, z_RC.max(-1).values.double())
+        m_new = torch.maximum(self.m, z_RC.max(-1).values)
         scale = torch.exp(self.m - m_new)
-        # a max of z's entries: exact in z's dtype
-        e = torch.exp(z_RC - m_new.to(z_RC.dtype)[:, None])
-        self.s = self.s * scale + e.sum(-1, dtype=torch.float64)
+        e = torch.exp(z_RC - m_new[:, None])
+        self.s = self.s * scale + e.sum(-1)
         self.m = m_new
         return e, scale
 
@@ -106,23 +106,20 @@ def kl_and_losses(
     ``None`` pairs rows one to one.
 
     Per vocabulary chunk, clean and intervened rows share one matmul (one read of ``W_U``);
-    elementwise terms stay in the logits' dtype (float32 or wider: bf16/fp16 logits are
-    widened) and are summed in float64. ``a − b`` is formed per entry before it is
-    weighted, so a small KL is never the difference of two large sums."""
+    everything after it is float64 (module docstring)."""
     R, U = x_int_RD.shape[0], x_clean_UD.shape[0]
     if clean_index_R is None:
         clean_index_R = torch.arange(R, device=x_int_RD.device)
     lse_a, lse_b = _OnlineLSE(U, x_int_RD.device), _OnlineLSE(R, x_int_RD.device)
     t = torch.zeros(R, dtype=torch.float64, device=x_int_RD.device)
     x_both = torch.cat([x_clean_UD, x_int_RD.to(x_clean_UD.dtype)])
-    wide = torch.promote_types(x_both.dtype, torch.float32)
     for start, stop in unembed.chunks():
-        z = unembed.logits(x_both, start, stop).to(wide)
+        z = unembed.logits(x_both, start, stop).double()
         a_UC, b_RC = z[:U], z[U:]
         e_a, scale_a = lse_a.update(a_UC)
         lse_b.update(b_RC)
         weighted = e_a[clean_index_R].mul_(a_UC[clean_index_R].sub_(b_RC))
-        t = t * scale_a[clean_index_R] + weighted.sum(-1, dtype=torch.float64)
+        t = t * scale_a[clean_index_R] + weighted.sum(-1)
     la, lb = lse_a.value()[clean_index_R], lse_b.value()
     kl = (t / lse_a.s[clean_index_R] - la + lb).clamp(min=0.0)
     if next_tokens_R is None:
