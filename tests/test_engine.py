@@ -274,3 +274,23 @@ def test_small_kl_is_exact_on_float32_logits():
     ref = (la.exp() * (la - lb)).sum(-1)
     assert (ref > 1e-5).all() and (ref < 1e-3).all()
     torch.testing.assert_close(kl, ref, rtol=1e-6, atol=0)
+
+
+def test_unembedding_pass_out_of_memory_splits_and_retries(tiny64, tiny_tokens, monkeypatch):
+    ctx, pos, delta = sae_interventions(
+        EffectEngine(tiny64, HOOK, tiny_tokens), random_sae(), "zero", n=8, seed=3
+    )
+    ref = EffectEngine(tiny64, HOOK, tiny_tokens, EngineConfig(window=4)).effects(ctx, pos, delta)
+    engine = EffectEngine(tiny64, HOOK, tiny_tokens, EngineConfig(window=4))
+    real = engine._kl
+
+    def small_memory(x_clean_U, inverse, x_int_R, next_tok):
+        if len(x_int_R) > 8:
+            raise RuntimeError("CUDA out of memory (simulated)")
+        return real(x_clean_U, inverse, x_int_R, next_tok)
+
+    monkeypatch.setattr(engine, "_kl", small_memory)
+    got = engine.effects(ctx, pos, delta)
+    assert got.stats["oom_retries"] >= 3 and got.stats["unembed_passes"] == 4  # 32 rows -> 4 × 8
+    torch.testing.assert_close(got.kl, ref.kl, rtol=1e-12, atol=1e-14)
+    torch.testing.assert_close(got.dloss, ref.dloss, rtol=1e-12, atol=1e-14)

@@ -252,8 +252,8 @@ class EffectEngine:
 
     def pool_rows(self) -> int:
         """Window rows unembedded per pass: :attr:`EngineConfig.unembed_rows`, capped so that a
-        chunk's logits and float64 temporaries (≈ 36 bytes an entry, clean rows counted) fit the
-        memory budget."""
+        chunk's logits, their float64 copy and temporaries (≈ 36 bytes an entry, clean rows
+        counted) fit the memory budget."""
         chunk = min(self.config.vocab_chunk, self.unembed.d_vocab)
         fit = int(self.config.memory_budget_mb * 2**20 // (2 * 36 * chunk))
         return max(1, min(self.config.unembed_rows, fit))
@@ -289,14 +289,28 @@ class EffectEngine:
 
     def _unembed_pool(self, pool: _WindowRows, kl: Tensor, dloss: Tensor, stats: dict) -> None:
         """KL and loss change of every pooled window row, added to its intervention's totals;
-        each distinct clean row (a flat ``context · context_size + position`` key) unembedded once."""
-        if not pool.n_rows:
+        each distinct clean row (a flat ``context · context_size + position`` key) unembedded once.
+        A pass that runs out of memory is split in halves and retried."""
+        if pool.n_rows:
+            self._unembed_rows(*pool.take(), kl, dloss, stats)
+
+    def _unembed_rows(self, target_R, key_R, x_int_R, kl, dloss, stats) -> None:
+        try:
+            uniq, inverse = torch.unique(key_R, return_inverse=True)
+            x_clean_U = self.x_clean_NTD.reshape(-1, self.d_model)[uniq]
+            next_tok = self.tokens.reshape(-1)[key_R + 1]  # a window never reaches a context's end
+            kl_R, loss_clean_R, loss_int_R = self._kl(x_clean_U, inverse, x_int_R, next_tok)
+        except (torch.OutOfMemoryError, RuntimeError) as err:
+            if not any(s in str(err).lower() for s in _OOM_MARKERS) or len(key_R) == 1:
+                raise
+            stats["oom_retries"] += 1
+            logger.warning("Unembedding %d rows ran out of memory; splitting.", len(key_R))
+            if self.device.type == "cuda":
+                torch.cuda.empty_cache()
+            half = len(key_R) // 2
+            for part in (slice(None, half), slice(half, None)):
+                self._unembed_rows(target_R[part], key_R[part], x_int_R[part], kl, dloss, stats)
             return
-        target_R, key_R, x_int_R = pool.take()
-        uniq, inverse = torch.unique(key_R, return_inverse=True)
-        x_clean_U = self.x_clean_NTD.reshape(-1, self.d_model)[uniq]
-        next_tok = self.tokens.reshape(-1)[key_R + 1]  # a window never reaches a context's end
-        kl_R, loss_clean_R, loss_int_R = self._kl(x_clean_U, inverse, x_int_R, next_tok)
         kl.index_add_(0, target_R, kl_R)
         dloss.index_add_(0, target_R, loss_int_R - loss_clean_R)
         stats["unembed_passes"] += 1
