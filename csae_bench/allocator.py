@@ -13,7 +13,7 @@ PyTorch's CPU performance guide recommends preloading jemalloc or tcmalloc for t
 ``mallopt`` gets glibc to keep the memory without a preload (Linux with glibc only; elsewhere
 nothing changes). The cost: memory freed by a job stays with the process until it exits, so the
 resident set stays at its high-water mark instead of falling back between jobs.
-``CSAE_BENCH_KEEP_FREED_MEMORY=0`` turns it off.
+``CSAE_BENCH_KEEP_FREED_MEMORY=0`` turns it off (the Ray executor passes it on to its workers).
 """
 
 from __future__ import annotations
@@ -26,11 +26,13 @@ import sys
 
 logger = logging.getLogger(__name__)
 
+KEEP_FREED_MEMORY_ENV = "CSAE_BENCH_KEEP_FREED_MEMORY"
+"""Set to ``0`` to leave glibc's malloc settings alone (the Ray executor passes it to workers)."""
 _M_TRIM_THRESHOLD = -1
 _M_MMAP_THRESHOLD = -3
-_MMAP_THRESHOLD = 1 << 30
-"""Requests below 1 GiB come from the heap (accepted by glibc 2.36, Debian 12; a glibc that refuses
-it is left as it was, and :func:`keep_freed_memory` returns ``False``)."""
+_MMAP_THRESHOLDS = (1 << 30, 32 << 20)
+"""Requests below 1 GiB come from the heap where glibc accepts it (2.36, Debian 12, does); older
+glibc caps the threshold at ``HEAP_MAX_SIZE / 2`` = 32 MiB, the fallback."""
 _TRIM_THRESHOLD = 2**31 - 1
 """Free memory at the heap's top kept up to 2 GiB (mallopt takes an ``int``)."""
 
@@ -39,13 +41,14 @@ _done: bool | None = None
 
 def keep_freed_memory() -> bool:
     """Tell glibc's ``malloc`` to serve large requests from its heap and not to trim it (once per
-    process; later calls return the first answer). Returns whether the settings took effect:
-    ``False`` off glibc, when ``CSAE_BENCH_KEEP_FREED_MEMORY=0``, or when ``mallopt`` refuses."""
+    process; later calls return the first answer). Returns whether both settings took effect:
+    ``False`` off glibc, when ``CSAE_BENCH_KEEP_FREED_MEMORY=0``, or when ``mallopt`` refuses one
+    (the other may then still apply)."""
     global _done
     if _done is not None:
         return _done
     _done = False
-    if os.environ.get("CSAE_BENCH_KEEP_FREED_MEMORY", "1") == "0" or sys.platform != "linux":
+    if os.environ.get(KEEP_FREED_MEMORY_ENV, "1") == "0" or sys.platform != "linux":
         return False
     try:
         libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
@@ -53,9 +56,8 @@ def keep_freed_memory() -> bool:
     except (OSError, AttributeError):
         return False
     libc.mallopt.argtypes = [ctypes.c_int, ctypes.c_int]
-    _done = bool(
-        libc.mallopt(_M_MMAP_THRESHOLD, _MMAP_THRESHOLD)
-        and libc.mallopt(_M_TRIM_THRESHOLD, _TRIM_THRESHOLD)
-    )
+    mmap_ok = any(libc.mallopt(_M_MMAP_THRESHOLD, size) for size in _MMAP_THRESHOLDS)
+    trim_ok = bool(libc.mallopt(_M_TRIM_THRESHOLD, _TRIM_THRESHOLD))
+    _done = mmap_ok and trim_ok
     logger.debug("glibc malloc keeps freed memory: %s", _done)
     return _done

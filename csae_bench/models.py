@@ -211,10 +211,15 @@ def _local_tokenizer(hf_dir: Path):
     33 MB ``tokenizer.json`` takes ~2.5 s and a run loads its model up to four times (one dtype
     at a time). Loaded with ``add_bos_token=True``, the form TransformerLens's
     ``get_tokenizer_with_bos`` (``utilities/tokenize_utils.py``) would otherwise load a second
-    time; it keeps this one as it is."""
+    time; it keeps this one as it is. One object is shared by every model loaded from
+    ``hf_dir`` (TransformerLens sets its padding side and missing special tokens the same way
+    each time)."""
     from transformers import AutoTokenizer
 
-    return AutoTokenizer.from_pretrained(hf_dir, add_bos_token=True)
+    try:
+        return AutoTokenizer.from_pretrained(hf_dir, add_bos_token=True)
+    except ValueError:  # a BOS the post-processor cannot template (e.g. "<seed:bos>"): as TL does
+        return AutoTokenizer.from_pretrained(hf_dir)
 
 
 def _hooked_from_hf_dir(hf_dir: Path, official: str, device: str, dtype: torch.dtype):

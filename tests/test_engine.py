@@ -240,20 +240,22 @@ def test_other_feature_control_falls_back_for_a_collapsed_sae():
 
 
 def test_window_rows_pool_across_batches(tiny64, tiny_tokens):
-    """Pooling the window rows of several batches into one unembedding pass changes nothing but
-    the number of passes; one pass per batch is the ``unembed_rows=1`` limit."""
+    """Pooling the window rows of several batches into one unembedding pass, or cutting a batch's
+    rows into several, changes nothing but the number of passes."""
     ctx, pos, delta = sae_interventions(
         EffectEngine(tiny64, HOOK, tiny_tokens), random_sae(), "zero", n=12, seed=2
     )
     runs = {
         rows: EffectEngine(tiny64, HOOK, tiny_tokens, EngineConfig(window=4, max_batch=3, unembed_rows=rows))
         .effects(ctx, pos, delta)
-        for rows in (1, 12, 512)
+        for rows in (1, 5, 12, 512)
     }
-    assert runs[1].stats["unembed_passes"] == runs[1].stats["batches"] >= 4
-    assert runs[12].stats["unembed_passes"] == 4  # 12 edits × W = 4 rows: a pass every 3 edits
+    assert runs[1].stats["batches"] == 4  # 12 edits, 3 a batch, W = 4: 12 window rows a batch
+    assert runs[1].stats["unembed_passes"] == 48  # a row a pass
+    assert runs[5].stats["unembed_passes"] == 12  # each batch's 12 rows as 5 + 5 + 2
+    assert runs[12].stats["unembed_passes"] == 4
     assert runs[512].stats["unembed_passes"] == 1
-    for rows in (12, 512):
+    for rows in (5, 12, 512):
         torch.testing.assert_close(runs[rows].kl, runs[1].kl, rtol=1e-12, atol=1e-14)
         torch.testing.assert_close(runs[rows].dloss, runs[1].dloss, rtol=1e-12, atol=1e-14)
     # each distinct clean row once per pass: fewer clean rows in one pool than in four
@@ -291,6 +293,6 @@ def test_unembedding_pass_out_of_memory_splits_and_retries(tiny64, tiny_tokens, 
 
     monkeypatch.setattr(engine, "_kl", small_memory)
     got = engine.effects(ctx, pos, delta)
-    assert got.stats["oom_retries"] >= 3 and got.stats["unembed_passes"] == 4  # 32 rows -> 4 × 8
+    assert got.stats["oom_retries"] == 3 and got.stats["unembed_passes"] == 4  # 32 rows -> 4 × 8
     torch.testing.assert_close(got.kl, ref.kl, rtol=1e-12, atol=1e-14)
     torch.testing.assert_close(got.dloss, ref.dloss, rtol=1e-12, atol=1e-14)

@@ -360,3 +360,15 @@ def test_smoke_suite_through_ray_within_the_regression_tolerances(tmp_path):
     assert len(_results(tmp_path)) == len(cfg.architectures) * len(cfg.evals)
     failures = check(tmp_path)
     assert not failures, failure_report(failures)
+
+
+def test_malloc_opt_out_reaches_ray_workers(monkeypatch):
+    from csae_bench.allocator import KEEP_FREED_MEMORY_ENV
+    from csae_bench.executors.ray_executor import _options
+    from csae_bench.suite import RunConfig
+
+    cfg = RunConfig()
+    monkeypatch.delenv(KEEP_FREED_MEMORY_ENV, raising=False)
+    assert "runtime_env" not in _options(cfg, "eval")
+    monkeypatch.setenv(KEEP_FREED_MEMORY_ENV, "0")
+    assert _options(cfg, "eval")["runtime_env"]["env_vars"] == {KEEP_FREED_MEMORY_ENV: "0"}

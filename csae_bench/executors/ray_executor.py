@@ -41,6 +41,7 @@ from typing import Any
 import ray
 from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
+from csae_bench.allocator import KEEP_FREED_MEMORY_ENV
 from csae_bench.executors import ExecutorError, default_job_resources, job_kind
 from csae_bench.executors.ray_worker import (
     CONNECT_TIMEOUT_S,
@@ -338,8 +339,13 @@ def _options(cfg: Any, kind: str) -> dict[str, Any]:
     request = default_job_resources(cfg, kind)
     options = {k: v for k, v in request.items() if k != "memory" or v}
     options["retry_exceptions"] = False  # an exception in a job is its answer; deaths are retried
+    env_vars = {}
     if str(cfg.device).startswith("cuda"):
         # Worker processes are reused across tasks (they keep the model), so they must see every
         # GPU of their node and pick the one Ray assigned (see _task_device).
-        options["runtime_env"] = {"env_vars": {NOSET_CUDA: "1"}}
+        env_vars[NOSET_CUDA] = "1"
+    if KEEP_FREED_MEMORY_ENV in os.environ:  # the driver's opt-out reaches remote workers too
+        env_vars[KEEP_FREED_MEMORY_ENV] = os.environ[KEEP_FREED_MEMORY_ENV]
+    if env_vars:
+        options["runtime_env"] = {"env_vars": env_vars}
     return options

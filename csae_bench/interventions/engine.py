@@ -14,7 +14,8 @@ What the engine reuses, and why it is exact:
   global masks with the right position offset). A batch of interventions whose positions lie in
   ``[p, p + max_span]`` runs only positions ``p .. t_max+W−1`` with the cached prefix ``< p``;
 * interventions are sorted by position and stacked along the batch dimension; the batch size
-  follows a memory budget, and a batch that runs out of memory is halved and retried;
+  follows a memory budget, and a batch (or an unembedding pass) that runs out of memory is
+  halved and retried;
 * the unembedding and KL are computed in vocabulary chunks (:mod:`csae_bench.interventions.kl`),
   only at the ``W`` window positions. Window rows are pooled over batches (up to
   ``unembed_rows``) and unembedded together with each distinct clean row of the pool, once: a
@@ -236,7 +237,7 @@ class EffectEngine:
                         raise
                     if len(sel) == 1:
                         raise InterventionError(
-                            "One intervention does not fit in memory; lower vocab_chunk or use a shorter window."
+                            "One intervention does not fit in memory; use a shorter window or shorter contexts."
                         ) from err
                     stats["oom_retries"] += 1
                     sel = sel[: len(sel) // 2]
@@ -251,9 +252,9 @@ class EffectEngine:
         return Effects(kl, dloss, wlen, dx, stats)
 
     def pool_rows(self) -> int:
-        """Window rows unembedded per pass: :attr:`EngineConfig.unembed_rows`, capped so that a
-        chunk's logits, their float64 copy and temporaries (≈ 36 bytes an entry, clean rows
-        counted) fit the memory budget."""
+        """Most window rows per unembedding pass (the pool is flushed once it holds this many):
+        :attr:`EngineConfig.unembed_rows`, capped so that a chunk's logits, their float64 copy and
+        temporaries (≈ 36 bytes an entry, clean rows counted) fit the memory budget."""
         chunk = min(self.config.vocab_chunk, self.unembed.d_vocab)
         fit = int(self.config.memory_budget_mb * 2**20 // (2 * 36 * chunk))
         return max(1, min(self.config.unembed_rows, fit))
@@ -274,9 +275,7 @@ class EffectEngine:
         valid = w[None, :] < wlen_b[:, None]
         b_idx, w_idx = valid.nonzero(as_tuple=True)
         abs_pos = pos_b[b_idx] + w_idx
-        pool.add(
-            sel[b_idx], ctx_b[b_idx] * self.context_size + abs_pos, x_int[b_idx, rel[b_idx] + w_idx]
-        )
+        x_window = x_int[b_idx, rel[b_idx] + w_idx]
         if dx is not None:
             dx[sel] = (
                 x_int[torch.arange(B, device=self.device), rel] - self.x_clean_NTD[ctx_b, pos_b]
@@ -286,35 +285,52 @@ class EffectEngine:
         stats["positions_full_rerun"] += (
             int((pos_b + wlen_b).sum()) if self.config.window is not None else B * self.context_size
         )
+        # last, so that a batch retried after running out of memory is never pooled twice
+        pool.add(sel[b_idx], ctx_b[b_idx] * self.context_size + abs_pos, x_window)
 
     def _unembed_pool(self, pool: _WindowRows, kl: Tensor, dloss: Tensor, stats: dict) -> None:
-        """KL and loss change of every pooled window row, added to its intervention's totals;
-        each distinct clean row (a flat ``context · context_size + position`` key) unembedded once.
-        A pass that runs out of memory is split in halves and retried."""
-        if pool.n_rows:
-            self._unembed_rows(*pool.take(), kl, dloss, stats)
+        """KL and loss change of every pooled window row, added to its intervention's totals, in
+        passes of at most :meth:`pool_rows` rows (a batch can overfill the pool); each distinct
+        clean row of a pass (a flat ``context · context_size + position`` key) is unembedded
+        once. A pass that runs out of memory is split in halves and retried."""
+        if not pool.n_rows:
+            return
+        target_R, key_R, x_int_R = pool.take()
+        n, step = len(key_R), self.pool_rows()
+        todo = [(start, min(start + step, n)) for start in reversed(range(0, n, step))]
+        while todo:
+            start, stop = todo.pop()
+            rows = slice(start, stop)
+            if self._unembed_rows(target_R[rows], key_R[rows], x_int_R[rows], kl, dloss, stats):
+                continue
+            # retried here, not in the handler, whose traceback held the failed pass's memory
+            if stop - start == 1:
+                raise InterventionError(
+                    "One window row does not fit in memory for the unembedding; lower vocab_chunk."
+                )
+            stats["oom_retries"] += 1
+            logger.warning("Unembedding %d rows ran out of memory; splitting.", stop - start)
+            if self.device.type == "cuda":
+                torch.cuda.empty_cache()
+            mid = (start + stop) // 2
+            todo += [(mid, stop), (start, mid)]
 
-    def _unembed_rows(self, target_R, key_R, x_int_R, kl, dloss, stats) -> None:
+    def _unembed_rows(self, target_R, key_R, x_int_R, kl, dloss, stats) -> bool:
+        """One unembedding pass; False when it ran out of memory (nothing was added)."""
         try:
             uniq, inverse = torch.unique(key_R, return_inverse=True)
             x_clean_U = self.x_clean_NTD.reshape(-1, self.d_model)[uniq]
             next_tok = self.tokens.reshape(-1)[key_R + 1]  # a window never reaches a context's end
             kl_R, loss_clean_R, loss_int_R = self._kl(x_clean_U, inverse, x_int_R, next_tok)
         except (torch.OutOfMemoryError, RuntimeError) as err:
-            if not any(s in str(err).lower() for s in _OOM_MARKERS) or len(key_R) == 1:
+            if not any(s in str(err).lower() for s in _OOM_MARKERS):
                 raise
-            stats["oom_retries"] += 1
-            logger.warning("Unembedding %d rows ran out of memory; splitting.", len(key_R))
-            if self.device.type == "cuda":
-                torch.cuda.empty_cache()
-            half = len(key_R) // 2
-            for part in (slice(None, half), slice(half, None)):
-                self._unembed_rows(target_R[part], key_R[part], x_int_R[part], kl, dloss, stats)
-            return
+            return False
         kl.index_add_(0, target_R, kl_R)
         dloss.index_add_(0, target_R, loss_int_R - loss_clean_R)
         stats["unembed_passes"] += 1
         stats["rows_unembedded"] += len(key_R) + len(uniq)
+        return True
 
     def _kl(self, x_clean_U, inverse, x_int_R, next_tok):
         return kl_and_losses(self.unembed, x_clean_U, x_int_R, next_tok, clean_index_R=inverse)

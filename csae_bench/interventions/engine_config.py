@@ -21,7 +21,8 @@ class EngineConfig:
     logits of a few hundred rows near the CPU's cache; 16384 was 1.3× slower per intervention
     (embedded Gemma-3-270M, 240 interventions, ``benchmarks/test_engine_bench.py`` setup)."""
     memory_budget_mb: float = 1024.0
-    """Working memory for one intervention batch; sets the batch size."""
+    """Working memory for one intervention batch (sets the batch size) and for one unembedding
+    pass (caps ``unembed_rows``)."""
     max_batch: int = 512
     """Upper bound on interventions per batch."""
     max_span: int = 8
@@ -69,4 +70,6 @@ class Effects:
     """``[M, d_model]`` change of the final normalized residual at position ``t`` (its logit
     change is ``dx · W_U``); kept when ``record_dx``."""
     stats: dict = field(default_factory=dict)
-    """Work done: batches, forward positions run, positions a full re-run would have needed."""
+    """Work done: ``batches``, ``positions_run`` (forward positions), ``positions_full_rerun``
+    (what one full forward per intervention would have run), ``unembed_passes``,
+    ``rows_unembedded`` (window rows plus each pass's distinct clean rows), ``oom_retries``."""

@@ -19,8 +19,8 @@ and ``Σ_v p_v (a_v − b_v) = Σ_v e^{a_v − m} (a_v − b_v) / Σ_v e^{a_v �
 Logits are widened to float64 before anything else: a KL is ``E_p[a − b]`` minus a difference of
 logsumexps, and an edit that shifts every logit by ``c`` makes both terms ~``c`` while the KL stays
 small. Float32 entries (even with float64 sums) put ~3e-8 nats into each KL — the size of a weak
-SAE's feature effects (the default run's ReLU: median 3e-7 nats), whose NCES then moved by 0.08
-between runs; float32 sums ~1e-6. Float64 costs 2–7% of the engine's time once freed memory is not
+SAE's feature effects (the default run's ReLU: median 3e-7 nats), whose NCES then read −0.05
+instead of −0.11; float32 sums ~1e-6 nats (+0.03). Float64 costs 2–7% of the engine's time once freed memory is not
 faulted in again (:mod:`csae_bench.allocator`).
 """
 

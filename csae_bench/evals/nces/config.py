@@ -40,7 +40,7 @@ class NCESEvalConfig(BaseEvalConfig):
         description="KL is summed over the next-token predictions at t..t+W-1; null = to the end of the context.",
     )
     n_features: int = Field(
-        default=48,  # CPU default run budget (~14 minutes for everything, docs/default_run.md); the GPU suites sample 512
+        default=48,  # CPU default run budget (~12 minutes for everything, docs/default_run.md); the GPU suites sample 512
         title="Features Sampled",
         description="Alive features sampled (stratified by activation frequency, seeded).",
     )
@@ -97,7 +97,7 @@ class NCESEvalConfig(BaseEvalConfig):
     memory_budget_mb: float = Field(
         default=1024.0,
         title="Memory Budget (MiB)",
-        description="Working memory for one intervention batch; sets the batch size.",
+        description="Working memory for one intervention batch (sets the batch size) and for one unembedding pass.",
     )
     max_span: int = Field(
         default=8,

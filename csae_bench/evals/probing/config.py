@@ -23,7 +23,7 @@ class ProbingEvalConfig(BaseEvalConfig):
         "a JSONL file with 'text' and 'label' fields (two labels, or '<file>.jsonl:<label>').",
     )
     examples_per_class: int = Field(
-        default=80,  # CPU default run budget (~14 minutes for everything, docs/default_run.md); the GPU suites use 100
+        default=80,  # CPU default run budget (~12 minutes for everything, docs/default_run.md); the GPU suites use 100
         title="Examples per Class",
         description="At most this many examples of each label per task (sampled with random_seed).",
     )
