@@ -167,7 +167,7 @@ def render_dtype(d: dict[str, Any]) -> list[str]:
         return []
     pct = lambda f: f"{f:.0%}" if f is not None else "—"  # noqa: E731
     L = ["", "### float32 vs bfloat16 (issue 13)", "",
-         "Speed-ups are float32 time / bf16 time (min / median / max round); achieved GFLOP/s count "
+         "Speed-ups are float32 time / bf16 time (of the fastest / median / slowest rounds); achieved GFLOP/s count "
          "matmul FLOPs only (`benchmarks/flops.py`) over a row's fastest round, and the fraction of "
          "peak divides by the fastest `matmul-peak` round of the same dtype in the same run. On a shared "
          "machine the peak rows and the others run minutes apart: a fraction above 100% means the "
@@ -205,7 +205,7 @@ def render_dtype(d: dict[str, Any]) -> list[str]:
                      f"{_fmt_r(i['speedup']) if 'speedup' in i else '—'} | {pct(f.get('frac'))} | "
                      f"{pct(b.get('frac'))} | {share} |")
     if d["evals"]:
-        L += ["", "**Evals by dtype**", "", "| ratio | min / median / max |", "|---|---|"]
+        L += ["", "**Evals by dtype**", "", "| ratio | fastest / median / slowest rounds |", "|---|---|"]
         L += [f"| {i['label']} | {_fmt_r(i['ratio'])} |" for i in d["evals"]]
     return L
 
@@ -310,7 +310,7 @@ def render(summary: dict[str, Any], data: dict[str, Any], sources: list[Path],
          f"({data.get('datetime', '?')}, "
          f"{mi.get('cpu', {}).get('brand_raw', mi.get('processor', '?'))}, {mi.get('cpu', {}).get('count', '?')} "
          "cores). Ratios: fastest round / median round / slowest round.*", ""]
-    L += ["### Against the DESIGN §9 targets", "", "| target | measured ratio (min / median / max) | status |",
+    L += ["### Against the DESIGN §9 targets", "", "| target | measured ratio (fastest / median / slowest rounds) | status |",
           "|---|---|---|"]
     for key in ("engine", "training", "evals"):
         hit = [i for i in summary[key] if i.get("target") == key]
@@ -325,7 +325,7 @@ def render(summary: dict[str, Any], data: dict[str, Any], sources: list[Path],
     for key, title in (("engine", "Engine"), ("training", "Training (same tokens, same steps)"), ("evals", "Evals")):
         if not summary[key]:
             continue
-        L += ["", f"### {title}", "", "| ratio | min / median / max |" + (" SAE-step time only |" if key == "training" else ""),
+        L += ["", f"### {title}", "", "| ratio | fastest / median / slowest rounds |" + (" SAE-step time only |" if key == "training" else ""),
               "|---|---|" + ("---|" if key == "training" else "")]
         for i in summary[key]:
             extra = ""

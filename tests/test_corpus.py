@@ -7,6 +7,7 @@ from __future__ import annotations
 import gzip
 import io
 import json
+import os
 import shutil
 import struct
 import subprocess
@@ -525,3 +526,12 @@ def test_missing_apt_get_raises_and_load_corpus_fails_before_loading_a_tokenizer
     with pytest.raises(DataError, match="apt-get is not available"):
         load_corpus("english")
     assert not build.corpus_dir().exists()
+
+
+def test_corpus_module_help_does_not_build(tmp_path):
+    import sys
+
+    out = subprocess.run([sys.executable, "-m", "csae_bench.corpus", "-h"], capture_output=True,
+                         text=True, timeout=120, env={**os.environ, "XDG_CACHE_HOME": str(tmp_path)})
+    assert out.returncode == 0 and out.stdout.startswith("usage: python -m csae_bench.corpus")
+    assert not list(tmp_path.rglob("*.jsonl*"))  # nothing built
