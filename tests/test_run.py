@@ -363,3 +363,10 @@ def test_log_lines_go_to_stderr_and_leave_stdout_to_results(capsys):
         for h in root.handlers[:]:
             if h not in before:
                 root.removeHandler(h)
+
+
+def test_python_m_csae_bench_is_the_whole_cli():
+    """``python -m csae_bench`` reaches every command (``study``, ``regression``...), not only run."""
+    out = subprocess.run([sys.executable, "-m", "csae_bench", "study", "-h"], capture_output=True,
+                         text=True, timeout=120)
+    assert out.returncode == 0 and out.stdout.startswith("usage: csae-bench study")
