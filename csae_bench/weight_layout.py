@@ -18,6 +18,8 @@ modules patched, so a TransformerLens that stops copying is unaffected.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 
 _TRANSPOSED = ("W_gate", "W_in", "W_out", "W_U")
@@ -26,7 +28,9 @@ _QKV = ("W_Q", "W_K", "W_V", "_W_K", "_W_V")
 """``[head, d_model, d_head]`` read as ``(head d_head) d_model``: stored ``[head, d_head, d_model]``."""
 
 
-def _relayout(module: torch.nn.Module, name: str, stored: torch.Tensor, view) -> int:
+def _relayout(module: torch.nn.Module, name: str, stored: Callable, view: Callable) -> int:
+    """Store ``module.<name>`` as the contiguous ``stored(W)`` seen through ``view`` (its inverse),
+    unless ``stored(W)`` is contiguous already; returns 1 if it moved."""
     param = module._parameters.get(name)
     if param is None or stored(param.data).is_contiguous():
         return 0

@@ -41,6 +41,11 @@ logger = logging.getLogger(__name__)
 _OOM_MARKERS = ("out of memory", "can't allocate memory", "not enough memory")
 
 
+def _is_oom(err: BaseException) -> bool:
+    """Whether ``err`` reports exhausted memory (CUDA and the CPU allocator word it differently)."""
+    return any(marker in str(err).lower() for marker in _OOM_MARKERS)
+
+
 class _WindowRows:
     """Window rows of edited sequences waiting for the unembedding: for each row its
     intervention's index, its flat clean-row key and its final normalized residual."""
@@ -233,19 +238,14 @@ class EffectEngine:
                     self._run_batch(sel, p, ctx_idx_M, pos_M, wlen, delta_MD, pool, dx, stats)
                     break
                 except (torch.OutOfMemoryError, RuntimeError) as err:
-                    if not any(s in str(err).lower() for s in _OOM_MARKERS):
+                    if not _is_oom(err):
                         raise
                     if len(sel) == 1:
                         raise InterventionError(
                             "One intervention does not fit in memory; use a shorter window or shorter contexts."
                         ) from err
-                    stats["oom_retries"] += 1
                     sel = sel[: len(sel) // 2]
-                    logger.warning(
-                        "Intervention batch ran out of memory; retrying with %d.", len(sel)
-                    )
-                    if self.device.type == "cuda":
-                        torch.cuda.empty_cache()
+                    self._after_oom(stats, "Intervention batch", len(sel))
             i += len(sel)
             if pool.n_rows >= self.pool_rows() or i >= M:
                 self._unembed_pool(pool, kl, dloss, stats)
@@ -303,16 +303,12 @@ class EffectEngine:
             rows = slice(start, stop)
             if self._unembed_rows(target_R[rows], key_R[rows], x_int_R[rows], kl, dloss, stats):
                 continue
-            # retried here, not in the handler, whose traceback held the failed pass's memory
-            if stop - start == 1:
+            if stop - start == 1:  # retried here, not in the handler: its traceback holds memory
                 raise InterventionError(
                     "One window row does not fit in memory for the unembedding; lower vocab_chunk."
                 )
-            stats["oom_retries"] += 1
-            logger.warning("Unembedding %d rows ran out of memory; splitting.", stop - start)
-            if self.device.type == "cuda":
-                torch.cuda.empty_cache()
             mid = (start + stop) // 2
+            self._after_oom(stats, f"Unembedding {stop - start} rows", mid - start)
             todo += [(mid, stop), (start, mid)]
 
     def _unembed_rows(self, target_R, key_R, x_int_R, kl, dloss, stats) -> bool:
@@ -323,7 +319,7 @@ class EffectEngine:
             next_tok = self.tokens.reshape(-1)[key_R + 1]  # a window never reaches a context's end
             kl_R, loss_clean_R, loss_int_R = self._kl(x_clean_U, inverse, x_int_R, next_tok)
         except (torch.OutOfMemoryError, RuntimeError) as err:
-            if not any(s in str(err).lower() for s in _OOM_MARKERS):
+            if not _is_oom(err):
                 raise
             return False
         kl.index_add_(0, target_R, kl_R)
@@ -331,6 +327,13 @@ class EffectEngine:
         stats["unembed_passes"] += 1
         stats["rows_unembedded"] += len(key_R) + len(uniq)
         return True
+
+    def _after_oom(self, stats: dict, what: str, retry_size: int) -> None:
+        """Count and report a retry after running out of memory; let CUDA free cached blocks."""
+        stats["oom_retries"] += 1
+        logger.warning("%s ran out of memory; retrying with %d.", what, retry_size)
+        if self.device.type == "cuda":
+            torch.cuda.empty_cache()
 
     def _kl(self, x_clean_U, inverse, x_int_R, next_tok):
         return kl_and_losses(self.unembed, x_clean_U, x_int_R, next_tok, clean_index_R=inverse)
