@@ -12,36 +12,43 @@ from typing import Any
 
 _PROBING = re.compile(r"^probing_(?P<sae>.+?)(@(?P<tokens>\d+))?\.json$")
 _DIRS = re.compile(r"^layer(?P<layer>\d+)/seed(?P<seed>\d+)/records$")
+BRACKETS = ("sae", "random", "resid", "pca")
+"""Who is patched at equal k: the SAE's selected features, random active features of the same SAE,
+the top-k residual dimensions, the top-k principal directions (docs/probing.md)."""
 
 
 def probing_record(raw: dict[str, Any], layer: int, seed: int, sae: str, tokens: int | None,
                    snapshot: bool) -> dict[str, Any]:  # fmt: skip
     """The probing metrics' inputs from one SAEBench-format probing result: per judged task,
-    verified (as the eval's ``fraction_tasks_verified`` counts it) and the IIA trials of the
-    smallest k (with its random-feature and residual-dimension brackets)."""
+    verified (as the eval's ``fraction_tasks_verified`` counts it), the ceiling's IIA trials and,
+    per k (ascending), the IIA trials ``[n_success, n]`` of the SAE's features and of the random-
+    feature, residual-dimension and principal-direction brackets (``[0, 0]``: no pairs)."""
     tasks = []
     for d in raw["eval_result_details"]:
         if not d.get("judged"):
             continue
-        per_k = sorted((d.get("interchange") or {}).get("per_k") or [], key=lambda r: r["k"])
-        first = per_k[0] if per_k else {}
-
-        def trials(who: str, first: dict = first) -> list[int]:
-            est = first.get(who) or {}
-            return [int(est.get("n_success", 0)), int(est.get("n", 0))]
-
+        ic = d.get("interchange") or {}
+        per_k = sorted(ic.get("per_k") or [], key=lambda r: r["k"])
         tasks.append(
             {
                 "task": d["task_name"],
                 "verified": float(bool(d.get("verified"))),
-                "k": first.get("k"),
-                "sae": trials("sae"),
-                "random": trials("random"),
-                "resid": trials("resid"),
+                "ceiling": _trials(ic.get("ceiling")),
+                "per_k": [{"k": r["k"], **{w: _trials(r.get(w)) for w in BRACKETS}} for r in per_k],
             }
         )
     return {"layer": layer, "seed": seed, "sae": sae, "training_tokens": tokens,
             "snapshot": snapshot, "tasks": tasks}  # fmt: skip
+
+
+def _trials(est: dict[str, Any] | None) -> list[int]:
+    est = est or {}
+    return [int(est.get("n_success", 0)), int(est.get("n", 0))]
+
+
+def smallest_k_trials(task: dict[str, Any], who: str = "sae") -> list[int]:
+    """``[n_success, n]`` of ``who`` at the task's smallest k (``[0, 0]``: no pairs)."""
+    return task["per_k"][0][who] if task["per_k"] else [0, 0]
 
 
 def load_records(out: str | Path, train_tokens: int, init_null: str) -> dict[str, list[dict]]:

@@ -13,6 +13,7 @@ from typing import Any
 import numpy as np
 
 from csae_bench.studies.harness import replace_between_markers, saved_config, wall_seconds
+from csae_bench.studies.validity.brackets import SAE_INDEPENDENT
 from csae_bench.studies.validity.config import (
     CHOICE_NAME,
     POWER_ABS,
@@ -152,13 +153,40 @@ def render(summary: dict[str, Any], cfg: ValidityConfig, images: list[Path], out
             L.append(f"| {m['label']} | "
                      + " | ".join(_ci(m["pairs"][p]["gap"], m["pairs"][p]["ci"]) for p in pairs)
                      + " |")  # fmt: skip
-        L.append("")
+        L += ["", *_iia_lines(s.get("iia"), cfg, s["seeds"])]
     L += _verdict_lines(summary, cfg)
     L += [f"![metric vs training tokens](img/{images[0].name})", "",
           f"![trained − null CIs](img/{images[1].name})", ""] if len(images) > 1 else []  # fmt: skip
     if summary.get("wall_seconds"):
         L += [f"Wall time of the last invocation: {summary['wall_seconds'] / 60:.0f} min.", ""]
     return "\n".join(L)
+
+
+def _iia_lines(iia: dict[str, Any] | None, cfg: ValidityConfig, seeds: list[int]) -> list[str]:
+    """One set's causal-probing table: tasks verified and IIA per k, with the brackets."""
+    if not iia or not iia["ks"]:
+        return []
+    ks = iia["ks"]
+    missing = ", ".join(str(x) for x in sorted(set(seeds) - set(iia["seeds"])))
+    L = [f"*Probing records are missing for seed(s) {missing}: the table reads the others.*",
+         ""] if missing else []  # fmt: skip
+    L += ["Causal probing: tasks verified (summed over seeds) and interchange-intervention "
+          "accuracy per k (mean over seeds of the mean over tasks with counterfactual pairs [95% "
+          "CI: seeds, then tasks, then pairs]). *random* = k random active features of the same "
+          "SAE; the last three rows do not depend on the SAE.", "",
+          "| patched | tasks verified | " + " | ".join(f"k = {k}" for k in ks) + " |",
+          "|---|---|" + "---|" * len(ks)]  # fmt: skip
+
+    def row(label: str, verified: str, est: dict) -> str:
+        cells = [_ci(est[k]["point"], est[k]["ci"], 2) for k in ks]
+        return f"| {label} | {verified} | " + " | ".join(cells) + " |"
+
+    for sae, r in iia["saes"].items():
+        tag = " (null)" if sae in cfg.nulls else ""
+        L.append(row(f"{sae}{tag} features", "{}/{}".format(*r["verified"]), r["sae"]))
+        L.append(row(f"{sae}: random features", "", r["random"]))
+    L += [row(label, "", iia["independent"][who]) for who, label in SAE_INDEPENDENT.items()]
+    return [*L, ""]
 
 
 def _verdict_lines(summary: dict[str, Any], cfg: ValidityConfig) -> list[str]:

@@ -20,6 +20,7 @@ import numpy as np
 
 from csae_bench.stats import sample_sd, spearman
 from csae_bench.studies.validity import bootstrap as bs
+from csae_bench.studies.validity.brackets import iia_brackets
 from csae_bench.studies.validity.config import (
     LEVEL,
     POWER_ABS,
@@ -29,6 +30,7 @@ from csae_bench.studies.validity.config import (
     MetricSpec,
     ValidityConfig,
 )
+from csae_bench.studies.validity.records import smallest_k_trials
 
 
 def _rng(*parts: int | str) -> np.random.Generator:
@@ -66,8 +68,8 @@ class _Units:
         t = rec["tasks"]
         return bs.ProbingUnit(
             np.array([x["verified"] for x in t], dtype=float),
-            np.array([x["sae"][0] for x in t], dtype=float),
-            np.array([x["sae"][1] for x in t], dtype=int),
+            np.array([smallest_k_trials(x)[0] for x in t], dtype=float),
+            np.array([smallest_k_trials(x)[1] for x in t], dtype=int),
         )
 
     def point(self, spec, seed, sae, tokens, snap=False) -> float:
@@ -254,6 +256,8 @@ def summarize(
             metric_summary(units, sp, list(seeds), snaps, (i, j)) for j, sp in enumerate(specs)
         ]
         sets[name] = {"layer": layer, "seeds": list(seeds), "metrics": metrics}
+        if cfg.probing:
+            sets[name]["iia"] = iia_brackets(records["probing"], cfg, layer, tuple(seeds))
     choice = (
         frozen_choice if frozen_choice is not None else choose(sets["selection"]["metrics"], specs)
     )
