@@ -15,7 +15,8 @@ at the same layer, and at ``confirm_layer``), judged with the choice frozen befo
 
 Modules: :mod:`.config` (settings, metrics), :mod:`.jobs` (the work), :mod:`.capture` (per-token
 NCES), :mod:`.records` (reading back), :mod:`.bootstrap` and :mod:`.summary` (the numbers and
-verdicts), :mod:`.report` (page and plots).
+verdicts), :mod:`.brackets` (causal probing's IIA with its brackets), :mod:`.report` (page and
+plots).
 """
 
 from __future__ import annotations
