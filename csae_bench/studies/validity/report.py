@@ -173,7 +173,8 @@ def _iia_lines(iia: dict[str, Any] | None, cfg: ValidityConfig, seeds: list[int]
     L += ["Causal probing: tasks verified (summed over seeds) and interchange-intervention "
           "accuracy per k (mean over seeds of the mean over tasks with counterfactual pairs [95% "
           "CI: seeds, then tasks, then pairs]). *random* = k random active features of the same "
-          "SAE; the last three rows do not depend on the SAE.", "",
+          "SAE; the last three rows do not depend on the SAE. Bootstrapped apart from the "
+          "metric tables above: a CI's end near 0 can differ from theirs by a few hundredths.", "",
           "| patched | tasks verified | " + " | ".join(f"k = {k}" for k in ks) + " |",
           "|---|---|" + "---|" * len(ks)]  # fmt: skip
 
