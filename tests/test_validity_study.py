@@ -14,11 +14,10 @@ import pytest
 
 from csae_bench.studies.validity import ValidityConfig, choose, jobs, judge, summarize, write_report
 from csae_bench.studies.validity import bootstrap as bs
-from csae_bench.studies.validity.brackets import iia_brackets
 from csae_bench.studies.validity.capture import CaptureError, token_table
 from csae_bench.studies.validity.config import MetricSpec
 from csae_bench.studies.validity.jobs import NcesTokensJob, snapshot_tokens
-from csae_bench.studies.validity.records import load_records, probing_record, smallest_k_trials
+from csae_bench.studies.validity.records import load_records, probing_record
 
 DOC = Path(__file__).resolve().parents[1] / "docs" / "validity.md"
 
@@ -254,7 +253,8 @@ def test_probing_records_keep_the_judged_tasks_every_k_and_the_brackets():
     raw = {"eval_result_details": [
         {"task_name": "a", "judged": True, "verified": True,
          "interchange": {"ceiling": _iia(10, 10), "per_k": [
-             {"k": 5, "sae": _iia(9, 10), "resid": _iia(2, 10), "pca": _iia(4, 10)},
+             {"k": 5, "sae": _iia(9, 10), "resid": _iia(2, 10), "pca": _iia(4, 10),
+              "random": _iia(6, 30), "random_per_set": [0.1, 0.2, 0.3]},
              {"k": 1, "sae": _iia(3, 10), "random": _iia(1, 30)}]}},
         {"task_name": "b", "judged": True, "verified": None, "interchange": None},
         {"task_name": "c", "judged": False, "verified": True, "interchange": None}]}  # fmt: skip
@@ -262,56 +262,70 @@ def test_probing_records_keep_the_judged_tasks_every_k_and_the_brackets():
     assert [t["task"] for t in r["tasks"]] == ["a", "b"]
     a = r["tasks"][0]
     assert [x["k"] for x in a["per_k"]] == [1, 5] and a["ceiling"] == [10, 10]
-    assert smallest_k_trials(a) == [3, 10] and smallest_k_trials(a, "random") == [1, 30]
-    assert a["per_k"][1] == {"k": 5, "sae": [9, 10], "random": [0, 0], "resid": [2, 10],
+    # three random sets patch the same 10 pairs: one set's trials, the sets' mean success
+    assert a["per_k"][1] == {"k": 5, "sae": [9, 10], "random": [2.0, 10], "resid": [2, 10],
                              "pca": [4, 10]}  # fmt: skip
-    assert smallest_k_trials(r["tasks"][1]) == [0, 0]
+    assert a["per_k"][0]["random"] == [1.0, 30]  # no per-set list: one set
     assert [t["verified"] for t in r["tasks"]] == [1.0, 0.0]
-    u = bs.ProbingUnit(np.array([1.0, 0.0]), np.array([3.0, 0.0]), np.array([10, 0]))
+    u = bs.ProbingUnit.from_record(r)  # the smallest k of each task; b has no pairs
+    assert u.success_K.tolist() == [3.0, 0.0] and u.n_K.tolist() == [10, 0]
     assert bs.probing_point(u) == {"verified": 0.5, "iia": pytest.approx(0.3)}
+    assert bs.ProbingUnit.from_record(r, "pca", 5).success_K.tolist() == [4.0, 0.0]
+    assert bs.ProbingUnit.from_record(r, "ceiling").n_K.tolist() == [10, 0]
 
 
-def probing_rec(seed, sae, sae_iia, *, resid=0, tasks=2, n=20, verified=0.0, layer=6,
+def probing_rec(seed, sae, sae_iia, *, resid=0.0, tasks=2, n=20, verified=0.0, layer=6,
                 snapshot=False):  # fmt: skip
     """A reduced probing record: every task has ``n`` pairs at k 1 and 5; the SAE flips
     ``sae_iia`` of them, random features none, the residual dimensions ``resid``, PCA half."""
     t = lambda s: [round(s * n), n]  # noqa: E731
-    per_k = [{"k": k, "sae": t(sae_iia), "random": [0, 3 * n], "resid": t(resid),
+    per_k = [{"k": k, "sae": t(sae_iia), "random": [0.0, n], "resid": t(resid),
               "pca": t(0.5)} for k in (1, 5)]  # fmt: skip
-    return {"layer": layer, "seed": seed, "sae": sae, "training_tokens": 1, "snapshot": snapshot,
+    return {"layer": layer, "seed": seed, "sae": sae, "snapshot": snapshot,
+            "training_tokens": 0 if sae == "init" else 40960,
             "tasks": [{"task": f"t{i}", "verified": verified, "ceiling": [n, n], "per_k": per_k}
                       for i in range(tasks)]}  # fmt: skip
 
 
-def test_iia_brackets_average_seeds_of_task_means_and_take_the_sae_independent_rows_once():
-    cfg = ValidityConfig(**{**tiny_cfg().__dict__, "probing": True})
+def test_iia_table_averages_seeds_reuses_the_iia_metric_and_reads_brackets_once(recwarn):
+    cfg = ValidityConfig(**{**tiny_cfg().__dict__, "probing": True, "seeds": (0, 1)})
     recs = [probing_rec(s, "topk", 0.5 + 0.1 * s, resid=0.25, verified=1.0) for s in (0, 1)]
     recs += [probing_rec(s, "csae", 0.4) for s in (0, 1)]
     recs += [probing_rec(s, "random-decoder", 0.0, resid=0.9) for s in (0, 1)]  # not read
     recs += [probing_rec(0, "init", 0.0), probing_rec(0, "topk", 0.95, snapshot=True)]
     recs += [probing_rec(0, "topk", 0.95, layer=12)]  # another set's
-    got = iia_brackets(recs, cfg, 6, (0, 1))
-    assert got["ks"] == [1, 5]
+    summary = summarize({"nces": [], "probing": recs}, cfg)
+    got = summary["sets"]["selection"]["iia"]
+    assert got["ks"] == [1, 5] and got["seeds"] == [0, 1]
     topk = got["saes"]["topk"]
     assert topk["verified"] == [4, 4] and got["saes"]["csae"]["verified"] == [0, 4]
-    assert topk["sae"][1]["point"] == pytest.approx(0.55) and topk["sae"][1]["n_seeds"] == 2
-    lo, hi = topk["sae"][1]["ci"]
+    assert topk["sae"][5]["point"] == pytest.approx(0.55) and topk["sae"][5]["n_seeds"] == 2
+    lo, hi = topk["sae"][5]["ci"]
     assert 0.4 < lo <= 0.55 <= hi < 0.7
+    metric = next(m for m in summary["sets"]["selection"]["metrics"] if m["metric"] == "iia")
+    for sae in ("topk", "csae", "init"):  # one number, one CI, in both tables
+        assert got["saes"][sae]["sae"][1]["ci"] == metric["per_sae"][sae]["ci"]
+        assert got["saes"][sae]["sae"][1]["point"] == pytest.approx(metric["per_sae"][sae]["point"])
     assert topk["random"][5]["point"] == 0.0 and topk["random"][5]["ci"] == [0.0, 0.0]
     assert got["saes"]["init"]["sae"][1]["n_seeds"] == 1  # seed 1 has no record: not counted
     ind = got["independent"]
-    assert ind["resid"][1]["point"] == pytest.approx(0.25)  # from topk's records
-    assert ind["pca"][5]["point"] == pytest.approx(0.5) and ind["ceiling"][1]["point"] == 1.0
-    assert iia_brackets(recs, cfg, 9, (0, 1))["ks"] == []
-    from csae_bench.studies.validity.report import _iia_lines
+    assert ind["resid"][1]["point"] == pytest.approx(0.25)  # from topk's records (trained first)
+    assert ind["pca"][5]["point"] == pytest.approx(0.5)
+    assert list(ind["ceiling"]) == [1] and ind["ceiling"][1]["point"] == 1.0
+    from csae_bench.studies.validity.report import _iia_lines, render
 
-    table = _iia_lines(got, cfg, [0, 1])
-    assert "| patched | tasks verified | k = 1 | k = 5 |" in table
-    assert "| topk features | 4/4 | 0.55 [" in "\n".join(table)
-    assert any(r.startswith("| init (null) features | 0/2 | 0.00 [0.00, 0.00]") for r in table)
-    assert table[-2].startswith("| ceiling (whole residual) |  | 1.00 [1.00, 1.00]")
-    assert _iia_lines(iia_brackets(recs, cfg, 9, (0, 1)), cfg, [0, 1]) == []
+    page = render(summary, cfg, [], Path("out"))
+    assert "| patched | verified (task × seed) | k = 1 | k = 5 |" in page
+    assert "| topk features | 4/4 | 0.55 [" in page
+    assert "| init (null) features | 0/2 | 0.00 [0.00, 0.00] (1 of 2 seeds) |" in page
+    assert "| ceiling (whole residual, any k) |  | 1.00 [1.00, 1.00] |  |" in page
     assert _iia_lines(got, cfg, [0, 1, 2])[0].startswith("*Probing records are missing for seed(s) 2:")
+    # the SAE-independent rows fall back to another SAE's record where the first has none
+    no_topk1 = [r for r in recs if not (r["sae"] == "topk" and r["seed"] == 1)]
+    ind = summarize({"nces": [], "probing": no_topk1}, cfg)["sets"]["selection"]["iia"]["independent"]
+    assert ind["resid"][1]["n_seeds"] == 2 and ind["resid"][1]["point"] == pytest.approx(0.125)
+    empty = summarize({"nces": [], "probing": recs[-1:]}, cfg)["sets"]["selection"]["iia"]
+    assert empty["ks"] == [] and _iia_lines(empty, cfg, [0, 1]) == []
 
 
 # ---------------------------------------------------------------- jobs

@@ -76,6 +76,21 @@ class ProbingUnit:
     success_K: np.ndarray
     n_K: np.ndarray
 
+    @classmethod
+    def from_record(cls, rec: dict, who: str = "sae", k: int | None = None) -> ProbingUnit:
+        """From a reduced probing record (:func:`~.records.probing_record`): ``who``'s trials at
+        ``k`` (None: each task's smallest k; ``who`` ``ceiling``: the whole residual, any k)."""
+        trials = []
+        for t in rec["tasks"]:
+            if who == "ceiling":
+                trials.append(t["ceiling"])
+            elif k is None:
+                trials.append(t["per_k"][0][who] if t["per_k"] else [0, 0])
+            else:
+                trials.append(next((r[who] for r in t["per_k"] if r["k"] == k), [0, 0]))
+        s, n = np.array(trials, dtype=float).reshape(-1, 2).T
+        return cls(np.array([t["verified"] for t in rec["tasks"]], dtype=float), s, n.astype(int))
+
 
 def nces_stats(kl_BJT, ctrl_BJT, norm2_BJT, w_BJ, q_BJ) -> dict[str, np.ndarray]:
     """Every NCES-record metric per draw from resampled arrays (NaN marks an absent token):

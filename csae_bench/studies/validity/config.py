@@ -105,6 +105,10 @@ class ValidityConfig:
     def saes(self) -> tuple[str, ...]:
         return (*self.trained, *self.nulls)
 
+    def final_tokens(self, sae: str) -> int:
+        """Training tokens of a final SAE (0: the init null)."""
+        return 0 if sae == self.init_null else self.train_tokens
+
     def sets(self) -> dict[str, tuple[int, tuple[int, ...]]]:
         """Set name -> (layer, seeds): the selection set, and in phase ``confirm`` both
         confirmation sets."""

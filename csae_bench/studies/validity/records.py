@@ -12,9 +12,6 @@ from typing import Any
 
 _PROBING = re.compile(r"^probing_(?P<sae>.+?)(@(?P<tokens>\d+))?\.json$")
 _DIRS = re.compile(r"^layer(?P<layer>\d+)/seed(?P<seed>\d+)/records$")
-BRACKETS = ("sae", "random", "resid", "pca")
-"""Who is patched at equal k: the SAE's selected features, random active features of the same SAE,
-the top-k residual dimensions, the top-k principal directions (docs/probing.md)."""
 
 
 def probing_record(raw: dict[str, Any], layer: int, seed: int, sae: str, tokens: int | None,
@@ -22,7 +19,8 @@ def probing_record(raw: dict[str, Any], layer: int, seed: int, sae: str, tokens:
     """The probing metrics' inputs from one SAEBench-format probing result: per judged task,
     verified (as the eval's ``fraction_tasks_verified`` counts it), the ceiling's IIA trials and,
     per k (ascending), the IIA trials ``[n_success, n]`` of the SAE's features and of the random-
-    feature, residual-dimension and principal-direction brackets (``[0, 0]``: no pairs)."""
+    feature (per set: :func:`_per_set`), residual-dimension and principal-direction brackets
+    (``[0, 0]``: no pairs)."""
     tasks = []
     for d in raw["eval_result_details"]:
         if not d.get("judged"):
@@ -34,7 +32,7 @@ def probing_record(raw: dict[str, Any], layer: int, seed: int, sae: str, tokens:
                 "task": d["task_name"],
                 "verified": float(bool(d.get("verified"))),
                 "ceiling": _trials(ic.get("ceiling")),
-                "per_k": [{"k": r["k"], **{w: _trials(r.get(w)) for w in BRACKETS}} for r in per_k],
+                "per_k": [_at_k(r) for r in per_k],
             }
         )
     return {"layer": layer, "seed": seed, "sae": sae, "training_tokens": tokens,
@@ -46,9 +44,19 @@ def _trials(est: dict[str, Any] | None) -> list[int]:
     return [int(est.get("n_success", 0)), int(est.get("n", 0))]
 
 
-def smallest_k_trials(task: dict[str, Any], who: str = "sae") -> list[int]:
-    """``[n_success, n]`` of ``who`` at the task's smallest k (``[0, 0]``: no pairs)."""
-    return task["per_k"][0][who] if task["per_k"] else [0, 0]
+def _at_k(r: dict[str, Any]) -> dict[str, Any]:
+    """One k's trials: the SAE's features, random features (per set), residual dimensions, PCA."""
+    trials = {w: _trials(r.get(w)) for w in ("sae", "resid", "pca")}
+    return {"k": r["k"], **trials, "random": _per_set(r)}
+
+
+def _per_set(r: dict[str, Any]) -> list[float]:
+    """The random bracket's trials per random set: the eval pools its sets' trials, but every set
+    patches the same pairs, so ``n`` counts each pair once per set; divided back to one set's
+    pairs (success: the sets' mean), a bootstrap of them resamples pairs, not copies."""
+    s, n = _trials(r.get("random"))
+    m = max(len(r.get("random_per_set") or []), 1)
+    return [s / m, n // m]
 
 
 def load_records(out: str | Path, train_tokens: int, init_null: str) -> dict[str, list[dict]]:

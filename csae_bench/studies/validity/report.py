@@ -170,16 +170,25 @@ def _iia_lines(iia: dict[str, Any] | None, cfg: ValidityConfig, seeds: list[int]
     missing = ", ".join(str(x) for x in sorted(set(seeds) - set(iia["seeds"])))
     L = [f"*Probing records are missing for seed(s) {missing}: the table reads the others.*",
          ""] if missing else []  # fmt: skip
-    L += ["Causal probing: tasks verified (summed over seeds) and interchange-intervention "
-          "accuracy per k (mean over seeds of the mean over tasks with counterfactual pairs [95% "
-          "CI: seeds, then tasks, then pairs]). *random* = k random active features of the same "
-          "SAE; the last three rows do not depend on the SAE. Bootstrapped apart from the "
-          "metric tables above: a CI's end near 0 can differ from theirs by a few hundredths.", "",
-          "| patched | tasks verified | " + " | ".join(f"k = {k}" for k in ks) + " |",
+    L += ["Causal probing: tasks verified (of the judged tasks, summed over seeds) and "
+          "interchange-intervention accuracy per k (mean over seeds of the mean over tasks with "
+          "counterfactual pairs [95% CI: seeds, then tasks, then pairs]; a cell that lacks a "
+          "seed says how many it read). *random* = k random active features of the same SAE; the "
+          "last three rows do not depend on the SAE. At the smallest k the SAE rows are the "
+          "metric *IIA at the smallest k* above, with the same CIs.", "",
+          "| patched | verified (task × seed) | " + " | ".join(f"k = {k}" for k in ks) + " |",
           "|---|---|" + "---|" * len(ks)]  # fmt: skip
 
     def row(label: str, verified: str, est: dict) -> str:
-        cells = [_ci(est[k]["point"], est[k]["ci"], 2) for k in ks]
+        cells = []
+        for k in ks:
+            e = est.get(k)
+            few = (
+                f" ({e['n_seeds']} of {len(seeds)} seeds)"
+                if e and e["n_seeds"] < len(seeds)
+                else ""
+            )
+            cells.append(_ci(e["point"], e["ci"], 2) + few if e else "")
         return f"| {label} | {verified} | " + " | ".join(cells) + " |"
 
     for sae, r in iia["saes"].items():

@@ -30,7 +30,6 @@ from csae_bench.studies.validity.config import (
     MetricSpec,
     ValidityConfig,
 )
-from csae_bench.studies.validity.records import smallest_k_trials
 
 
 def _rng(*parts: int | str) -> np.random.Generator:
@@ -65,12 +64,7 @@ class _Units:
     def _unit(spec: MetricSpec, rec: dict):
         if spec.control is not None:
             return bs.NcesUnit.from_record(rec)
-        t = rec["tasks"]
-        return bs.ProbingUnit(
-            np.array([x["verified"] for x in t], dtype=float),
-            np.array([smallest_k_trials(x)[0] for x in t], dtype=float),
-            np.array([smallest_k_trials(x)[1] for x in t], dtype=int),
-        )
+        return bs.ProbingUnit.from_record(rec)
 
     def point(self, spec, seed, sae, tokens, snap=False) -> float:
         rec = self._record(spec, seed, sae, tokens, snap)
@@ -100,9 +94,21 @@ class _Units:
                 )  # fmt: skip
         return self._draws[key][spec.kind]
 
+    def probing_unit(self, seed: int, sae: str, who: str, k: int | None) -> bs.ProbingUnit | None:
+        """``who``'s IIA trials at ``k`` of one final SAE (:meth:`bs.ProbingUnit.from_record`)."""
+        rec = self.probing.get((seed, sae, self.cfg.final_tokens(sae), False))
+        return None if rec is None else bs.ProbingUnit.from_record(rec, who, k)
 
-def final_tokens(cfg: ValidityConfig, sae: str) -> int:
-    return 0 if sae == cfg.init_null else cfg.train_tokens
+    def bracket_draws(self, seed: int, sae: str, who: str, k: int | None) -> np.ndarray:
+        """``[n]`` inner (task, pair) resamples of the IIA of ``who`` at ``k`` in one final SAE's
+        record (NaN: no record) — the IIA brackets' draws, each from its own seeded stream."""
+        key = ("bracket", seed, sae, who, k)
+        if key not in self._draws:
+            u = self.probing_unit(seed, sae, who, k)
+            rng = _rng(self.cfg.bootstrap_seed, self.layer, seed, sae, "probing", who, k or 0)
+            self._draws[key] = {"iia": np.full(self.n, np.nan) if u is None
+                                else bs.probing_draws(u, self.n, rng)["iia"]}  # fmt: skip
+        return self._draws[key]["iia"]
 
 
 def metric_summary(
@@ -114,7 +120,7 @@ def metric_summary(
     pick = bs.seed_picks(K, B, _rng(cfg.bootstrap_seed, *rng_key))
     inner, per_sae = {}, {}
     for sae in cfg.saes:
-        tok = final_tokens(cfg, sae)
+        tok = cfg.final_tokens(sae)
         inner[sae] = np.stack([units.draws(spec, s, sae, tok).reshape(B, K) for s in seeds])
         per_seed = [units.point(spec, s, sae, tok) for s in seeds]
         lo, hi = bs.percentile_ci(bs.combine(inner[sae], pick), LEVEL)
@@ -256,8 +262,10 @@ def summarize(
             metric_summary(units, sp, list(seeds), snaps, (i, j)) for j, sp in enumerate(specs)
         ]
         sets[name] = {"layer": layer, "seeds": list(seeds), "metrics": metrics}
-        if cfg.probing:
-            sets[name]["iia"] = iia_brackets(records["probing"], cfg, layer, tuple(seeds))
+        iia = next((j for j, sp in enumerate(specs) if sp.kind == "iia"), None)
+        if iia is not None:  # the IIA metric's seed picks: its cell and the table's agree
+            pick = bs.seed_picks(len(seeds), cfg.n_bootstrap, _rng(cfg.bootstrap_seed, i, iia))
+            sets[name]["iia"] = iia_brackets(units, specs[iia], list(seeds), pick)
     choice = (
         frozen_choice if frozen_choice is not None else choose(sets["selection"]["metrics"], specs)
     )
