@@ -371,6 +371,8 @@ def run_nces_eval(
     With ``output_dir``, each result is written atomically to ``{sae_id}_nces.json`` and an existing
     file is loaded instead of rerun unless ``force_rerun``. (The pipeline writes SAEBench's
     ``<release>_<sae_id>_eval_results.json`` instead; this helper is for direct API use.)"""
+    from dataclasses import replace
+
     from csae_bench.utils import atomic_write_text, eval_output_json
 
     config = config or NCESEvalConfig()
@@ -385,7 +387,7 @@ def run_nces_eval(
 
             results[sae_id] = NCESEvalOutput(**json.loads(path.read_text()))
             continue
-        cfg = NCESEvalConfig(**{**_config_dict(config), "hook_name": hook})
+        cfg = replace(config, hook_name=hook)
         engine = engines.get(hook) or build_engine(model, hook, tokens, cfg)
         engines = {hook: engine}  # one clean pass held at a time
         out = evaluate_sae(model, sae, tokens, hook, cfg, sae_id, engine, cache)
@@ -393,9 +395,3 @@ def run_nces_eval(
             atomic_write_text(path, eval_output_json(out))
         results[sae_id] = out
     return results
-
-
-def _config_dict(config: NCESEvalConfig) -> dict:
-    from dataclasses import asdict
-
-    return asdict(config)
