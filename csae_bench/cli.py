@@ -111,8 +111,36 @@ class OneLineParser(argparse.ArgumentParser):
     """argparse with its usage errors as one line on stderr (exit 2), not a usage block."""
 
     def error(self, message: str):  # type: ignore[override]
-        sys.stderr.write(f"{self.prog}: {message} (see {self.prog} --help)\n")
+        sys.stderr.write(f"{self.prog}: {message}{self._hint(message)} (see {self.prog} --help)\n")
         raise SystemExit(EXIT_USAGE)
+
+    def _hint(self, message: str) -> str:
+        """``; did you mean --seed?`` for an unrecognized flag close to one of this parser's."""
+        import difflib
+        import re
+
+        if not message.startswith("unrecognized arguments"):
+            return ""
+        flags = _long_flags(self)
+        for given in re.findall(r"(?<!\S)(--[\w-]+)", message):
+            given = given.split("=")[0]
+            close = difflib.get_close_matches(given, flags, n=1, cutoff=0.75)
+            if given in flags:  # a flag of another subcommand: no guess helps
+                continue
+            if close:
+                return f"; did you mean {close[0]}?"
+        return ""
+
+
+def _long_flags(parser: argparse.ArgumentParser) -> list[str]:
+    """Every ``--flag`` of ``parser`` and of its subcommands (argparse reports a subcommand's
+    unknown flags from the top parser)."""
+    out = []
+    for action in parser._actions:
+        out += [f for f in action.option_strings if f.startswith("--")]
+        if isinstance(action, argparse._SubParsersAction):
+            out += [f for sub in action.choices.values() for f in _long_flags(sub)]
+    return out
 
 
 def _report_options() -> argparse.ArgumentParser:

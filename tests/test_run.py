@@ -75,6 +75,21 @@ def test_bad_dtype_or_threads_exit_2(tmp_path, caplog, capsys):
         RunConfig(dtype="fp8")
 
 
+@pytest.mark.parametrize(("argv", "hint"), [
+    (["--seeds", "0", "1"], "; did you mean --seed?"),
+    (["--train_tokens", "5"], "; did you mean --train-tokens?"),
+    (["--bogus-flag", "1"], " (see"),  # nothing close: no guess
+])
+def test_a_mistyped_flag_exits_2_with_one_line_naming_the_closest(tmp_path, capsys, argv, hint):
+    from csae_bench.cli import main as cli_main
+
+    with pytest.raises(SystemExit) as exit_info:
+        cli_main([*argv, "--out", str(tmp_path)])
+    err = capsys.readouterr().err
+    assert exit_info.value.code == EXIT_USAGE and err.count("\n") == 1
+    assert f"unrecognized arguments: {' '.join(argv)}{hint}" in err
+
+
 def test_pinned_threads_hold_for_the_run_and_are_restored(tmp_path, monkeypatch):
     import torch
     from helpers import tiny_resources, tiny_run_config
