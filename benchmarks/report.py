@@ -24,7 +24,7 @@ TARGETS = {
     "training": ("CSAE (full) training wall time vs TopK", "<=", 1.3),
     "evals": ("NCES eval time vs SAEBench core, same SAE", "<=", 2.0),
 }
-"""DESIGN §9 targets: (what, direction, bound)."""
+"""The project's performance targets (issue 13 and before): (what, direction, bound)."""
 DTYPES = ("float32", "bfloat16")
 HARVEST_TOKENS_S, HARVEST_SPEEDUP, ENGINE_SPEEDUP, ENGINE_PEAK = 9000.0, 5.0, 3.0, 0.40
 """Issue 13's targets: bf16 harvest tokens/s at layer 6 and its speed-up over float32; the
@@ -310,7 +310,7 @@ def render(summary: dict[str, Any], data: dict[str, Any], sources: list[Path],
          f"({data.get('datetime', '?')}, "
          f"{mi.get('cpu', {}).get('brand_raw', mi.get('processor', '?'))}, {mi.get('cpu', {}).get('count', '?')} "
          "cores). Ratios: fastest round / median round / slowest round.*", ""]
-    L += ["### Against the DESIGN §9 targets", "", "| target | measured ratio (fastest / median / slowest rounds) | status |",
+    L += ["### Against the performance targets", "", "| target | measured ratio (fastest / median / slowest rounds) | status |",
           "|---|---|---|"]
     for key in ("engine", "training", "evals"):
         hit = [i for i in summary[key] if i.get("target") == key]

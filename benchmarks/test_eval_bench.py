@@ -1,4 +1,4 @@
-"""Eval overhead: NCES vs SAEBench core for the same SAE on the same eval tokens (DESIGN §9:
+"""Eval overhead: NCES vs SAEBench core for the same SAE on the same eval tokens (target:
 NCES <= 2x core), and how NCES cost grows.
 
 Group ``evals``: both evals through the registry, as ``python -m csae_bench.run`` calls them, on

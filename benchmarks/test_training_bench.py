@@ -1,4 +1,4 @@
-"""Training overhead of causal verification, side by side on the same tokens (DESIGN §9: CSAE
+"""Training overhead of causal verification, side by side on the same tokens (target: CSAE
 training wall time <= 1.3x TopK).
 
 Group ``training``: every architecture trained alone on the same cached activation stream

@@ -156,7 +156,7 @@ def test_fisher_term_matches_exact_kl_for_small_perturbations(tiny_model, tiny_t
         exact_kl, fisher, sampled = out[name, 1e-2]
         assert exact_kl / fisher == pytest.approx(1.0, abs=0.03), (name, exact_kl, fisher)
         assert sampled / fisher == pytest.approx(1.0, abs=0.15), (name, sampled, fisher)  # 800 samples
-    # large moves along a sensitive direction leave the second-order regime (DESIGN §2)
+    # large moves along a sensitive direction leave the second-order regime
     big_kl, big_fisher, _ = out["sensitive", 3e-1]
     assert abs(big_kl / big_fisher - 1) > abs(out["sensitive", 1e-2][0] / out["sensitive", 1e-2][1] - 1)
     # the model is more sensitive along the sensitive direction, by every measure

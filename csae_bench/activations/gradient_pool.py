@@ -1,4 +1,4 @@
-"""Gradient harvest for the CSAE's causal faithfulness term (DESIGN §6.1).
+"""Gradient harvest for the CSAE's causal faithfulness term (docs/csae.md).
 
 For every (non-BOS) token of a corpus, the pool stores the residual ``h`` at the hook and ``S``
 gradients ``g_s = ∇_h Σ_{t'} log p(y_{s,t'})`` with next tokens ``y_{s,t'} ~ p(·|clean)`` sampled

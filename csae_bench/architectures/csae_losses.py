@@ -1,4 +1,4 @@
-"""The CSAE's causal terms (DESIGN §6): the Fisher faithfulness loss from a :class:`GradientPool`,
+"""The CSAE's causal terms (docs/csae.md): the Fisher faithfulness loss from a :class:`GradientPool`,
 the exact end-to-end KL it approximates, cheap Fisher NCES estimates for the verification loop,
 and the sensitive directions used to re-initialize causally dead features.
 

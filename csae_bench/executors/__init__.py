@@ -1,5 +1,5 @@
 """Where the pipeline's jobs run: ``local`` (one after another in this process, the default) or
-``ray`` (one Ray task per job on a local or existing Ray cluster; DESIGN §10, issue 15).
+``ray`` (one Ray task per job on a local or existing Ray cluster; docs/scale.md).
 
 Both executors run the same jobs (:func:`csae_bench.pipeline.plan`) and talk only through the
 results folder. This module never imports Ray: ``--executor local`` works without the ``ray``

@@ -1,4 +1,4 @@
-"""``--executor ray``: every pipeline job is one Ray task (issue 15, DESIGN §10).
+"""``--executor ray``: every pipeline job is one Ray task (docs/scale.md).
 
 * **Dependencies**: a job's task takes its upstream jobs' task results as arguments (harvest ->
   gradient pool -> training -> evals), so Ray starts it only when they have finished; the

@@ -1,4 +1,4 @@
-"""Intervention types and the batch-wise causal effect engine (DESIGN §4)."""
+"""Intervention types and the batch-wise causal effect engine (docs/nces.md)."""
 
 from csae_bench.interventions.controls import (
     CONTROLS,

@@ -19,7 +19,7 @@ not the feature's.
   (docs/nces.md), on-manifold feature directions are not made to look "anti-causal" the way the
   isotropic control makes them. But random directions move the model more than data directions of
   equal norm, so random dictionaries score high against it (docs/validity.md).
-* ``isotropic`` — a seeded random unit vector of the same norm (DESIGN §5's random-direction
+* ``isotropic`` — a seeded random unit vector of the same norm (the original design's random-direction
   control).
 """
 

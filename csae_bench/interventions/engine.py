@@ -1,4 +1,4 @@
-"""The batch-wise exact effect engine (DESIGN §4).
+"""The batch-wise exact effect engine (docs/nces.md, "The engine").
 
 An intervention is a residual edit ``delta`` added at the hook ``L`` at one position ``t`` of one
 eval context. Its effect is ``Σ_{s=t}^{t+W−1} KL(p(·|clean)_s ‖ p(·|intervened)_s)``, recorded with

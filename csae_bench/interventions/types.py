@@ -1,7 +1,7 @@
 """Intervention types: what a feature's activation is set to.
 
 An intervention on feature ``i`` at a token changes only that feature and keeps the SAE error
-term: ``h' = h + (f'_i − f_i) d_i`` (DESIGN §4). An :class:`Intervention` decides ``f'_i`` from the
+term: ``h' = h + (f'_i − f_i) d_i`` (docs/nces.md). An :class:`Intervention` decides ``f'_i`` from the
 current value ``f_i``; :func:`feature_edit_BTD` turns new values into the residual delta.
 
 Statistics (means, maxima, resample pools) come from the eval tokens through :meth:`Intervention.fit`

@@ -1,7 +1,7 @@
 """The job graph behind ``python -m csae_bench.run``: harvest -> train -> eval -> leaderboard.
 
 Every job is a small picklable dataclass that reads and writes files in the results folder and is
-skipped when its output already exists (DESIGN §10). The package, in the order of the flow:
+skipped when its output already exists (docs/architecture.md). The package, in the order of the flow:
 
 * :mod:`~csae_bench.pipeline.layout` — where every file lives (names, paths, SAE discovery);
 * :mod:`~csae_bench.pipeline.resources` — the model and token sets jobs share in one process;

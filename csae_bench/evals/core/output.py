@@ -4,7 +4,7 @@ csae_bench's commit, :mod:`csae_bench.evals._envelope`).
 ``reconstruction_quality.explained_variance_mean_centred`` sits next to SAEBench's own
 ``explained_variance``. SAEBench 0.6's denominator is ``E‖x‖²`` minus the square of the mean
 *squared* activation, which is (nearly) the spread around zero rather than around the mean
-activation (DESIGN §2); ours is ``1 - Σ‖x - x̂‖² / Σ‖x - mean(x)‖²`` over the same tokens. The file still
+activation; ours is ``1 - Σ‖x - x̂‖² / Σ‖x - mean(x)‖²`` over the same tokens. The file still
 validates against SAEBench's ``CoreEvalOutput`` (the extra field is ignored there) and against
 :class:`CsaeCoreEvalOutput` (where it is required).
 """

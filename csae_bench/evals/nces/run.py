@@ -1,4 +1,4 @@
-"""Run the NCES eval for SAEs at one hook of a model (DESIGN §5).
+"""Run the NCES eval for SAEs at one hook of a model (docs/nces.md).
 
 For each sampled alive feature ``i`` and each of its sampled active tokens, the engine measures the
 exact effect (KL over the window) of the intervention ``h + (f'_i − f_i) d_i`` and of a control edit
@@ -8,7 +8,7 @@ decoder row of a random other alive feature of the same SAE inactive at that tok
 token's direction in one fixed, seeded set of data directions (normalised differences of the clean
 residuals of random pairs of eval tokens) shared by every SAE evaluated on the same model, hook,
 eval tokens and seed — computed once per run and kept in the eval's shared cache
-(:func:`data_control_directions`); ``"isotropic"`` a seeded random unit vector (DESIGN §5's
+(:func:`data_control_directions`); ``"isotropic"`` a seeded random unit vector (the original design's
 original control; docs/nces.md says why the default is ``"feature"``).
 """
 

@@ -1,4 +1,4 @@
-"""Causal probing eval (``csae_probing``, DESIGN §7): k-sparse probes find the SAE features that
+"""Causal probing eval (``csae_probing``, docs/probing.md): k-sparse probes find the SAE features that
 predict a label; intervening on them must move the behaviour the label drives more than
 intervening on random active features. See ``docs/probing.md``."""
 

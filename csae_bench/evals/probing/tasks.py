@@ -1,6 +1,6 @@
 """Probing tasks: labelled texts, where to read them, and the model behaviour the label drives.
 
-Two families (DESIGN §7):
+Two families (docs/probing.md):
 
 - **Templated** tasks the project generates itself (deterministic, seeded): the label decides the
   correct next token after the prompt (``answers[label]``), so the behaviour measure is the logit

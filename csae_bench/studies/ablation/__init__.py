@@ -8,7 +8,7 @@ TopK, the CSAE and a frozen-random-decoder control alongside (same tokens, same 
 L0), plus CSAE variants with one causal part switched off (``causal_coeff = 0``: no Fisher term;
 ``verify_every = 0``: no verification loop). Every SAE gets SAEBench's core eval; TopK, CSAE and
 the random-decoder control get NCES under every intervention type (zero, mean, resample, clamp at
-several α, and the isotropic random-direction control of DESIGN §5); the CSAE variants get NCES
+several α, and the isotropic random-direction control of the original design); the CSAE variants get NCES
 with zero ablation. All NCES runs of one seed use the same eval tokens, the same sampled features
 and tokens (the sampling does not depend on the type), so types are compared on the same features.
 

@@ -8,7 +8,7 @@ from typing import Any
 PREFIX = "ablation"
 """Prefix of the study's bookkeeping files under ``--out`` (``ablation_config.json``, ...)."""
 RANDOM_CONTROL = "zero+isotropic"
-"""The random-direction control of DESIGN §5 as an ablation row: zero ablation measured against
+"""The original design's random-direction control as an ablation row: zero ablation measured against
 an isotropic random direction of equal norm (instead of the other-feature control the study's other rows use)."""
 
 

@@ -99,7 +99,7 @@ def render_report(
         "token), `clamp:α` (α · max activation), each against the other-feature control "
         "(`control=\"feature\"`: another alive feature's decoder direction, inactive at that token; "
         "see docs/nces.md); "
-        f"`{RANDOM_CONTROL}` is DESIGN §5's random-direction control (zero ablation vs an isotropic "
+        f"`{RANDOM_CONTROL}` is the original design's random-direction control (zero ablation vs an isotropic "
         "random direction of the same norm).",
         "",
         "## Which intervention type separates causally verified features best",
