@@ -44,15 +44,14 @@ def unembed_flops(cfg, rows: int) -> int:
     return 2 * cfg.d_model * cfg.d_vocab * rows
 
 
-def engine_batch_flops(cfg, layer: int, batch: int, seq: int, prefix: int, rows: int) -> int:
+def engine_batch_flops(cfg, layer: int, batch: int, seq: int, prefix: int) -> int:
     """One batch of the effect engine (``EffectEngine._run_batch``): ``batch`` sequences of ``seq``
-    positions through every layer after ``layer`` against ``prefix`` cached + ``seq`` new keys,
-    then ``rows`` unembedded rows (0 for the engine, which pools its window rows over batches and
-    counts them per pass with :func:`unembed_flops`: window rows plus the pool's distinct clean
-    rows)."""
+    positions through every layer after ``layer`` against ``prefix`` cached + ``seq`` new keys.
+    The unembedding is not part of a batch: the engine pools window rows over batches, counted
+    per pass with :func:`unembed_flops` (window rows plus the pool's distinct clean rows)."""
     n_after = cfg.n_layers - layer - 1
     per_position = n_after * (layer_linear_flops(cfg) + attention_flops(cfg, prefix + seq))
-    return batch * seq * per_position + unembed_flops(cfg, rows)
+    return batch * seq * per_position
 
 
 def sae_step_flops(batch: int, d_in: int, d_sae: int) -> int:

@@ -54,7 +54,7 @@ class CountingEngine(EffectEngine):
     def _run_batch(self, sel, p, ctx_idx_M, pos_M, wlen, *rest) -> None:
         pos_b, wlen_b = pos_M[sel], wlen[sel]
         seq = int((pos_b + wlen_b).max()) - p
-        self.flops += engine_batch_flops(self.model.cfg, self.layer, len(sel), seq, p, rows=0)
+        self.flops += engine_batch_flops(self.model.cfg, self.layer, len(sel), seq, p)
         super()._run_batch(sel, p, ctx_idx_M, pos_M, wlen, *rest)
 
     def _unembed_pool(self, pool, kl, dloss, stats) -> None:

@@ -124,9 +124,9 @@ class OneLineParser(argparse.ArgumentParser):
         flags = _long_flags(self)
         for given in re.findall(r"(?<!\S)(--[\w-]+)", message):
             given = given.split("=")[0]
-            close = difflib.get_close_matches(given, flags, n=1, cutoff=0.75)
             if given in flags:  # a flag of another subcommand: no guess helps
                 continue
+            close = difflib.get_close_matches(given, flags, n=1, cutoff=0.75)
             if close:
                 return f"; did you mean {close[0]}?"
         return ""

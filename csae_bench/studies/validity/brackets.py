@@ -52,8 +52,7 @@ def iia_brackets(
     ceiling, the same at every k, has one entry (the smallest k). Empty ``ks``: no pairs in the set.
     """
     cfg, B, K = units.cfg, pick_BK.shape[0], len(seeds)
-    recs = {(s, sae): units.probing.get((s, sae, cfg.final_tokens(sae), False))
-            for s in seeds for sae in cfg.saes}  # fmt: skip
+    recs = {(s, sae): units.final_probing(s, sae) for s in seeds for sae in cfg.saes}
     ks = sorted({p["k"] for r in recs.values() if r for t in r["tasks"] for p in t["per_k"]})
     measured = sorted({s for (s, _), r in recs.items() if r is not None})
     out: dict[str, Any] = {"ks": ks, "seeds": measured, "saes": {}, "independent": {}}

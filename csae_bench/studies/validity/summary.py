@@ -94,9 +94,13 @@ class _Units:
                 )  # fmt: skip
         return self._draws[key][spec.kind]
 
+    def final_probing(self, seed: int, sae: str) -> dict | None:
+        """One final SAE's reduced probing record (None: not measured)."""
+        return self.probing.get((seed, sae, self.cfg.final_tokens(sae), False))
+
     def probing_unit(self, seed: int, sae: str, who: str, k: int | None) -> bs.ProbingUnit | None:
         """``who``'s IIA trials at ``k`` of one final SAE (:meth:`bs.ProbingUnit.from_record`)."""
-        rec = self.probing.get((seed, sae, self.cfg.final_tokens(sae), False))
+        rec = self.final_probing(seed, sae)
         return None if rec is None else bs.ProbingUnit.from_record(rec, who, k)
 
     def bracket_draws(self, seed: int, sae: str, who: str, k: int | None) -> np.ndarray:
